@@ -1,0 +1,201 @@
+"""Bi-level MBIRL (Das et al., CoRL 2020): learn a cost by differentiating through gradient-based MPC.
+
+Outer loss (the "IRL loss") of one demonstration: ``L = sum_t mean_d (z_t(u_K(psi)) - z^demo_t)^2``.
+One outer iteration is one pass over the training demonstrations. ``update="per_demo"`` (default, as the
+original code) makes one Adam step on the cost per demonstration; ``update="batched"`` makes one step on the
+mean loss of all training demonstrations, with the inner loop batched over them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from mbirl.costs.base import KeypointCost
+from mbirl.dynamics.base import KeypointDynamics
+from mbirl.errors import InputError
+from mbirl.planning.gradient_mpc import GradientMode, optimize_actions
+from mbirl.types import KeypointTrajectory
+
+__all__ = ["MBIRL", "DemoBatch", "EvalResult", "NonFiniteError", "irl_loss", "relative_goal_distance"]
+
+
+class NonFiniteError(RuntimeError):
+    """A loss, gradient or parameter became NaN/Inf; the message names the quantity and iteration."""
+
+
+@dataclass(frozen=True)
+class DemoBatch:
+    """Demonstrations as tensors: ``q0 (B, n_joints)``, ``z (B, T, D)`` flattened keypoints, ``goal (B, D)``."""
+
+    q0: torch.Tensor
+    z: torch.Tensor
+
+    @classmethod
+    def from_demos(cls, demos: Sequence[KeypointTrajectory], dtype: torch.dtype = torch.float32) -> DemoBatch:
+        if not demos:
+            raise InputError("no demonstrations selected", field="split")
+        q0 = torch.as_tensor(np.stack([d.start_q for d in demos]), dtype=dtype)
+        z = torch.as_tensor(np.stack([d.keypoints for d in demos]), dtype=dtype).flatten(-2)
+        return cls(q0=q0, z=z)
+
+    @property
+    def goal(self) -> torch.Tensor:
+        return self.z[:, -1]
+
+    @property
+    def horizon(self) -> int:
+        return int(self.z.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.q0.shape[0])
+
+    def select(self, index: int | slice) -> DemoBatch:
+        idx = slice(index, index + 1) if isinstance(index, int) else index
+        return DemoBatch(q0=self.q0[idx], z=self.z[idx])
+
+
+def irl_loss(z_pred: torch.Tensor, z_demo: torch.Tensor) -> torch.Tensor:
+    """Per-demonstration IRL loss ``sum_t mean_d (z_pred - z_demo)^2``; inputs ``(B, T, D)``, output ``(B,)``."""
+    return (z_pred - z_demo).pow(2).sum(1).mean(-1)
+
+
+def relative_goal_distance(z_pred: torch.Tensor, z_demo: torch.Tensor) -> torch.Tensor:
+    """Distance of the final predicted keypoints to the goal, relative to the start's distance, ``(B,)``.
+
+    Per keypoint Euclidean distances, averaged over keypoints: 0 reaches the goal, 1 did not move closer.
+    """
+    B, _, D = z_demo.shape
+    goal = z_demo[:, -1].reshape(B, D // 3, 3)
+    final = z_pred[:, -1].reshape(B, D // 3, 3)
+    start = z_demo[:, 0].reshape(B, D // 3, 3)
+    return ((final - goal).norm(dim=-1) / (start - goal).norm(dim=-1).clamp_min(1e-6)).mean(-1)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Evaluation of a cost on demonstrations: per-demo IRL loss and relative goal distance, predictions."""
+
+    irl_loss: torch.Tensor
+    relative_goal_distance: torch.Tensor
+    z_pred: torch.Tensor
+
+
+class MBIRL:
+    """The bi-level cost learner.
+
+    Args:
+        cost: the learnable cost (a cost without parameters is evaluated only).
+        dynamics: the differentiable keypoint dynamics used by the inner loop.
+        train, test: demonstration batches.
+        inner_steps, inner_lr, inner_optimizer, grad_mode: inner-loop settings (also used for evaluation).
+        outer_lr: Adam learning rate on the cost parameters.
+        update: ``"per_demo"`` (one cost update per training demonstration) or ``"batched"``.
+        grad_clip: optional max gradient norm for the cost update (the pre-clip norm is reported).
+    """
+
+    def __init__(
+        self,
+        cost: KeypointCost,
+        dynamics: KeypointDynamics,
+        train: DemoBatch,
+        test: DemoBatch | None = None,
+        *,
+        inner_steps: int = 1,
+        inner_lr: float = 1e-3,
+        inner_optimizer: str = "sgd",
+        grad_mode: GradientMode = GradientMode.UNROLLED,
+        outer_lr: float = 1e-2,
+        update: str = "per_demo",
+        grad_clip: float | None = None,
+    ) -> None:
+        if update not in ("per_demo", "batched"):
+            raise InputError(f"unknown update '{update}' (expected per_demo or batched)", field="update")
+        D = dynamics.n_keypoints * 3
+        for name, batch in (("train", train), ("test", test)):
+            if batch is not None and batch.z.shape[-1] != D:
+                raise InputError(f"{name} demonstrations have {batch.z.shape[-1] // 3} keypoints, the robot has "
+                                 f"{dynamics.n_keypoints}", field="keypoints")
+            if batch is not None and batch.q0.shape[-1] != dynamics.n_joints:
+                raise InputError(f"{name} demonstrations have {batch.q0.shape[-1]} joints, the robot has "
+                                 f"{dynamics.n_joints}", field="start_q")
+        self.cost = cost
+        self.dynamics = dynamics
+        self.train = train
+        self.test = test
+        self.inner = {"n_steps": inner_steps, "lr": inner_lr, "optimizer": inner_optimizer}
+        self.grad_mode = grad_mode
+        self.update = update
+        self.grad_clip = grad_clip
+        self.params = [p for p in cost.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.params, lr=outer_lr) if self.params else None
+        self.iteration = 0
+        self.last_grad_norm = 0.0
+
+    def predict(self, batch: DemoBatch, *, differentiable: bool) -> torch.Tensor:
+        """Keypoints ``(B, T, D)`` after the inner loop with the current cost."""
+        mode = self.grad_mode if differentiable else GradientMode.NONE
+        u, _ = optimize_actions(self.dynamics, self.cost, batch.q0, batch.goal, batch.horizon, grad_mode=mode,
+                                **self.inner)  # type: ignore[arg-type]
+        if differentiable:
+            _, z = self.dynamics.rollout(batch.q0, u)
+        else:
+            with torch.no_grad():
+                _, z = self.dynamics.rollout(batch.q0, u)
+        return z.flatten(-2)
+
+    def evaluate(self, batch: DemoBatch) -> EvalResult:
+        """Optimise actions with the frozen cost and score them against the demonstrations."""
+        z = self.predict(batch, differentiable=False)
+        return EvalResult(irl_loss(z, batch.z), relative_goal_distance(z, batch.z), z)
+
+    def _step(self, batch: DemoBatch) -> torch.Tensor:
+        z = self.predict(batch, differentiable=True)
+        losses = irl_loss(z, batch.z)
+        loss = losses.mean()
+        if not torch.isfinite(loss):
+            raise NonFiniteError(f"IRL loss is {float(loss)} at outer iteration {self.iteration + 1}")
+        assert self.optimizer is not None
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grads = [p.grad for p in self.params if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])) if grads else torch.zeros(())
+        if not torch.isfinite(norm):
+            raise NonFiniteError(f"cost gradient is non-finite at outer iteration {self.iteration + 1}")
+        self.last_grad_norm = float(norm)
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        self.optimizer.step()
+        for p in self.params:
+            if not torch.isfinite(p).all():
+                raise NonFiniteError(f"cost parameter became non-finite at outer iteration {self.iteration + 1}")
+        return losses.detach()
+
+    def outer_iteration(self) -> float:
+        """One pass over the training demonstrations; returns their mean IRL loss during the pass."""
+        if self.optimizer is None:
+            losses = self.evaluate(self.train).irl_loss
+        elif self.update == "batched":
+            losses = self._step(self.train)
+        else:
+            losses = torch.cat([self._step(self.train.select(i)) for i in range(len(self.train))])
+        self.iteration += 1
+        return float(losses.mean())
+
+    def state_dict(self) -> dict[str, Any]:
+        """Cost parameters, optimiser state and the iteration counter."""
+        return {
+            "cost": self.cost.state_dict(),
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            "iteration": self.iteration,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.cost.load_state_dict(state["cost"])
+        if self.optimizer is not None and state.get("optimizer") is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.iteration = int(state["iteration"])

@@ -1,0 +1,46 @@
+"""The ``mbirl`` command line (Typer): the only place options and config files are parsed.
+
+Sub-apps live beside this module, one per family of commands (``kuka``, ``mbirl``); errors in user
+input become a one-line message on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import typer
+
+from mbirl.cli.kuka import kuka_app
+from mbirl.cli.mbirl_cmds import mbirl_app, quickstart
+from mbirl.errors import InputError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(name="mbirl", help="Model-based inverse reinforcement learning from (visual) demonstrations.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+app.add_typer(kuka_app, name="kuka")
+app.add_typer(mbirl_app, name="mbirl")
+app.command("quickstart")(quickstart)
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"mbirl: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: run the Typer app and turn expected failures into one-line errors."""
+    from mbirl.algorithms.mbirl import NonFiniteError
+
+    try:
+        # Standalone mode: usage errors print themselves and exit 2; our exceptions propagate to here.
+        app(args=list(argv) if argv is not None else None, prog_name="mbirl")
+    except InputError as exc:
+        _fail(str(exc), 2)
+    except KeyboardInterrupt:
+        _fail("interrupted; rerun with --resume to continue from the last checkpoint", 130)
+    except NonFiniteError as exc:
+        _fail(f"{exc}; the last good checkpoint is kept", 3)
+    except OSError as exc:
+        _fail(f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc), 1)

@@ -1,0 +1,135 @@
+"""``mbirl mbirl train|compare`` and ``mbirl quickstart``: bi-level cost learning on keypoint demos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mbirl.errors import InputError
+
+__all__ = ["mbirl_app", "quickstart"]
+
+mbirl_app = typer.Typer(help="MBIRL: learn costs by differentiating through gradient-based MPC.",
+                        no_args_is_help=True)
+
+DemosOpt = Annotated[Path, typer.Option(help="demonstrations (.npz, or an original MBIRL .pt)")]
+UrdfOpt = Annotated[str | None, typer.Option(help="robot URDF (default: PyBullet's KUKA iiwa + held object)")]
+LinksOpt = Annotated[str | None, typer.Option(help="comma-separated keypoint link names of --urdf")]
+TrainOpt = Annotated[str, typer.Option(help="training demo range START:STOP")]
+TestOpt = Annotated[str, typer.Option(help="test demo range START:STOP")]
+OuterOpt = Annotated[int, typer.Option(help="outer iterations (passes over the training demos)")]
+InnerOpt = Annotated[int, typer.Option(help="inner gradient steps K")]
+InnerLrOpt = Annotated[float, typer.Option(help="inner (action) learning rate")]
+OuterLrOpt = Annotated[float, typer.Option(help="outer (cost) Adam learning rate")]
+InnerOptimOpt = Annotated[str, typer.Option(help="inner optimiser: sgd or adam")]
+UpdateOpt = Annotated[str, typer.Option(help="per_demo (as the original) or batched cost updates")]
+GradModeOpt = Annotated[str, typer.Option(help="gradient through the inner loop: unrolled or truncated")]
+ClipOpt = Annotated[float | None, typer.Option(help="clip the cost gradient norm (reported in metrics)")]
+SeedOpt = Annotated[int, typer.Option(help="random seed")]
+RunDirOpt = Annotated[Path, typer.Option(help="run directory for metrics, checkpoints and figures")]
+ResumeOpt = Annotated[bool, typer.Option(help="continue the run in --run-dir from its last checkpoint")]
+ProgressOpt = Annotated[bool, typer.Option(help="show a progress bar")]
+
+
+def _config(demos: Path, method: str, urdf: str | None, keypoint_links: str | None, train: str, test: str,
+            outer_iters: int, inner_steps: int, inner_lr: float, outer_lr: float, inner_optimizer: str, update: str,
+            grad_mode: str, grad_clip: float | None, seed: int):  # type: ignore[no-untyped-def]
+    from mbirl.experiments.kuka_irl import MBIRLRunConfig, parse_split
+
+    return MBIRLRunConfig(
+        demos=str(demos), method=method, urdf=urdf, keypoint_links=keypoint_links,
+        train=parse_split(train, "train"), test=parse_split(test, "test"), outer_iters=outer_iters,
+        inner_steps=inner_steps, inner_lr=inner_lr, outer_lr=outer_lr, inner_optimizer=inner_optimizer,
+        update=update, grad_mode=grad_mode, grad_clip=grad_clip, seed=seed,
+    )
+
+
+@mbirl_app.command("train")
+def train(
+    demos: DemosOpt,
+    cost: Annotated[str, typer.Option(help="default|weighted|timedep|rbf|neural, or the baseline abbeel")] = "weighted",
+    urdf: UrdfOpt = None,
+    keypoint_links: LinksOpt = None,
+    train: TrainOpt = "0:3",
+    test: TestOpt = "3:5",
+    outer_iters: OuterOpt = 100,
+    inner_steps: InnerOpt = 1,
+    inner_lr: InnerLrOpt = 1e-3,
+    outer_lr: OuterLrOpt = 1e-2,
+    inner_optimizer: InnerOptimOpt = "sgd",
+    update: UpdateOpt = "per_demo",
+    grad_mode: GradModeOpt = "unrolled",
+    grad_clip: ClipOpt = None,
+    seed: SeedOpt = 0,
+    run_dir: RunDirOpt = Path("runs/mbirl"),
+    resume: ResumeOpt = False,
+    progress: ProgressOpt = True,
+) -> None:
+    """Learn one cost; writes RUN_DIR/metrics.json, metrics.jsonl, tb/, checkpoints/ and figures/."""
+    from mbirl.experiments.kuka_irl import run_mbirl
+
+    cfg = _config(demos, cost, urdf, keypoint_links, train, test, outer_iters, inner_steps, inner_lr, outer_lr,
+                  inner_optimizer, update, grad_mode, grad_clip, seed)
+    m = run_mbirl(cfg, run_dir, resume=resume, progress=progress)
+    typer.echo(f"{cost}: test IRL loss {m['irl_loss_test'][0]:.1f} -> {m['final_test_irl_loss']:.1f}, "
+               f"relative goal distance {m['test_relative_goal_distance']:.3f}, "
+               f"{m['seconds_per_outer_iter'] * 1000:.1f} ms / outer iteration; outputs in {run_dir}")
+
+
+@mbirl_app.command("compare")
+def compare(
+    demos: DemosOpt,
+    costs: Annotated[str, typer.Option(help="comma-separated methods, or 'all'")] = "all",
+    urdf: UrdfOpt = None,
+    keypoint_links: LinksOpt = None,
+    train: TrainOpt = "0:3",
+    test: TestOpt = "3:5",
+    outer_iters: OuterOpt = 100,
+    inner_steps: InnerOpt = 1,
+    inner_lr: InnerLrOpt = 1e-3,
+    outer_lr: OuterLrOpt = 1e-2,
+    inner_optimizer: InnerOptimOpt = "sgd",
+    update: UpdateOpt = "per_demo",
+    grad_mode: GradModeOpt = "unrolled",
+    seed: SeedOpt = 0,
+    run_dir: RunDirOpt = Path("runs/compare"),
+    resume: ResumeOpt = False,
+    progress: ProgressOpt = True,
+) -> None:
+    """Every cost and baseline on one demo set: one figure per kind and summary.md."""
+    from mbirl.experiments.kuka_irl import METHODS, run_compare
+
+    methods = list(METHODS) if costs == "all" else [c.strip() for c in costs.split(",") if c.strip()]
+    cfg = _config(demos, methods[0] if methods else "", urdf, keypoint_links, train, test, outer_iters, inner_steps,
+                  inner_lr, outer_lr, inner_optimizer, update, grad_mode, None, seed)
+    out = run_compare(cfg, methods, run_dir, resume=resume, progress=progress)
+    typer.echo(out["table"])
+    typer.echo(f"figures and summary.md in {run_dir}")
+
+
+def quickstart(
+    run_dir: RunDirOpt = Path("runs/quickstart"),
+    seed: SeedOpt = 0,
+    outer_iters: OuterOpt = 100,
+    progress: ProgressOpt = True,
+) -> None:
+    """Placing demos + every cost and baseline with the original settings (3 train / 2 test, K=1)."""
+    from mbirl.data.demos import save_keypoint_demos
+    from mbirl.envs.kuka import default_kuka, generate_demos
+    from mbirl.experiments.kuka_irl import METHODS, MBIRLRunConfig, run_compare
+    from mbirl.reporting.plots import plot_demos
+
+    if outer_iters < 1:
+        raise InputError(f"must be >= 1, got {outer_iters}", field="outer_iters")
+    robot = default_kuka()
+    demo_path = run_dir / "demos_placing.npz"
+    trajs = generate_demos("placing", 6, seed=seed, robot=robot)
+    save_keypoint_demos(demo_path, trajs, {"task": "placing", "seed": seed, "robot": robot.describe(),
+                                           "command": f"mbirl kuka demos --task placing --n 6 --seed {seed}"})
+    plot_demos(trajs, run_dir / "demos_placing.png", title=f"placing: 6 demonstrations (seed {seed})")
+    cfg = MBIRLRunConfig(demos=str(demo_path), train=(0, 3), test=(3, 5), outer_iters=outer_iters, seed=seed)
+    out = run_compare(cfg, list(METHODS), run_dir, resume=True, progress=progress)
+    typer.echo(out["table"])
+    typer.echo(f"figures: {run_dir}/learning_curves.png, predictions.png, weights.png; table: {run_dir}/summary.md")

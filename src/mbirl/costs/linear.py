@@ -1,0 +1,86 @@
+"""Costs that are weighted squared distances to the goal (the MBIRL paper's parameterisations).
+
+With ``e_{t,d} = (z_{t,d} - g_d)^2``:
+- default:        mean_t sum_d e_{t,d}                    (no parameters)
+- weighted:       mean_t sum_d w_d e_{t,d}
+- time-dependent: mean_{t,d} w_{t,d} e_{t,d}
+- RBF-weighted:   mean_{t,d} w_{t,d} e_{t,d},  w_{t,d} = sum_j exp(-(t - c_j)^2 / width) theta_{j,d}
+Initial weights follow the original code (0.1 weighted, 0.01 time-dependent and RBF).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mbirl.costs.base import KeypointCost
+
+__all__ = ["DefaultCost", "RBFWeightedCost", "TimeDependentCost", "WeightedCost", "rbf_basis"]
+
+
+def _sq_err(z: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+    return (z - goal.unsqueeze(1)).pow(2)
+
+
+class DefaultCost(KeypointCost):
+    """Squared distance to the goal, summed over dimensions and averaged over time."""
+
+    def forward(self, z: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        return _sq_err(z, goal).sum(-1).mean(-1)
+
+
+class WeightedCost(KeypointCost):
+    """One weight per keypoint dimension. ``weights`` fixes them (e.g. from a baseline) and freezes them."""
+
+    def __init__(self, dim: int, init: float = 0.1, weights: torch.Tensor | None = None) -> None:
+        super().__init__(dim)
+        if weights is None:
+            self.weights = torch.nn.Parameter(torch.full((dim,), float(init)))
+        else:
+            self.register_buffer("weights", torch.as_tensor(weights, dtype=torch.float32).reshape(dim))
+
+    def forward(self, z: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        return (_sq_err(z, goal) * self.weights).sum(-1).mean(-1)
+
+    def weights_table(self) -> torch.Tensor:
+        return self.weights.detach()
+
+
+class TimeDependentCost(KeypointCost):
+    """One weight per time step and dimension, ``(T, D)``."""
+
+    def __init__(self, horizon: int, dim: int, init: float = 0.01) -> None:
+        super().__init__(dim)
+        self.horizon = horizon
+        self.weights = torch.nn.Parameter(torch.full((horizon, dim), float(init)))
+
+    def forward(self, z: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        return (_sq_err(z, goal) * self.weights).mean(dim=(-2, -1))
+
+    def weights_table(self) -> torch.Tensor:
+        return self.weights.detach()
+
+
+def rbf_basis(horizon: int, n_centres: int = 5, width: float = 2.0) -> torch.Tensor:
+    """``(T, J)`` matrix of Gaussian bumps with ``J`` centres spread evenly over ``0 .. T-1``."""
+    t = torch.arange(horizon, dtype=torch.float32)[:, None]
+    centres = torch.linspace(0.0, horizon - 1, n_centres)[None, :]
+    return torch.exp(-((t - centres) ** 2) / width)
+
+
+class RBFWeightedCost(KeypointCost):
+    """Time-dependent weights from ``J`` radial basis functions (fewer parameters, any horizon)."""
+
+    def __init__(self, horizon: int, dim: int, n_centres: int = 5, width: float = 2.0, init: float = 0.01) -> None:
+        super().__init__(dim)
+        self.horizon = horizon
+        self.register_buffer("basis", rbf_basis(horizon, n_centres, width))
+        self.theta = torch.nn.Parameter(torch.full((n_centres, dim), float(init)))
+
+    def time_weights(self) -> torch.Tensor:
+        return self.basis @ self.theta
+
+    def forward(self, z: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        return (_sq_err(z, goal) * self.time_weights()).mean(dim=(-2, -1))
+
+    def weights_table(self) -> torch.Tensor:
+        return self.time_weights().detach()

@@ -1,0 +1,19 @@
+"""Demonstration files in and out (``.npz`` of named arrays, never pickles) and importers."""
+
+from mbirl.data.demos import (
+    KeypointDemoSet,
+    import_original_mbirl,
+    load_keypoint_demos,
+    load_trajectories,
+    save_keypoint_demos,
+    save_trajectories,
+)
+
+__all__ = [
+    "KeypointDemoSet",
+    "import_original_mbirl",
+    "load_keypoint_demos",
+    "load_trajectories",
+    "save_keypoint_demos",
+    "save_trajectories",
+]

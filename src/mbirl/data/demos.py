@@ -1,0 +1,257 @@
+"""Reading and writing demonstration files.
+
+Keypoint demonstrations are stored as one ``.npz`` of named arrays stacked over demonstrations
+(``start_q (N, n_joints)``, ``keypoints (N, T, k, 3)``, optional ``q (N, T, n_joints)`` and
+``images (N, T, H, W, 3)``) plus a JSON metadata string. Files are read with
+``allow_pickle=False``; the original MBIRL ``.pt`` files are read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mbirl.errors import InputError
+from mbirl.types import KeypointTrajectory, Trajectory, check_array
+
+__all__ = [
+    "KeypointDemoSet",
+    "atomic_write_npz",
+    "import_original_mbirl",
+    "load_keypoint_demos",
+    "load_trajectories",
+    "read_npz",
+    "save_keypoint_demos",
+    "save_trajectories",
+]
+
+KEYPOINT_FORMAT = "mbirl.keypoint_demos/v1"
+TRAJECTORY_FORMAT = "mbirl.trajectories/v1"
+# Guards against decompression bombs and absurd headers in files from elsewhere.
+MAX_ARRAY_BYTES = 4 * 1024**3
+
+
+@dataclass(frozen=True)
+class KeypointDemoSet:
+    """Demonstrations of one task that share a horizon, plus free-form metadata (JSON-serialisable)."""
+
+    demos: tuple[KeypointTrajectory, ...]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.demos:
+            raise InputError("a demo set needs at least one demonstration", field="demos")
+        shapes = {(d.keypoints.shape, d.start_q.shape) for d in self.demos}
+        if len(shapes) != 1:
+            raise InputError(f"all demonstrations must share horizon, keypoints and joints; got {sorted(shapes)}",
+                             source=self.demos[0].source, field="keypoints")
+
+    def __len__(self) -> int:
+        return len(self.demos)
+
+    def __getitem__(self, index: int) -> KeypointTrajectory:
+        return self.demos[index]
+
+    def subset(self, start: int, stop: int) -> tuple[KeypointTrajectory, ...]:
+        """Demonstrations ``start:stop``; raises InputError when the range is empty or out of bounds."""
+        n = len(self.demos)
+        if not (0 <= start < stop <= n):
+            raise InputError(f"split {start}:{stop} is out of range for {n} demonstrations", field="split")
+        return self.demos[start:stop]
+
+
+def atomic_write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` to ``path`` via a temporary file, fsync and rename: never a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_npz(path: str | Path, required: Sequence[str], fmt: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read a project ``.npz`` without pickles; check the format tag and required keys."""
+    path = Path(path)
+    src = str(path)
+    if not path.is_file():
+        raise InputError("file not found", source=src)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays: dict[str, np.ndarray] = {}
+            for key in data.files:
+                info = data.zip.getinfo(f"{key}.npy")
+                if info.file_size > MAX_ARRAY_BYTES:
+                    raise InputError(f"array is too large ({info.file_size} bytes)", source=src, field=key)
+                arrays[key] = data[key]
+    except InputError:
+        raise
+    except ValueError as exc:
+        # numpy raises ValueError for object (pickled) arrays when allow_pickle=False.
+        raise InputError(f"not a valid demonstration file ({exc})", source=src) from None
+    except (OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+        raise InputError(f"not a readable .npz file ({type(exc).__name__}: {exc})", source=src) from None
+    if "format" not in arrays:
+        raise InputError(f"missing format tag (expected '{fmt}')", source=src, field="format")
+    tag = str(arrays["format"])
+    if tag != fmt:
+        raise InputError(f"expected format '{fmt}', got '{tag}'", source=src, field="format")
+    for key in required:
+        if key not in arrays:
+            raise InputError("missing required array", source=src, field=key)
+    meta: dict[str, Any] = {}
+    if "meta_json" in arrays:
+        try:
+            meta = json.loads(str(arrays["meta_json"]))
+        except json.JSONDecodeError as exc:
+            raise InputError(f"invalid JSON ({exc})", source=src, field="meta_json") from None
+        if not isinstance(meta, dict):
+            raise InputError("expected a JSON object", source=src, field="meta_json")
+    return arrays, meta
+
+
+def save_keypoint_demos(path: str | Path, demos: Sequence[KeypointTrajectory], meta: dict[str, Any] | None = None
+                        ) -> None:
+    """Save keypoint demonstrations (same horizon) as one ``.npz``."""
+    demo_set = KeypointDemoSet(tuple(demos), dict(meta or {}))
+    arrays: dict[str, np.ndarray] = {
+        "format": np.asarray(KEYPOINT_FORMAT),
+        "meta_json": np.asarray(json.dumps(demo_set.meta)),
+        "start_q": np.stack([d.start_q for d in demos]),
+        "keypoints": np.stack([d.keypoints for d in demos]),
+    }
+    for name in ("q", "images"):
+        values = [getattr(d, name) for d in demos]
+        if all(v is not None for v in values):
+            arrays[name] = np.stack(values)
+        elif any(v is not None for v in values):
+            raise InputError(f"either every demonstration has '{name}' or none does", field=name)
+    atomic_write_npz(path, arrays)
+
+
+def load_keypoint_demos(path: str | Path) -> KeypointDemoSet:
+    """Load keypoint demonstrations from our ``.npz`` or from an original MBIRL ``.pt`` file."""
+    path = Path(path)
+    if path.suffix == ".pt":
+        return import_original_mbirl(path)
+    src = str(path)
+    arrays, meta = read_npz(path, ("start_q", "keypoints"), KEYPOINT_FORMAT)
+    start_q = check_array(arrays["start_q"], "start_q", ndim=2, source=src)
+    keypoints = check_array(arrays["keypoints"], "keypoints", ndim=4, source=src, shape=(len(start_q), None, None, 3))
+    n = len(start_q)
+    q = arrays.get("q")
+    if q is not None:
+        q = check_array(q, "q", ndim=3, source=src, shape=(n, keypoints.shape[1], start_q.shape[1]))
+    images = arrays.get("images")
+    if images is not None:
+        images = check_array(images, "images", ndim=5, dtype_kind="u", source=src,
+                             shape=(n, keypoints.shape[1], None, None, 3))
+    demos = tuple(
+        KeypointTrajectory(
+            start_q=start_q[i],
+            keypoints=keypoints[i],
+            q=None if q is None else q[i],
+            images=None if images is None else images[i],
+            source=src,
+        )
+        for i in range(n)
+    )
+    return KeypointDemoSet(demos, meta)
+
+
+def import_original_mbirl(path: str | Path) -> KeypointDemoSet:
+    """Import an original MBIRL trajectory file: a ``torch.save``d list of dicts with
+    ``start_joint_config`` ``(1, 7)`` and ``desired_keypoints`` ``(T, k, 3)``.
+
+    Read with ``torch.load(weights_only=True)``: a file that needs arbitrary unpickling is refused.
+    """
+    import torch
+
+    path = Path(path)
+    src = str(path)
+    if not path.is_file():
+        raise InputError("file not found", source=src)
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError, RuntimeError on corrupt archives, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot be read safely as an MBIRL .pt file ({first})", source=src) from None
+    if not isinstance(raw, (list, tuple)) or not raw:
+        raise InputError("expected a non-empty list of trajectory dicts", source=src)
+    demos = []
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, dict):
+            raise InputError(f"entry {i} is a {type(entry).__name__}, expected a dict", source=src)
+        for key in ("start_joint_config", "desired_keypoints"):
+            if key not in entry:
+                raise InputError(f"entry {i} has no '{key}'", source=src, field=key)
+        q0 = np.asarray(torch.as_tensor(entry["start_joint_config"]).detach().cpu().numpy())
+        kp = np.asarray(torch.as_tensor(entry["desired_keypoints"]).detach().cpu().numpy())
+        if q0.ndim == 2 and q0.shape[0] == 1:
+            q0 = q0[0]
+        demos.append(KeypointTrajectory(start_q=q0, keypoints=kp, source=src))
+    return KeypointDemoSet(tuple(demos), {"imported_from": "mbirl-original", "file": path.name})
+
+
+def save_trajectories(path: str | Path, trajectories: Sequence[Trajectory], meta: dict[str, Any] | None = None
+                      ) -> None:
+    """Save state-action trajectories of varying length as one ``.npz`` (concatenated, with offsets)."""
+    if not trajectories:
+        raise InputError("need at least one trajectory", field="trajectories")
+    lengths = np.asarray([len(t) for t in trajectories], dtype=np.int64)
+    arrays: dict[str, np.ndarray] = {
+        "format": np.asarray(TRAJECTORY_FORMAT),
+        "meta_json": np.asarray(json.dumps(dict(meta or {}))),
+        "lengths": lengths,
+        "obs": np.concatenate([t.obs for t in trajectories]),
+        "acts": np.concatenate([t.acts for t in trajectories]),
+        "dones": np.concatenate([t.dones for t in trajectories]),
+    }
+    if all(t.rews is not None for t in trajectories):
+        arrays["rews"] = np.concatenate([t.rews for t in trajectories if t.rews is not None])
+    atomic_write_npz(path, arrays)
+
+
+def load_trajectories(path: str | Path) -> tuple[list[Trajectory], dict[str, Any]]:
+    """Load trajectories saved by :func:`save_trajectories`; returns ``(trajectories, meta)``."""
+    src = str(path)
+    arrays, meta = read_npz(path, ("lengths", "obs", "acts", "dones"), TRAJECTORY_FORMAT)
+    lengths = check_array(arrays["lengths"], "lengths", ndim=1, dtype_kind="i", source=src)
+    if (lengths < 1).any():
+        raise InputError("every trajectory needs at least one step", source=src, field="lengths")
+    n_steps = int(lengths.sum())
+    if len(arrays["acts"]) != n_steps or len(arrays["dones"]) != n_steps:
+        raise InputError(f"expected {n_steps} actions and dones in total", source=src, field="acts")
+    if len(arrays["obs"]) != n_steps + len(lengths):
+        raise InputError(f"expected {n_steps + len(lengths)} observations in total", source=src, field="obs")
+    if "rews" in arrays and len(arrays["rews"]) != n_steps:
+        raise InputError(f"expected {n_steps} rewards", source=src, field="rews")
+    out = []
+    o = a = 0
+    for n in lengths.tolist():
+        out.append(
+            Trajectory(
+                obs=arrays["obs"][o : o + n + 1],
+                acts=arrays["acts"][a : a + n],
+                dones=arrays["dones"][a : a + n],
+                rews=arrays["rews"][a : a + n] if "rews" in arrays else None,
+                source=src,
+            )
+        )
+        o += n + 1
+        a += n
+    return out, meta

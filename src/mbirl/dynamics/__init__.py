@@ -1,0 +1,6 @@
+"""Dynamics models: one interface (roll out an action sequence), ground-truth and learned variants."""
+
+from mbirl.dynamics.base import KeypointDynamics
+from mbirl.dynamics.kinematic import KinematicKeypointDynamics
+
+__all__ = ["KeypointDynamics", "KinematicKeypointDynamics"]

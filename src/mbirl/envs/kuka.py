@@ -1,0 +1,140 @@
+"""The KUKA iiwa keypoint tasks of MBIRL (Das et al., CoRL 2020): robots and seeded demo generators.
+
+Demonstrations are *reachable*: a desired keypoint path (a rigid translation of the held object,
+with noise) is tracked by batched inverse kinematics, and the demonstration stores the joint states
+and the keypoints the robot really reaches, ``keypoints = FK(q)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from mbirl.envs.robot import KeypointRobot, KeypointSpec
+from mbirl.errors import InputError
+from mbirl.types import KeypointTrajectory
+
+__all__ = ["DEFAULT_KEYPOINTS", "REST_POSE", "default_kuka", "generate_demos", "original_kuka", "solve_ik",
+           "robot_from_options"]
+
+REST_POSE = (0.0, 0.0, 0.0, 1.57079633, 0.0, 1.03672558, 0.0)
+"""Rest pose of the original experiment (radians)."""
+
+# Two keypoints on a held object (a short bar) attached to the flange, in metres in the flange frame.
+DEFAULT_KEYPOINTS = (
+    KeypointSpec("lbr_iiwa_link_7", (0.0, 0.0, 0.10)),
+    KeypointSpec("lbr_iiwa_link_7", (0.0, 0.06, 0.16)),
+)
+
+Task = Literal["placing", "reaching"]
+
+
+def default_kuka() -> KeypointRobot:
+    """PyBullet's bundled ``kuka_iiwa/model.urdf`` with two keypoints on a held object."""
+    import pybullet_data
+
+    urdf = Path(pybullet_data.getDataPath()) / "kuka_iiwa" / "model.urdf"
+    return KeypointRobot(urdf, DEFAULT_KEYPOINTS, name="kuka_iiwa")
+
+
+def original_kuka(urdf: str | Path, links: tuple[str, ...] = ("kp_link_1", "kp_link_2")) -> KeypointRobot:
+    """The original experiment's iiwa7 URDF, whose keypoints are links ``kp_link_1``, ``kp_link_2``."""
+    return KeypointRobot(urdf, list(links), name="iiwa7_keypoints")
+
+
+def robot_from_options(urdf: str | Path | None, keypoint_links: str | None) -> KeypointRobot:
+    """Build the robot named by CLI options: the default KUKA, or ``urdf`` with comma-separated links."""
+    if urdf is None:
+        if keypoint_links:
+            raise InputError("--keypoint-links needs --urdf", field="keypoint_links")
+        return default_kuka()
+    if not keypoint_links:
+        raise InputError("--urdf needs --keypoint-links (comma-separated link names)", field="keypoint_links")
+    links = [s.strip() for s in keypoint_links.split(",") if s.strip()]
+    return KeypointRobot(urdf, links, name=Path(urdf).stem)
+
+
+def solve_ik(robot: KeypointRobot, targets: torch.Tensor, q_init: torch.Tensor, *, iters: int = 1000,
+             lr: float = 0.03, reg: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched keypoint inverse kinematics by Adam on ``||FK(q) - target||^2``, within joint limits.
+
+    Args:
+        targets: ``(..., k, 3)`` keypoint targets (robot units).
+        q_init: ``(..., n_joints)`` initial joints (broadcastable); also the anchor of a small regulariser
+            that keeps solutions on the same IK branch.
+    Returns:
+        ``(q, residual)``: joints ``(..., n_joints)`` and per-sample max keypoint error ``(...)``.
+    """
+    q_init = q_init.expand(*targets.shape[:-2], robot.n_joints).clone()
+    q = q_init.clone().requires_grad_(True)
+    opt = torch.optim.Adam([q], lr=lr)
+    for _ in range(iters):
+        opt.zero_grad()
+        err = robot.keypoints(robot.clip(q)) - targets
+        loss = err.pow(2).sum() + reg * (q - q_init).pow(2).sum()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        q = robot.clip(q)
+        residual = (robot.keypoints(q) - targets).norm(dim=-1).amax(dim=-1)
+    return q.detach(), residual
+
+
+def _placing_offsets(T: int, rng: np.random.Generator, noise: float) -> np.ndarray:
+    # As the original: the first half moves ≈ -20 cm in x, the second half ≈ -30 cm in z.
+    dx = -20.0 + rng.normal(0.0, 1.5)
+    dz = -30.0 + rng.normal(0.0, 2.0)
+    h = T // 2
+    off = np.zeros((T, 3))
+    off[:h, 0] = np.linspace(0.0, dx, h)
+    off[h:, 0] = dx
+    off[h:, 2] = np.linspace(0.0, dz, T - h)
+    off[1:] += rng.normal(0.0, noise, size=(T - 1, 3))
+    return off
+
+
+def _reaching_offsets(T: int, rng: np.random.Generator, noise: float) -> np.ndarray:
+    # Mostly along x to varied goals, with small y/z components.
+    goal = np.array([rng.uniform(-25.0, -8.0), rng.uniform(-4.0, 4.0), rng.uniform(-4.0, 4.0)])
+    off = np.linspace(0.0, 1.0, T)[:, None] * goal[None, :]
+    off[1:] += rng.normal(0.0, noise, size=(T - 1, 3))
+    return off
+
+
+def generate_demos(task: Task, n: int, *, seed: int = 0, horizon: int = 10, robot: KeypointRobot | None = None,
+                   start_q: tuple[float, ...] = REST_POSE, noise: float = 0.3, max_residual: float = 2.0
+                   ) -> list[KeypointTrajectory]:
+    """Seeded, reachable demonstrations of ``task`` ("placing" or "reaching").
+
+    The held object is translated rigidly along the task's path (plus Gaussian noise of ``noise`` cm per
+    step); inverse kinematics finds the joint states, and the stored keypoints are ``FK(q)``.
+    Raises InputError if the IK residual exceeds ``max_residual`` cm (the path is not reachable).
+    """
+    if task not in ("placing", "reaching"):
+        raise InputError(f"unknown task '{task}' (expected placing or reaching)", field="task")
+    if n < 1 or horizon < 2:
+        raise InputError(f"need n >= 1 and horizon >= 2, got n={n}, horizon={horizon}", field="n")
+    robot = robot if robot is not None else default_kuka()
+    if len(start_q) != robot.n_joints:
+        raise InputError(f"start pose has {len(start_q)} joints, robot has {robot.n_joints}", field="start_q")
+    rng = np.random.default_rng(seed)
+    make = _placing_offsets if task == "placing" else _reaching_offsets
+    offsets = np.stack([make(horizon, rng, noise) for _ in range(n)])  # (n, T, 3)
+    q0 = torch.tensor(start_q, dtype=torch.float32)
+    with torch.no_grad():
+        z0 = robot.keypoints(q0)  # (k, 3)
+    targets = z0[None, None] + torch.as_tensor(offsets, dtype=torch.float32)[:, :, None, :]
+    q, residual = solve_ik(robot, targets, q0)
+    q[:, 0] = q0
+    worst = float(residual[:, 1:].max())
+    if worst > max_residual:
+        raise InputError(f"{task} path not reachable by {robot.name}: IK residual {worst:.2f} cm", field="task")
+    with torch.no_grad():
+        keypoints = robot.keypoints(q)
+    return [
+        KeypointTrajectory(start_q=q0.numpy().copy(), keypoints=keypoints[i].numpy(), q=q[i].numpy())
+        for i in range(n)
+    ]

@@ -1,0 +1,166 @@
+"""Typed demonstrations. Every field is validated (shape, dtype, finiteness) on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mbirl.errors import InputError
+
+__all__ = ["KeypointTrajectory", "Trajectory", "check_array"]
+
+
+def check_array(
+    value: Any,
+    name: str,
+    *,
+    ndim: int,
+    dtype_kind: str = "f",
+    source: str | None = None,
+    finite: bool = True,
+    shape: tuple[int | None, ...] | None = None,
+    min_len: int = 1,
+) -> np.ndarray:
+    """Return `value` as an ndarray after checking rank, dtype kind, size and finiteness."""
+    if not isinstance(value, np.ndarray):
+        try:
+            value = np.asarray(value)
+        except Exception as exc:  # ragged lists and the like
+            raise InputError(f"not convertible to an array ({exc})", source=source, field=name) from None
+    if value.dtype == object:
+        raise InputError("object arrays are not accepted", source=source, field=name)
+    if value.ndim != ndim:
+        raise InputError(f"expected {ndim}-D array, got shape {value.shape}", source=source, field=name)
+    if shape is not None:
+        for axis, want in enumerate(shape):
+            if want is not None and value.shape[axis] != want:
+                raise InputError(
+                    f"expected size {want} on axis {axis}, got shape {value.shape}", source=source, field=name
+                )
+    if value.ndim and value.shape[0] < min_len:
+        raise InputError(f"expected at least {min_len} entries, got {value.shape[0]}", source=source, field=name)
+    if any(s == 0 for s in value.shape):
+        raise InputError(f"empty array of shape {value.shape}", source=source, field=name)
+    kinds = {"f": "fi", "u": "u", "i": "iu", "b": "b"}[dtype_kind]
+    if value.dtype.kind not in kinds:
+        raise InputError(f"expected a numeric dtype of kind '{dtype_kind}', got {value.dtype}", source=source,
+                         field=name)
+    if dtype_kind == "f":
+        value = value.astype(np.float32, copy=False)
+    if finite and value.dtype.kind == "f" and not np.isfinite(value).all():
+        raise InputError("contains NaN or Inf", source=source, field=name)
+    return value
+
+
+@dataclass(frozen=True)
+class KeypointTrajectory:
+    """One demonstration of the keypoint task.
+
+    Attributes:
+        start_q: start joint configuration, shape ``(n_joints,)`` float32 (radians).
+        keypoints: keypoint positions, shape ``(T, k, 3)`` float32 (centimetres); ``keypoints[-1]`` is the goal.
+        q: optional joint states along the demonstration, shape ``(T, n_joints)`` float32.
+        images: optional RGB frames, shape ``(T, H, W, 3)`` uint8.
+        source: where the demonstration came from (a file name), used in error messages.
+    """
+
+    start_q: np.ndarray
+    keypoints: np.ndarray
+    q: np.ndarray | None = None
+    images: np.ndarray | None = None
+    source: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        src = self.source
+        start_q = check_array(self.start_q, "start_q", ndim=1, source=src)
+        keypoints = check_array(self.keypoints, "keypoints", ndim=3, source=src, min_len=2)
+        if keypoints.shape[2] != 3:
+            raise InputError(f"expected (T, k, 3), got {keypoints.shape}", source=src, field="keypoints")
+        object.__setattr__(self, "start_q", start_q)
+        object.__setattr__(self, "keypoints", keypoints)
+        T = keypoints.shape[0]
+        if self.q is not None:
+            q = check_array(self.q, "q", ndim=2, source=src, shape=(T, start_q.shape[0]))
+            object.__setattr__(self, "q", q)
+        if self.images is not None:
+            images = check_array(self.images, "images", ndim=4, dtype_kind="u", source=src, shape=(T, None, None, 3))
+            if images.dtype != np.uint8:
+                raise InputError(f"expected uint8, got {images.dtype}", source=src, field="images")
+            object.__setattr__(self, "images", images)
+
+    @property
+    def horizon(self) -> int:
+        """Number of time steps T (states, including the start)."""
+        return int(self.keypoints.shape[0])
+
+    @property
+    def n_keypoints(self) -> int:
+        return int(self.keypoints.shape[1])
+
+    @property
+    def n_joints(self) -> int:
+        return int(self.start_q.shape[0])
+
+    @property
+    def goal(self) -> np.ndarray:
+        """Goal keypoints: the demonstration's last frame, shape ``(k, 3)``."""
+        return self.keypoints[-1]
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """A general state-action trajectory (gymnasium-style).
+
+    Attributes:
+        obs: observations, shape ``(N + 1, *obs_shape)``; ``obs[i + 1]`` is the observation after ``acts[i]``.
+        acts: actions, shape ``(N, *act_shape)`` (float for continuous, integer for discrete actions).
+        dones: shape ``(N,)`` bool; ``dones[i]`` is true where step ``i`` ended in a terminal state
+            (not a time-limit truncation).
+        rews: optional environment rewards, shape ``(N,)``.
+    """
+
+    obs: np.ndarray
+    acts: np.ndarray
+    dones: np.ndarray
+    rews: np.ndarray | None = None
+    source: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        src = self.source
+        obs = np.asarray(self.obs)
+        acts = np.asarray(self.acts)
+        obs = check_array(obs, "obs", ndim=max(obs.ndim, 1), source=src, min_len=2)
+        acts = check_array(acts, "acts", ndim=max(acts.ndim, 1), dtype_kind="f" if acts.dtype.kind == "f" else "i",
+                           source=src)
+        if len(obs) != len(acts) + 1:
+            raise InputError(f"len(obs) must equal len(acts) + 1, got {len(obs)} and {len(acts)}", source=src,
+                             field="obs")
+        dones = np.asarray(self.dones)
+        if dones.shape != (len(acts),):
+            raise InputError(f"expected shape ({len(acts)},), got {dones.shape}", source=src, field="dones")
+        if dones.dtype != np.bool_:
+            if dones.dtype.kind not in "iub" or not np.isin(dones, (0, 1)).all():
+                raise InputError(f"expected booleans, got {dones.dtype}", source=src, field="dones")
+            dones = dones.astype(bool)
+        if dones[:-1].any():
+            raise InputError("only the last step of a trajectory may be terminal", source=src, field="dones")
+        object.__setattr__(self, "obs", obs)
+        object.__setattr__(self, "acts", acts)
+        object.__setattr__(self, "dones", dones)
+        if self.rews is not None:
+            rews = check_array(self.rews, "rews", ndim=1, source=src, shape=(len(acts),))
+            object.__setattr__(self, "rews", rews)
+
+    def __len__(self) -> int:
+        return int(len(self.acts))
+
+    @property
+    def next_obs(self) -> np.ndarray:
+        """Observations after each action, shape ``(N, *obs_shape)``."""
+        return self.obs[1:]
+
+    @property
+    def terminal(self) -> bool:
+        return bool(self.dones[-1])
