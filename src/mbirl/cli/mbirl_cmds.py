@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from mbirl.errors import InputError
+from mbirl.experiments.kuka_irl import MBIRLRunConfig, parse_split
 
 __all__ = ["mbirl_app", "quickstart"]
 
@@ -35,8 +36,7 @@ ProgressOpt = Annotated[bool, typer.Option(help="show a progress bar")]
 
 def _config(demos: Path, method: str, urdf: str | None, keypoint_links: str | None, train: str, test: str,
             outer_iters: int, inner_steps: int, inner_lr: float, outer_lr: float, inner_optimizer: str, update: str,
-            grad_mode: str, grad_clip: float | None, seed: int):  # type: ignore[no-untyped-def]
-    from mbirl.experiments.kuka_irl import MBIRLRunConfig, parse_split
+            grad_mode: str, grad_clip: float | None, seed: int) -> MBIRLRunConfig:
 
     return MBIRLRunConfig(
         demos=str(demos), method=method, urdf=urdf, keypoint_links=keypoint_links,

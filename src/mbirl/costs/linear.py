@@ -70,6 +70,8 @@ def rbf_basis(horizon: int, n_centres: int = 5, width: float = 2.0) -> torch.Ten
 class RBFWeightedCost(KeypointCost):
     """Time-dependent weights from ``J`` radial basis functions (fewer parameters, any horizon)."""
 
+    basis: torch.Tensor
+
     def __init__(self, horizon: int, dim: int, n_centres: int = 5, width: float = 2.0, init: float = 0.01) -> None:
         super().__init__(dim)
         self.horizon = horizon

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from mbirl.algorithms.feature_matching import FeatureMatchingIRL
-from mbirl.algorithms.mbirl import MBIRL, DemoBatch, NonFiniteError
+from mbirl.algorithms.mbirl import MBIRL, DemoBatch, NonFiniteError, irl_loss
 from mbirl.costs.base import COST_NAMES, make_cost
 from mbirl.data.demos import KeypointDemoSet, load_keypoint_demos
 from mbirl.dynamics.kinematic import KinematicKeypointDynamics
@@ -106,7 +106,7 @@ class Prepared:
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 (seed the global RNG any third-party code may use)
     torch.manual_seed(seed)
 
 
@@ -119,9 +119,9 @@ def prepare_run(cfg: MBIRLRunConfig, demo_set: KeypointDemoSet | None = None,
                              ("checkpoint_every", cfg.checkpoint_every, 1)):
         if value < low:
             raise InputError(f"must be >= {low}, got {value}", field=name)
-    for name, value in (("inner_lr", cfg.inner_lr), ("outer_lr", cfg.outer_lr)):
-        if not np.isfinite(value) or value <= 0:
-            raise InputError(f"must be a positive finite number, got {value}", field=name)
+    for lr_name, lr in (("inner_lr", cfg.inner_lr), ("outer_lr", cfg.outer_lr)):
+        if not np.isfinite(lr) or lr <= 0:
+            raise InputError(f"must be a positive finite number, got {lr}", field=lr_name)
     if cfg.grad_mode not in ("unrolled", "truncated"):
         raise InputError(f"unknown gradient mode '{cfg.grad_mode}' (expected unrolled or truncated)",
                          field="grad_mode")
@@ -150,7 +150,7 @@ def prepare_run(cfg: MBIRLRunConfig, demo_set: KeypointDemoSet | None = None,
 
 
 def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()  # noqa: NPY002
     return {
         "python": repr(random.getstate()),
         "numpy": {"keys": torch.as_tensor(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
@@ -165,7 +165,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     py = ast.literal_eval(state["python"])
     random.setstate((py[0], tuple(py[1]), py[2]))
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))  # noqa: NPY002
     torch.set_rng_state(state["torch"])
 
 
@@ -212,7 +212,7 @@ def run_mbirl(cfg: MBIRLRunConfig, run_dir: str | Path, *, resume: bool = False,
         ev = learner.evaluate(prep.test)
         return float(ev.irl_loss.mean()), float(ev.relative_goal_distance.mean())
 
-    with MetricsLogger(run_dir, resume_from_step=start if start else None) as log:
+    with MetricsLogger(run_dir, resume_from_step=start + 1 if start else None) as log:
         if start == 0:
             test_loss, rel = evaluate_test()
             history["irl_loss_train"].append(float(learner.evaluate(prep.train).irl_loss.mean()))
@@ -249,11 +249,15 @@ def run_mbirl(cfg: MBIRLRunConfig, run_dir: str | Path, *, resume: bool = False,
                     save()
                 bar.update(task, advance=1, train=train_loss, test=test_loss)
     final = learner.evaluate(prep.test)
+    with torch.no_grad():  # the original code's "before training" train loss: zero actions, no inner step
+        u0 = torch.zeros(len(prep.train), prep.train.horizon - 1, prep.dynamics.n_joints)
+        zero_action = float(irl_loss(prep.dynamics.rollout(prep.train.q0, u0)[1].flatten(-2), prep.train.z).mean())
     metrics: dict[str, Any] = {
         "method": cfg.method,
         "irl_loss_train": history["irl_loss_train"],
         "irl_loss_test": history["irl_loss_test"],
         "test_relative_goal_distance_curve": history["test_relative_goal_distance"],
+        "zero_action_irl_loss_train": zero_action,
         "final_train_irl_loss": history["irl_loss_train"][-1],
         "final_test_irl_loss": float(final.irl_loss.mean()),
         "final_test_irl_loss_per_demo": final.irl_loss.tolist(),

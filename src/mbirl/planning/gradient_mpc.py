@@ -9,7 +9,7 @@ size. Updates are functional (out of place); with ``GradientMode.UNROLLED`` the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 import torch
 
@@ -20,7 +20,7 @@ from mbirl.errors import InputError
 __all__ = ["ActionOptInfo", "GradientMode", "optimize_actions"]
 
 
-class GradientMode(str, Enum):
+class GradientMode(StrEnum):
     """How gradients pass from the optimised actions back to the cost parameters."""
 
     UNROLLED = "unrolled"  # through every inner step (exact bi-level gradient)

@@ -13,7 +13,7 @@ __all__ = ["MetricsLogger"]
 class MetricsLogger:
     """Append-only metrics log of one run: ``metrics.jsonl`` plus TensorBoard events under ``tb/``.
 
-    On resume, rows at or after the resumed step are dropped from the JSONL so the file matches an
+    On resume, rows at or after ``resume_from_step`` (the first step still to run) are dropped so the file matches an
     uninterrupted run.
     """
 

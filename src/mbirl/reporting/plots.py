@@ -35,7 +35,8 @@ def plot_demos(demos: Sequence[KeypointTrajectory], path: str | Path, title: str
         for k in range(demo.n_keypoints):
             kp = demo.keypoints[:, k]
             for ax, (a, b) in zip(axes, ((0, 2), (0, 1)), strict=True):
-                ax.plot(kp[:, a], kp[:, b], "-o", ms=3, color=colors[i], alpha=0.8, label=f"demo {i}" if k == 0 else None)
+                label = f"demo {i}" if k == 0 else None
+                ax.plot(kp[:, a], kp[:, b], "-o", ms=3, color=colors[i], alpha=0.8, label=label)
                 ax.plot(kp[-1, a], kp[-1, b], "*", ms=10, color=colors[i])
     for ax, (a, b) in zip(axes, ((0, 2), (0, 1)), strict=True):
         ax.set_xlabel(f"{_AXES[a]} [cm]")

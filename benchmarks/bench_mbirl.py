@@ -1,0 +1,106 @@
+"""MBIRL speed benchmark: prints seconds per outer iteration and the ratios the targets are stated in.
+
+Run with ``make bench`` (or ``python benchmarks/bench_mbirl.py [--quick]``). All ratios are measured in
+one process, one after the other, so machine noise affects numerator and denominator alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from mbirl.algorithms import MBIRL, DemoBatch
+from mbirl.costs import make_cost
+from mbirl.dynamics import KinematicKeypointDynamics
+from mbirl.envs import REST_POSE, default_kuka, generate_demos
+
+
+def timeit(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    """Median wall time of ``fn`` in seconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def synthetic_batch(dyn: KinematicKeypointDynamics, n: int, horizon: int, seed: int = 0) -> DemoBatch:
+    """Reachable demonstrations from small random joint motions (timing does not depend on their shape)."""
+    g = torch.Generator().manual_seed(seed)
+    q0 = torch.tensor(REST_POSE).expand(n, -1)
+    u = 0.03 * torch.randn(n, horizon - 1, dyn.n_joints, generator=g)
+    with torch.no_grad():
+        _, z = dyn.rollout(q0, u)
+    return DemoBatch(q0=q0.clone(), z=z.flatten(-2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and a smaller grid")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (small ops gain nothing from more)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    reps = 5 if args.quick else 20
+    dyn = KinematicKeypointDynamics(default_kuka())
+
+    # 1. The original setting: 3 train + 2 test placing demos, T=10, K=1, per-demo updates + test evaluation.
+    demos = generate_demos("placing", 6, seed=0)
+    train, test = DemoBatch.from_demos(demos[:3]), DemoBatch.from_demos(demos[3:5])
+    print("== original setting: 3 train + 2 test demos, T=10, K=1, per-demo updates, incl. test evaluation")
+    for name in ("weighted", "timedep", "rbf", "neural"):
+        learner = MBIRL(make_cost(name, horizon=10, dim=6), dyn, train, test)
+
+        def outer(learner: MBIRL = learner) -> None:
+            learner.outer_iteration()
+            learner.evaluate(test)
+
+        s = timeit(outer, reps * 2)
+        print(f"  {name:9s} {s * 1000:7.2f} ms / outer iteration   (target < 70 ms; original code ~3600 ms)")
+
+    # 2. Grid over horizon, inner steps and number of demonstrations (batched updates).
+    print("\n== seconds per outer iteration, batched update (time-dependent cost)")
+    print(f"  {'T':>3} {'K':>3} {'demos':>6} {'s/iter':>10}")
+    grid_T = (10, 20) if args.quick else (10, 20, 40)
+    grid_K = (1, 5) if args.quick else (1, 5, 10)
+    grid_N = (1, 8, 64)
+    per_demo_count: dict[tuple[int, int, int], float] = {}
+    for T in grid_T:
+        for K in grid_K:
+            for N in grid_N:
+                batch = synthetic_batch(dyn, N, T)
+                cost = make_cost("timedep", horizon=T, dim=6)
+                learner = MBIRL(cost, dyn, batch, inner_steps=K, update="batched")
+                s = timeit(learner.outer_iteration, max(3, reps // (1 + K // 5)))
+                per_demo_count[(T, K, N)] = s
+                print(f"  {T:>3} {K:>3} {N:>6} {s:>10.4f}")
+
+    # 3. Ratios.
+    print("\n== ratios (same process, same batch)")
+    for N in (3, 8):
+        batch = synthetic_batch(dyn, N, 10)
+        learner = MBIRL(make_cost("timedep", horizon=10, dim=6), dyn, batch, update="batched")
+        u = torch.zeros(N, 9, dyn.n_joints)
+
+        def rollout(batch: DemoBatch = batch, u: torch.Tensor = u) -> None:
+            with torch.no_grad():
+                dyn.rollout(batch.q0, u)
+
+        t_roll = timeit(rollout, reps * 5)
+        t_step = timeit(learner.outer_iteration, reps * 2)
+        print(f"  bi-level outer step / rollout forward, {N} demos, T=10, K=1: {t_step / t_roll:5.1f}x "
+              f"({t_step * 1000:.2f} ms / {t_roll * 1000:.2f} ms; target <= 10x)")
+    for T in grid_T:
+        for K in grid_K:
+            r = per_demo_count[(T, K, 64)] / per_demo_count[(T, K, 1)]
+            print(f"  64 demos / 1 demo, T={T:>2}, K={K:>2}: {r:5.2f}x (target <= 3x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""The inner loop: batched gradient MPC, and gradients through it checked against finite differences."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mbirl.algorithms.mbirl import DemoBatch, irl_loss
+from mbirl.costs import make_cost
+from mbirl.dynamics import KinematicKeypointDynamics
+from mbirl.envs import default_kuka
+from mbirl.planning import GradientMode, optimize_actions
+
+
+@pytest.fixture(scope="module")
+def dyn64() -> KinematicKeypointDynamics:
+    return KinematicKeypointDynamics(default_kuka().to(torch.float64))
+
+
+@pytest.fixture(scope="module")
+def batch64(placing_demos) -> DemoBatch:
+    return DemoBatch.from_demos(placing_demos[:2], dtype=torch.float64)
+
+
+def _outer_loss(dyn, cost, batch, **inner) -> torch.Tensor:
+    u, _ = optimize_actions(dyn, cost, batch.q0, batch.goal, batch.horizon, **inner)
+    _, z = dyn.rollout(batch.q0, u)
+    return irl_loss(z.flatten(-2), batch.z).sum()
+
+
+@pytest.mark.parametrize("name,optimizer,steps", [("weighted", "sgd", 3), ("rbf", "sgd", 2), ("timedep", "adam", 2),
+                                                   ("neural", "sgd", 2)])
+def test_unrolled_gradient_matches_finite_differences(dyn64, batch64, name, optimizer, steps):
+    torch.manual_seed(0)
+    cost = make_cost(name, horizon=batch64.horizon, dim=batch64.z.shape[-1]).double()
+    # Small steps keep the joints away from their limits, where the clipped rollout has kinks.
+    inner = {"n_steps": steps, "lr": 1e-4 if optimizer == "sgd" else 1e-3, "optimizer": optimizer}
+    params = [p for p in cost.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(_outer_loss(dyn64, cost, batch64, **inner), params)
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    assert flat.abs().max() > 0
+    gen = torch.Generator().manual_seed(1)
+    checked = 0
+    for p, g in zip(params, grads, strict=True):
+        for idx in torch.randperm(p.numel(), generator=gen)[:4].tolist():
+            eps = 1e-6
+            with torch.no_grad():
+                orig = p.view(-1)[idx].item()
+                p.view(-1)[idx] = orig + eps
+                up = _outer_loss(dyn64, cost, batch64, grad_mode=GradientMode.NONE, **inner).item()
+                p.view(-1)[idx] = orig - eps
+                down = _outer_loss(dyn64, cost, batch64, grad_mode=GradientMode.NONE, **inner).item()
+                p.view(-1)[idx] = orig
+            fd = (up - down) / (2 * eps)
+            assert g.view(-1)[idx].item() == pytest.approx(fd, rel=1e-4, abs=1e-5 * max(1.0, abs(fd)))
+            checked += 1
+    assert checked >= 4
+
+
+def test_inner_step_does_not_depend_on_batch_size(placing_demos):
+    dyn = KinematicKeypointDynamics(default_kuka())
+    batch = DemoBatch.from_demos(placing_demos)
+    cost = make_cost("timedep", horizon=batch.horizon, dim=batch.z.shape[-1])
+    u_all, _ = optimize_actions(dyn, cost, batch.q0, batch.goal, batch.horizon, n_steps=3, lr=1e-3,
+                                grad_mode=GradientMode.NONE)
+    for i in (0, 4):
+        one = batch.select(i)
+        u_one, _ = optimize_actions(dyn, cost, one.q0, one.goal, one.horizon, n_steps=3, lr=1e-3,
+                                    grad_mode=GradientMode.NONE)
+        torch.testing.assert_close(u_all[i : i + 1], u_one, rtol=1e-5, atol=1e-7)
+
+
+def test_more_inner_steps_lower_the_inner_cost(placing_demos):
+    dyn = KinematicKeypointDynamics(default_kuka())
+    batch = DemoBatch.from_demos(placing_demos[:3])
+    cost = make_cost("default", horizon=batch.horizon, dim=batch.z.shape[-1])
+    _, info = optimize_actions(dyn, cost, batch.q0, batch.goal, batch.horizon, n_steps=20, lr=1e-5,
+                               optimizer="sgd", grad_mode=GradientMode.NONE, record=True)
+    assert len(info.cost_history) == 21
+    assert info.cost_history[-1] < 0.2 * info.cost_history[0]
+    _, info = optimize_actions(dyn, cost, batch.q0, batch.goal, batch.horizon, n_steps=30, lr=0.02,
+                               optimizer="adam", grad_mode=GradientMode.NONE, record=True)
+    assert info.cost_history[-1] < 0.2 * info.cost_history[0]
+
+
+def test_truncated_mode_differs_from_unrolled(dyn64, batch64):
+    cost = make_cost("weighted", horizon=batch64.horizon, dim=batch64.z.shape[-1]).double()
+    full = torch.autograd.grad(_outer_loss(dyn64, cost, batch64, n_steps=3, lr=1e-3), cost.weights)[0]
+    trunc = torch.autograd.grad(_outer_loss(dyn64, cost, batch64, n_steps=3, lr=1e-3,
+                                            grad_mode=GradientMode.TRUNCATED, truncate=1), cost.weights)[0]
+    assert not torch.allclose(full, trunc)
+    assert torch.nn.functional.cosine_similarity(full, trunc, dim=0) > 0  # still a descent-ish direction
+
+
+def test_rollout_respects_joint_limits():
+    robot = default_kuka()
+    dyn = KinematicKeypointDynamics(robot)
+    q0 = torch.zeros(1, 7)
+    q, z = dyn.rollout(q0, torch.full((1, 5, 7), 1.0))
+    assert torch.all(q <= robot.upper + 1e-6) and torch.all(q >= robot.lower - 1e-6)
+    torch.testing.assert_close(q[0, -1], robot.upper)
+    assert z.shape == (1, 6, 2, 3)

@@ -1,0 +1,221 @@
+"""KeypointRobot forward kinematics against PyBullet, URDF keypoint links, and the seeded demo generators."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import mbirl.envs
+from mbirl import InputError
+from mbirl.envs import REST_POSE, KeypointRobot, KeypointSpec
+from mbirl.envs.kuka import DEFAULT_KEYPOINTS
+
+FLANGE_LINK_INDEX = 6  # lbr_iiwa_link_7 in PyBullet's kuka_iiwa/model.urdf
+
+
+@pytest.fixture(scope="module")
+def kuka() -> KeypointRobot:
+    return mbirl.envs.default_kuka()
+
+
+@pytest.fixture(scope="module")
+def pybullet_kuka():
+    import pybullet as p
+    import pybullet_data
+
+    client = p.connect(p.DIRECT)
+    urdf = str(Path(pybullet_data.getDataPath()) / "kuka_iiwa" / "model.urdf")
+    body = p.loadURDF(urdf, useFixedBase=True, physicsClientId=client)
+    yield p, client, body
+    p.disconnect(physicsClientId=client)
+
+
+def _pybullet_keypoints(pybullet_kuka, q) -> np.ndarray:
+    p, client, body = pybullet_kuka
+    assert p.getJointInfo(body, FLANGE_LINK_INDEX, physicsClientId=client)[12] == b"lbr_iiwa_link_7"
+    for j, value in enumerate(q):
+        p.resetJointState(body, j, float(value), physicsClientId=client)
+    state = p.getLinkState(body, FLANGE_LINK_INDEX, computeForwardKinematics=True, physicsClientId=client)
+    pos = np.asarray(state[4], dtype=np.float64)  # world link frame position
+    rot = np.asarray(p.getMatrixFromQuaternion(state[5]), dtype=np.float64).reshape(3, 3)
+    return np.stack([(pos + rot @ np.asarray(s.offset)) * 100.0 for s in DEFAULT_KEYPOINTS])
+
+
+def test_default_kuka_layout(kuka):
+    assert kuka.n_joints == 7
+    assert kuka.n_keypoints == 2
+    assert kuka.joint_names == [f"lbr_iiwa_joint_{i}" for i in range(1, 8)]
+    assert torch.all(kuka.lower < 0) and torch.all(kuka.upper > 0)
+    desc = kuka.describe()
+    assert desc["keypoints"] == [{"link": s.link, "offset": list(s.offset)} for s in DEFAULT_KEYPOINTS]
+
+
+def test_rest_pose_matches_pybullet(kuka, pybullet_kuka):
+    with torch.no_grad():
+        ours = kuka.keypoints(torch.tensor(REST_POSE, dtype=torch.float32)).numpy()
+    theirs = _pybullet_keypoints(pybullet_kuka, REST_POSE)
+    assert ours.shape == (2, 3)
+    np.testing.assert_allclose(ours, theirs, atol=1e-3, rtol=0)
+    # The two keypoints are 6 cm apart in y and z in the flange frame: ||(0, 6, 6)|| cm.
+    assert np.linalg.norm(ours[1] - ours[0]) == pytest.approx(np.sqrt(72.0), abs=1e-3)
+
+
+def test_random_poses_match_pybullet(kuka, pybullet_kuka):
+    rng = np.random.default_rng(123)
+    lower, upper = kuka.lower.numpy(), kuka.upper.numpy()
+    for _ in range(3):
+        q = rng.uniform(lower, upper)
+        with torch.no_grad():
+            ours = kuka.keypoints(torch.as_tensor(q, dtype=torch.float32)).numpy()
+        theirs = _pybullet_keypoints(pybullet_kuka, q.astype(np.float32))
+        np.testing.assert_allclose(ours, theirs, atol=1e-3, rtol=0)
+        assert not np.allclose(ours, kuka.keypoints(torch.tensor(REST_POSE)).detach().numpy(), atol=1.0)
+
+
+def test_batch_shapes(kuka):
+    rng = np.random.default_rng(0)
+    q = torch.as_tensor(rng.uniform(-1.0, 1.0, size=(2, 3, 7)), dtype=torch.float32)
+    with torch.no_grad():
+        out = kuka.keypoints(q)
+        assert out.shape == (2, 3, 2, 3)
+        assert kuka.keypoints(q[0, 0]).shape == (2, 3)
+        assert kuka.keypoints(q[0]).shape == (3, 2, 3)
+        for i in range(2):
+            for j in range(3):
+                torch.testing.assert_close(out[i, j], kuka.keypoints(q[i, j]), atol=1e-4, rtol=0)
+
+
+def test_keypoints_are_differentiable(kuka):
+    q = torch.tensor(REST_POSE, dtype=torch.float32, requires_grad=True)
+    kuka.keypoints(q)[:, 2].sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()
+    assert q.grad.abs().sum() > 0
+
+
+def test_wrong_joint_count(kuka):
+    with pytest.raises(InputError) as excinfo:
+        kuka.keypoints(torch.zeros(6))
+    assert excinfo.value.field == "q"
+
+
+def test_clip_respects_limits(kuka):
+    q = torch.full((7,), 10.0)
+    torch.testing.assert_close(kuka.clip(q), kuka.upper)
+    torch.testing.assert_close(kuka.clip(-q), kuka.lower)
+
+
+def test_unknown_link_named_in_error(kuka):
+    with pytest.raises(InputError) as excinfo:
+        KeypointRobot(kuka.urdf, ["lbr_iiwa_link_7", "no_such_link_xyz"])
+    msg = str(excinfo.value)
+    assert "no_such_link_xyz" in msg
+    assert "lbr_iiwa_link_7" in msg  # lists the links that do exist
+    assert excinfo.value.field == "keypoint_links"
+    with pytest.raises(InputError):
+        KeypointRobot(kuka.urdf, [KeypointSpec("ghost", (0.0, 0.0, 0.1))])
+
+
+def test_missing_or_broken_urdf(tmp_path):
+    with pytest.raises(InputError, match="URDF file not found"):
+        KeypointRobot(tmp_path / "nope.urdf", ["a"])
+    with pytest.raises(InputError):
+        KeypointRobot(tmp_path / "x.urdf", [])
+
+
+def test_original_urdf_keypoint_links(fixture_urdf):
+    robot = mbirl.envs.original_kuka(fixture_urdf)
+    assert robot.n_joints == 7
+    assert robot.n_keypoints == 2
+    with torch.no_grad():
+        kp = robot.keypoints(torch.tensor(REST_POSE, dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(kp, [[-48.5, 0.0, 88.4], [-51.0, 0.0, 92.7]], atol=0.1, rtol=0)
+
+
+def test_original_urdf_three_links_via_options(fixture_urdf):
+    robot = mbirl.envs.robot_from_options(str(fixture_urdf), "kp_link_1, kp_link_2,kp_link_3")
+    assert robot.n_keypoints == 3
+    with torch.no_grad():
+        kp = robot.keypoints(torch.tensor(REST_POSE))
+    two = mbirl.envs.original_kuka(fixture_urdf).keypoints(torch.tensor(REST_POSE)).detach()
+    torch.testing.assert_close(kp[:2], two)
+    with pytest.raises(InputError) as excinfo:
+        mbirl.envs.robot_from_options(str(fixture_urdf), "kp_link_1,nope")
+    assert "'nope'" in str(excinfo.value)
+    with pytest.raises(InputError):
+        mbirl.envs.robot_from_options(str(fixture_urdf), None)
+    with pytest.raises(InputError):
+        mbirl.envs.robot_from_options(None, "kp_link_1")
+
+
+# --------------------------------------------------------------------------- demo generation
+
+
+def _stack(demos, name="keypoints") -> np.ndarray:
+    return np.stack([getattr(d, name) for d in demos])
+
+
+def test_generate_demos_deterministic_per_seed(kuka, placing_demos):
+    again = mbirl.envs.generate_demos("placing", 6, seed=0, robot=kuka)
+    other = mbirl.envs.generate_demos("placing", 6, seed=1, robot=kuka)
+    np.testing.assert_array_equal(_stack(again), _stack(placing_demos))
+    np.testing.assert_array_equal(_stack(again, "q"), _stack(placing_demos, "q"))
+    assert np.abs(_stack(other)[:, 1:] - _stack(placing_demos)[:, 1:]).max() > 0.5
+    np.testing.assert_array_equal(_stack(other)[:, 0], _stack(placing_demos)[:, 0])  # same start
+
+
+def test_placing_demos_are_reachable(kuka, placing_demos):
+    assert len(placing_demos) == 6
+    for demo in placing_demos:
+        assert demo.keypoints.shape == (10, 2, 3)
+        assert demo.q is not None and demo.q.shape == (10, 7)
+        np.testing.assert_array_equal(demo.start_q, np.asarray(REST_POSE, np.float32))
+        np.testing.assert_array_equal(demo.q[0], demo.start_q)
+        q = torch.as_tensor(demo.q)
+        assert torch.all(q >= kuka.lower - 1e-6) and torch.all(q <= kuka.upper + 1e-6)
+        with torch.no_grad():
+            fk = kuka.keypoints(q).numpy()
+        np.testing.assert_allclose(demo.keypoints, fk, atol=1e-3, rtol=0)
+
+
+def test_placing_path_shape(placing_demos):
+    kp = _stack(placing_demos)
+    T = kp.shape[1]
+    off = kp[:, :, 0, :] - kp[:, :1, 0, :]  # first keypoint, relative to its start
+    final = off[:, -1]
+    assert np.all((final[:, 0] >= -26) & (final[:, 0] <= -14)), final
+    assert np.all((final[:, 2] >= -38) & (final[:, 2] <= -22)), final
+    assert np.all(np.abs(final[:, 1]) < 3.0), final
+    mid = off[:, T // 2 - 1]
+    assert np.all(np.abs(mid[:, 2]) <= 2.0), mid  # first half: no vertical motion yet
+    assert np.all((mid[:, 0] >= -26) & (mid[:, 0] <= -14)), mid  # ... but the x move is done
+    # The x move happens monotonically-ish during the first half (noise is 0.3 cm per step).
+    assert np.all(np.diff(off[:, : T // 2, 0], axis=1) < 1.0)
+    # Demonstrations differ from each other (noise and per-demo offsets).
+    assert np.ptp(final[:, 0]) > 0.5
+
+
+def test_reaching_moves_mostly_along_x(kuka):
+    demos = mbirl.envs.generate_demos("reaching", 3, seed=0, robot=kuka)
+    kp = _stack(demos)
+    d = kp[:, -1, 0] - kp[:, 0, 0]
+    assert np.all(d[:, 0] < -5.0), d
+    assert np.all(np.abs(d[:, 0]) > np.abs(d[:, 1])), d
+    assert np.all(np.abs(d[:, 0]) > np.abs(d[:, 2])), d
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"task": "flying", "n": 2}, "task"),
+        ({"task": "placing", "n": 0}, "n"),
+        ({"task": "placing", "n": 2, "horizon": 1}, "n"),
+        ({"task": "placing", "n": 2, "start_q": (0.0, 0.0)}, "start_q"),
+    ],
+)
+def test_generate_demos_rejects(kwargs, field, kuka):
+    with pytest.raises(InputError) as excinfo:
+        mbirl.envs.generate_demos(robot=kuka, **kwargs)
+    assert excinfo.value.field == field
