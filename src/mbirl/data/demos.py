@@ -8,9 +8,8 @@ Keypoint demonstrations are stored as one ``.npz`` of named arrays stacked over 
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from mbirl.errors import InputError
+from mbirl.fileio import write_bytes_atomic
 from mbirl.types import KeypointTrajectory, Trajectory, check_array
 
 __all__ = [
@@ -69,19 +69,10 @@ class KeypointDemoSet:
 
 
 def atomic_write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` to ``path`` via a temporary file, fsync and rename: never a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``arrays`` as a compressed ``.npz`` atomically: never a partial file."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def read_npz(path: str | Path, required: Sequence[str], fmt: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -24,8 +24,9 @@ from mbirl.data.demos import KeypointDemoSet, load_keypoint_demos
 from mbirl.dynamics.kinematic import KinematicKeypointDynamics
 from mbirl.envs.kuka import robot_from_options
 from mbirl.errors import InputError
+from mbirl.fileio import write_json_atomic
 from mbirl.planning.gradient_mpc import GradientMode
-from mbirl.reporting.checkpoint import load_checkpoint, save_checkpoint, write_json_atomic
+from mbirl.reporting.checkpoint import load_checkpoint, save_checkpoint
 from mbirl.reporting.logger import MetricsLogger
 
 __all__ = ["METHODS", "MBIRLRunConfig", "Prepared", "parse_split", "prepare_run", "run_compare", "run_mbirl"]
@@ -185,7 +186,8 @@ def run_mbirl(cfg: MBIRLRunConfig, run_dir: str | Path, *, resume: bool = False,
     history: dict[str, list[float]] = {"irl_loss_train": [], "irl_loss_test": [], "test_relative_goal_distance": [],
                                        "seconds": []}
     start = 0
-    if ckpt.with_suffix(".json").exists():
+    resumed = ckpt.with_suffix(".json").exists()
+    if resumed:
         if not resume:
             raise InputError("run directory already holds a run; pass --resume to continue it or choose another "
                              "--run-dir", source=str(run_dir))
@@ -212,8 +214,8 @@ def run_mbirl(cfg: MBIRLRunConfig, run_dir: str | Path, *, resume: bool = False,
         ev = learner.evaluate(prep.test)
         return float(ev.irl_loss.mean()), float(ev.relative_goal_distance.mean())
 
-    with MetricsLogger(run_dir, resume_from_step=start + 1 if start else None) as log:
-        if start == 0:
+    with MetricsLogger(run_dir, resume_from_step=start + 1 if resumed else None) as log:
+        if not history["irl_loss_train"]:
             test_loss, rel = evaluate_test()
             history["irl_loss_train"].append(float(learner.evaluate(prep.train).irl_loss.mean()))
             history["irl_loss_test"].append(test_loss)

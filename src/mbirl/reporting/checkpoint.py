@@ -9,37 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mbirl.errors import InputError
+from mbirl.fileio import write_bytes_atomic, write_json_atomic
 
 __all__ = ["flatten_state", "load_checkpoint", "save_checkpoint", "unflatten_state", "write_bytes_atomic",
            "write_json_atomic"]
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Write via a temporary file in the same directory, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def flatten_state(state: Any, prefix: str = "") -> tuple[dict[str, torch.Tensor], Any]:
