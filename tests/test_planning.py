@@ -28,13 +28,17 @@ def _outer_loss(dyn, cost, batch, **inner) -> torch.Tensor:
     return irl_loss(z.flatten(-2), batch.z).sum()
 
 
-@pytest.mark.parametrize("name,optimizer,steps", [("weighted", "sgd", 3), ("rbf", "sgd", 2), ("timedep", "adam", 2),
-                                                   ("neural", "sgd", 2)])
-def test_unrolled_gradient_matches_finite_differences(dyn64, batch64, name, optimizer, steps):
+CASES = [("weighted", "sgd", 3), ("rbf", "sgd", 2), ("timedep", "adam", 2), ("neural", "sgd", 2)]
+
+
+@pytest.mark.parametrize("analytic", [True, False], ids=["jacobian", "autograd"])
+@pytest.mark.parametrize("name,optimizer,steps", CASES)
+def test_unrolled_gradient_matches_finite_differences(dyn64, batch64, name, optimizer, steps, analytic):
     torch.manual_seed(0)
     cost = make_cost(name, horizon=batch64.horizon, dim=batch64.z.shape[-1]).double()
     # Small steps keep the joints away from their limits, where the clipped rollout has kinks.
-    inner = {"n_steps": steps, "lr": 1e-4 if optimizer == "sgd" else 1e-3, "optimizer": optimizer}
+    inner = {"n_steps": steps, "lr": 1e-4 if optimizer == "sgd" else 1e-3, "optimizer": optimizer,
+             "analytic": analytic}
     params = [p for p in cost.parameters() if p.requires_grad]
     grads = torch.autograd.grad(_outer_loss(dyn64, cost, batch64, **inner), params)
     flat = torch.cat([g.reshape(-1) for g in grads])
@@ -100,3 +104,22 @@ def test_rollout_respects_joint_limits():
     assert torch.all(q <= robot.upper + 1e-6) and torch.all(q >= robot.lower - 1e-6)
     torch.testing.assert_close(q[0, -1], robot.upper)
     assert z.shape == (1, 6, 2, 3)
+
+
+@pytest.mark.parametrize("lr", [1e-4, 3e-2], ids=["inside-limits", "limits-active"])
+def test_jacobian_fast_path_equals_autograd(dyn64, batch64, lr):
+    """The analytic-Jacobian inner gradient gives the same actions and outer gradient as plain autograd
+    (at a large step some joints hit their limits and the fast path must hand over to autograd)."""
+    cost = make_cost("timedep", horizon=batch64.horizon, dim=batch64.z.shape[-1]).double()
+    out = {}
+    for analytic in (True, False):
+        u, _ = optimize_actions(dyn64, cost, batch64.q0, batch64.goal, batch64.horizon, n_steps=3, lr=lr,
+                                analytic=analytic)
+        _, z = dyn64.rollout(batch64.q0, u)
+        (g,) = torch.autograd.grad(irl_loss(z.flatten(-2), batch64.z).sum(), cost.weights)
+        out[analytic] = (u.detach(), g)
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(out[True][1], out[False][1], rtol=1e-7, atol=1e-8)
+    q = dyn64.joint_rollout(batch64.q0, out[True][0])
+    at_limit = bool(((q <= dyn64.robot.lower) | (q >= dyn64.robot.upper)).any())
+    assert at_limit == (lr > 1e-3)

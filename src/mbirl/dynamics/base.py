@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import torch
 
@@ -29,3 +30,12 @@ class KeypointDynamics(torch.nn.Module, ABC):
         Returns:
             ``(q, z)``: joint states ``(B, T, n_joints)`` and keypoints ``(B, T, k, 3)``, index 0 the start.
         """
+
+    def action_gradient(self, q0: torch.Tensor, actions: torch.Tensor, cost_fn: Callable[[torch.Tensor], torch.Tensor],
+                        *, create_graph: bool) -> torch.Tensor | None:
+        """Optional fast path: ``d sum(cost_fn(z)) / d actions`` without a backward pass through the model.
+
+        ``cost_fn`` maps flattened keypoints ``(B, T, 3k)`` to per-demo costs ``(B,)``. Return None (the
+        default) to let the planner use autograd through :meth:`rollout`.
+        """
+        return None

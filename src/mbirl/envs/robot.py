@@ -62,58 +62,99 @@ class _SerialKeypointFK(torch.nn.Module):
     pos_c: torch.Tensor
     pos_s: torch.Tensor
     pos_1c: torch.Tensor
-    axes: torch.Tensor
-    head_R: torch.Tensor
-    head_p: torch.Tensor
+    lin: torch.Tensor
+    axis_local: torch.Tensor
+    is_prismatic: torch.Tensor
+    head: torch.Tensor
+    bottom: torch.Tensor
+    eye4: torch.Tensor
     tails: torch.Tensor
 
     def __init__(self, segments: list[tuple[int, str, torch.Tensor, torch.Tensor]], head: torch.Tensor,
                  tails: torch.Tensor) -> None:
         super().__init__()
         self.joint_index = [j for j, _, _, _ in segments]
-        self.prismatic = [kind == "prismatic" for _, kind, _, _ in segments]
+        self.has_prismatic = any(kind == "prismatic" for _, kind, _, _ in segments)
         # Per joint j, the motion J_j followed by the constant P_j: rotation and translation terms.
-        rot_c, rot_s, rot_1c, pos_c, pos_s, pos_1c, axes = [], [], [], [], [], [], []
+        rot_c, rot_s, rot_1c, pos_c, pos_s, pos_1c, lin, axis_local = [], [], [], [], [], [], [], []
         for _, kind, axis, after in segments:
             K = torch.tensor([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]],
                              dtype=head.dtype)
             R, p = after[:3, :3], after[:3, 3]
-            if kind == "prismatic":
+            if kind == "prismatic":  # a translation along the axis, no rotation
                 K = torch.zeros_like(K)
+            lin.append(axis.to(head.dtype) if kind == "prismatic" else torch.zeros(3, dtype=head.dtype))
+            axis_local.append(axis.to(head.dtype))
             rot_c.append(R)
             rot_s.append(K @ R)
             rot_1c.append(K @ K @ R)
             pos_c.append(p)
             pos_s.append(K @ p)
             pos_1c.append(K @ K @ p)
-            axes.append(axis.to(head.dtype))
         self.register_buffer("rot_c", torch.stack(rot_c))
         self.register_buffer("rot_s", torch.stack(rot_s))
         self.register_buffer("rot_1c", torch.stack(rot_1c))
         self.register_buffer("pos_c", torch.stack(pos_c))
         self.register_buffer("pos_s", torch.stack(pos_s))
         self.register_buffer("pos_1c", torch.stack(pos_1c))
-        self.register_buffer("axes", torch.stack(axes))
-        self.register_buffer("head_R", head[:3, :3].clone())
-        self.register_buffer("head_p", head[:3, 3].clone())
+        self.register_buffer("lin", torch.stack(lin))
+        self.register_buffer("axis_local", torch.stack(axis_local))
+        self.register_buffer("is_prismatic", torch.tensor([kind == "prismatic" for _, kind, _, _ in segments]))
+        self.register_buffer("head", head.clone())
+        self.register_buffer("bottom", torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=head.dtype))
+        self.register_buffer("eye4", torch.eye(4, dtype=head.dtype))
+        n = len(segments) + 1
+        self.pad = (1 << (n - 1).bit_length()) - n  # identities to reach a power of two
         self.register_buffer("tails", tails)  # (k, 3): keypoints in the last joint's frame
 
+    def _joint_transforms(self, q: torch.Tensor) -> torch.Tensor:
+        """``(N, J, 4, 4)`` homogeneous ``J_j(q_j) P_j`` for all joints at once (a handful of batched ops)."""
+        theta = q[:, self.joint_index, None, None]  # (N, J, 1, 1)
+        s, c1 = torch.sin(theta), 1.0 - torch.cos(theta)
+        A = self.rot_c + s * self.rot_s + c1 * self.rot_1c  # (N, J, 3, 3)
+        b = self.pos_c + s[..., 0] * self.pos_s + c1[..., 0] * self.pos_1c  # (N, J, 3)
+        if self.has_prismatic:
+            b = b + theta[..., 0] * self.lin
+        N, J = q.shape[0], len(self.joint_index)
+        return torch.cat([torch.cat([A, b.unsqueeze(-1)], dim=-1), self.bottom.expand(N, J, 1, 4)], dim=-2)
+
+    def _keypoints_from(self, T: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("nij,kj->nki", T[:, :3, :3], self.tails) + T[:, None, :3, 3]
+
     def forward(self, q: torch.Tensor) -> torch.Tensor:
+        M = self._joint_transforms(q)
         N = q.shape[0]
-        R = self.head_R.expand(N, 3, 3)
-        p = self.head_p.expand(N, 3)
-        for i, j in enumerate(self.joint_index):
-            theta = q[:, j, None, None]
-            if self.prismatic[i]:
-                A = self.rot_c[i].expand(N, 3, 3)
-                b = self.pos_c[i] + theta[:, :, 0] * self.axes[i]
-            else:
-                s, c1 = torch.sin(theta), 1.0 - torch.cos(theta)
-                A = self.rot_c[i] + s * self.rot_s[i] + c1 * self.rot_1c[i]
-                b = self.pos_c[i] + s[:, :, 0] * self.pos_s[i] + c1[:, :, 0] * self.pos_1c[i]
-            p = p + (R @ b.unsqueeze(-1)).squeeze(-1)
-            R = R @ A
-        return torch.einsum("nij,kj->nki", R, self.tails) + p.unsqueeze(1)
+        # [head, joint_1, ..., joint_J, identity padding] multiplied pairwise in a tree (log2 depth):
+        # a few batched products instead of J sequential ones.
+        parts = [self.head.expand(N, 1, 4, 4), M]
+        if self.pad:
+            parts.append(self.eye4.expand(N, self.pad, 4, 4))
+        M = torch.cat(parts, dim=1)
+        while M.shape[1] > 1:
+            M = M[:, 0::2] @ M[:, 1::2]
+        return self._keypoints_from(M[:, 0])
+
+    def forward_with_jacobian(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keypoints ``(N, k, 3)`` and their geometric Jacobian ``(N, k, 3, J)`` in the chain's joints.
+
+        Joint j turns about its axis ``a_j`` through ``o_j`` (both in world coordinates, from the frame
+        before the joint), so ``dp/dq_j = a_j x (p - o_j)`` (revolute) or ``a_j`` (prismatic). The result is
+        ordinary autograd in ``q``: differentiating it gives the second derivatives the bi-level loop needs.
+        """
+        F = self.head.expand(q.shape[0], 4, 4)
+        frames = []
+        for M_j in self._joint_transforms(q).unbind(1):
+            frames.append(F)
+            F = F @ M_j
+        kp = self._keypoints_from(F)
+        before = torch.stack(frames, dim=1)  # (N, J, 4, 4)
+        axes = (before[..., :3, :3] @ self.axis_local.unsqueeze(-1)).squeeze(-1)  # (N, J, 3)
+        origins = before[..., :3, 3]
+        jac = torch.cross(axes.unsqueeze(1).expand(-1, kp.shape[1], -1, -1),
+                          kp.unsqueeze(2) - origins.unsqueeze(1), dim=-1)  # (N, k, J, 3)
+        if self.has_prismatic:
+            jac = torch.where(self.is_prismatic[:, None], axes.unsqueeze(1), jac)
+        return kp, jac.transpose(-1, -2)
 
 
 def _serial_fk(chain, frames: list[int], offsets: torch.Tensor) -> _SerialKeypointFK | None:  # type: ignore[no-untyped-def]
@@ -220,6 +261,22 @@ class KeypointRobot(torch.nn.Module):
         if self.serial_fk is not None:
             return (self.serial_fk(flat) * self.scale).reshape(*batch, self.n_keypoints, 3)
         return self.tree_keypoints(q)
+
+    def keypoints_and_jacobian(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Keypoints ``(..., k, 3)`` and ``d keypoints / d q`` ``(..., k, 3, n_joints)``, both differentiable.
+
+        None when the robot has no serial keypoint chain (use autograd on :meth:`keypoints` instead).
+        """
+        if self.serial_fk is None:
+            return None
+        batch = q.shape[:-1]
+        kp, jac = self.serial_fk.forward_with_jacobian(q.reshape(-1, self.n_joints))
+        if self.serial_fk.joint_index != list(range(self.n_joints)):
+            full = jac.new_zeros(*jac.shape[:-1], self.n_joints)
+            full[..., self.serial_fk.joint_index] = jac
+            jac = full
+        k = self.n_keypoints
+        return (kp * self.scale).reshape(*batch, k, 3), (jac * self.scale).reshape(*batch, k, 3, self.n_joints)
 
     def tree_keypoints(self, q: torch.Tensor) -> torch.Tensor:
         """Keypoints via pytorch-kinematics' general tree FK (the reference for the lean serial path)."""

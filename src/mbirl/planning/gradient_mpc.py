@@ -51,6 +51,7 @@ def optimize_actions(
     eps: float = 1e-8,
     actions_init: torch.Tensor | None = None,
     record: bool = False,
+    analytic: bool = True,
 ) -> tuple[torch.Tensor, ActionOptInfo]:
     """Optimise ``(B, horizon - 1, n_joints)`` actions for ``cost`` under ``dynamics``.
 
@@ -60,6 +61,8 @@ def optimize_actions(
         optimizer: ``"sgd"`` or ``"adam"`` (functional Adam, differentiable as well).
         grad_mode: see :class:`GradientMode`.
         record: store the inner cost values in the returned info (costs a ``.item()`` per step).
+        analytic: use the dynamics' :meth:`~KeypointDynamics.action_gradient` fast path where it has one
+            (same values and gradients as autograd, checked in the tests); False forces autograd.
     Returns:
         ``(actions, info)``; ``actions`` carries the graph back to the cost parameters unless ``grad_mode`` is NONE.
     """
@@ -82,13 +85,17 @@ def optimize_actions(
             )
             if not differentiable:
                 u = u.detach()
-            if not u.requires_grad:
-                u = u.requires_grad_(True)
-            _, z = dynamics.rollout(q0, u)
-            total = cost(z.flatten(-2), goal).sum()
-            if record:
-                info.cost_history.append(float(total.detach()))
-            (grad,) = torch.autograd.grad(total, u, create_graph=differentiable)
+            grad = None
+            if analytic and not record:
+                grad = dynamics.action_gradient(q0, u, lambda z: cost(z, goal), create_graph=differentiable)
+            if grad is None:
+                if not u.requires_grad:
+                    u = u.requires_grad_(True)
+                _, z = dynamics.rollout(q0, u)
+                total = cost(z.flatten(-2), goal).sum()
+                if record:
+                    info.cost_history.append(float(total.detach()))
+                (grad,) = torch.autograd.grad(total, u, create_graph=differentiable)
             if optimizer == "sgd":
                 u = u - lr * grad
             else:
