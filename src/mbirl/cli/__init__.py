@@ -13,6 +13,7 @@ import typer
 
 from mbirl.cli.kuka import kuka_app
 from mbirl.cli.mbirl_cmds import mbirl_app, quickstart
+from mbirl.cli.visual_cmds import visual_app
 from mbirl.errors import InputError
 
 __all__ = ["app", "main"]
@@ -21,6 +22,7 @@ app = typer.Typer(name="mbirl", help="Model-based inverse reinforcement learning
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 app.add_typer(kuka_app, name="kuka")
 app.add_typer(mbirl_app, name="mbirl")
+app.add_typer(visual_app, name="visual")
 app.command("quickstart")(quickstart)
 
 

@@ -21,6 +21,7 @@ from mbirl.algorithms.feature_matching import FeatureMatchingIRL
 from mbirl.algorithms.mbirl import MBIRL, DemoBatch, NonFiniteError, irl_loss
 from mbirl.costs.base import COST_NAMES, make_cost
 from mbirl.data.demos import KeypointDemoSet, load_keypoint_demos
+from mbirl.dynamics.base import KeypointDynamics
 from mbirl.dynamics.kinematic import KinematicKeypointDynamics
 from mbirl.envs.kuka import robot_from_options
 from mbirl.errors import InputError
@@ -99,7 +100,7 @@ class Prepared:
 
     config: MBIRLRunConfig
     demo_set: KeypointDemoSet
-    dynamics: KinematicKeypointDynamics
+    dynamics: KeypointDynamics
     train: DemoBatch
     test: DemoBatch
     learner: MBIRL | FeatureMatchingIRL
@@ -112,7 +113,7 @@ def _seed_everything(seed: int) -> None:
 
 
 def prepare_run(cfg: MBIRLRunConfig, demo_set: KeypointDemoSet | None = None,
-                dynamics: KinematicKeypointDynamics | None = None) -> Prepared:
+                dynamics: KeypointDynamics | None = None) -> Prepared:
     """Validate the configuration and build the learner; raises InputError, writes nothing."""
     if cfg.method not in METHODS:
         raise InputError(f"unknown cost '{cfg.method}' (expected one of {', '.join(METHODS)})", field="cost")

@@ -1,0 +1,8 @@
+"""Perception: a self-supervised keypoint detector (spatial-softmax autoencoder), its training and evaluation."""
+
+from mbirl.perception.detector import DetectorConfig, KeypointAutoencoder, SpatialSoftmax, images_to_tensor
+from mbirl.perception.evaluate import MatchResult, lift_keypoints, match_keypoints
+from mbirl.perception.train import DetectorTrainConfig, fit_detector, init_background
+
+__all__ = ["DetectorConfig", "DetectorTrainConfig", "KeypointAutoencoder", "MatchResult", "SpatialSoftmax",
+           "fit_detector", "images_to_tensor", "init_background", "lift_keypoints", "match_keypoints"]

@@ -1,0 +1,98 @@
+"""Evaluating a keypoint detector against projected ground truth, and lifting image keypoints to 3-D.
+
+Matching: a self-supervised detector's keypoints have no names. On *calibration* frames we assign each
+ground-truth keypoint (projected to pixels with the known camera) to a distinct learned keypoint, minimising the
+summed mean pixel distance (an exact assignment); the pixel error is then measured on *held-out* frames. The
+matched learned keypoints are the object keypoints the visual pipeline uses: the only use of labels is choosing
+``k`` indices out of ``K``, as one would pick them by eye.
+
+Lifting (2-D -> 3-D): with a fixed, calibrated camera and PyBullet's depth buffer we unproject the keypoint's
+pixel at its depth. We chose this over learning in image space because the lifted keypoints are metric
+(centimetres, robot base frame) like the ground-truth pipeline's, so the same costs, learning rates, IRL loss and
+relative goal distance apply unchanged and the two pipelines can be compared number for number. The depth is
+the nearest surface in a small window around the keypoint (the keypoint sits on a marker, the nearest thing
+the camera sees there), so a sub-pixel miss does not fall through to the background; the result lies on the
+marker's front surface, a near-constant offset of one marker radius that cancels in goal-relative costs.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from mbirl.envs.render import Camera
+from mbirl.errors import InputError
+
+__all__ = ["MatchResult", "lift_keypoints", "match_keypoints", "sample_depth"]
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    """Assignment of ground-truth keypoints to learned ones.
+
+    Attributes:
+        indices: for each ground-truth keypoint, the index of its learned keypoint, ``(k,)``.
+        calibration_error: mean pixel distance of each matched pair on the calibration frames, ``(k,)``.
+    """
+
+    indices: tuple[int, ...]
+    calibration_error: tuple[float, ...]
+
+
+def match_keypoints(learned: np.ndarray, truth: np.ndarray) -> MatchResult:
+    """Assign ground-truth keypoints ``(N, k, 2)`` to distinct learned keypoints ``(N, K, 2)`` (pixels).
+
+    Minimises the sum over pairs of the mean Euclidean distance over frames; exact (all ordered ``k``-subsets
+    of ``K``), which is cheap for the few object keypoints of the task.
+    """
+    learned = np.asarray(learned, dtype=np.float64)
+    truth = np.asarray(truth, dtype=np.float64)
+    if learned.ndim != 3 or truth.ndim != 3 or learned.shape[0] != truth.shape[0] or learned.shape[-1] != 2 \
+            or truth.shape[-1] != 2:
+        raise InputError(f"expected (N, K, 2) and (N, k, 2), got {learned.shape} and {truth.shape}", field="keypoints")
+    K, k = learned.shape[1], truth.shape[1]
+    if k > K:
+        raise InputError(f"cannot match {k} ground-truth keypoints to {K} learned ones", field="n_keypoints")
+    dist = np.linalg.norm(truth[:, :, None] - learned[:, None], axis=-1).mean(0)  # (k, K)
+    if sum(1 for _ in itertools.islice(itertools.permutations(range(K), k), 200_001)) <= 200_000:
+        best: tuple[int, ...] = min(itertools.permutations(range(K), k),
+                                    key=lambda p: sum(dist[i, j] for i, j in enumerate(p)))
+    else:  # greedy fallback for very many keypoints
+        chosen: list[int] = []
+        for i in range(k):
+            order = np.argsort(dist[i])
+            chosen.append(int(next(j for j in order if j not in chosen)))
+        best = tuple(chosen)
+    return MatchResult(tuple(int(j) for j in best), tuple(float(dist[i, j]) for i, j in enumerate(best)))
+
+
+def sample_depth(depth: np.ndarray, uv: np.ndarray, window: int = 1) -> np.ndarray:
+    """Nearest depth in a ``(2 window + 1)^2`` pixel window around each keypoint.
+
+    Args:
+        depth: ``(N, H, W)`` metric depth maps. uv: ``(N, K, 2)`` pixel keypoints.
+    Returns:
+        ``(N, K)`` depths (metres).
+    """
+    N, H, W = depth.shape
+    col = np.clip(np.floor(uv[..., 0]).astype(np.int64), 0, W - 1)
+    row = np.clip(np.floor(uv[..., 1]).astype(np.int64), 0, H - 1)
+    best = np.full(col.shape, np.inf)
+    frames = np.arange(N)[:, None]
+    for dr in range(-window, window + 1):
+        for dc in range(-window, window + 1):
+            r = np.clip(row + dr, 0, H - 1)
+            c = np.clip(col + dc, 0, W - 1)
+            best = np.minimum(best, depth[frames, r, c])
+    return best
+
+
+def lift_keypoints(uv: np.ndarray, depth: np.ndarray, camera: Camera, window: int = 1) -> np.ndarray:
+    """Pixel keypoints ``(N, K, 2)`` + depth maps ``(N, H, W)`` -> 3-D keypoints ``(N, K, 3)`` (robot units)."""
+    uv = np.asarray(uv, dtype=np.float64)
+    if depth.shape[1:] != (camera.height, camera.width):
+        raise InputError(f"depth maps are {depth.shape[1:]}, the camera is {camera.height}x{camera.width}",
+                         field="depth")
+    return camera.unproject(uv, sample_depth(depth, uv, window)).astype(np.float32)

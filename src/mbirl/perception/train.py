@@ -1,0 +1,91 @@
+"""Self-supervised training of the keypoint autoencoder on exploration images.
+
+Loss: per-pixel squared reconstruction error, weighted by ``1 + saliency_weight * |x - background|`` (the
+colour distance of the target pixel from the median frame). With a fixed camera the median frame is the static
+scene, so the weight is large where something moved or is strongly coloured (the held object's markers); a
+plain mean squared error spends every keypoint on the large arm links and lets the small object blur.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from mbirl.errors import InputError
+from mbirl.perception.detector import KeypointAutoencoder, images_to_tensor
+
+__all__ = ["DetectorTrainConfig", "fit_detector", "init_background"]
+
+
+@dataclass
+class DetectorTrainConfig:
+    """Optimisation of :class:`KeypointAutoencoder`.
+
+    Attributes:
+        steps: gradient steps. batch_size: images per step. lr: Adam learning rate (cosine-decayed to 5%).
+        saliency_weight: extra weight of pixels that differ from the static background (see module doc).
+        seed: initialisation and minibatch order.
+    """
+
+    steps: int = 3000
+    batch_size: int = 32
+    lr: float = 2e-3
+    saliency_weight: float = 5.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch_size < 1 or not (math.isfinite(self.lr) and self.lr > 0):
+            raise InputError(f"invalid detector training settings (steps {self.steps}, batch {self.batch_size}, "
+                             f"lr {self.lr})", field="detector")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def init_background(model: KeypointAutoencoder, images: np.ndarray, max_frames: int = 2000) -> None:
+    """Set the decoder's background to the per-pixel median of (up to ``max_frames``) training images."""
+    step = max(1, len(images) // max_frames)
+    with torch.no_grad():
+        model.background.copy_(images_to_tensor(images[::step]).median(0).values)
+
+
+def fit_detector(model: KeypointAutoencoder, images: np.ndarray, cfg: DetectorTrainConfig, *,
+                 generator: torch.Generator, start_step: int = 0, optimizer_state: dict[str, Any] | None = None,
+                 on_step: Callable[[int, dict[str, float], dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train on uint8 images ``(N, H, W, 3)``; ``on_step(step, scalars, state)`` after every step.
+
+    ``state`` carries the optimiser state (``generator`` carries the minibatch order) so a run can resume at
+    ``start_step``. Call :func:`init_background` first on a fresh model.
+    """
+    S = model.config.image_size
+    if images.ndim != 4 or images.shape[1:] != (S, S, 3) or images.dtype != np.uint8:
+        raise InputError(f"expected uint8 images (N, {S}, {S}, 3), got {images.dtype} {images.shape}", field="images")
+    data = torch.from_numpy(images)
+    background = model.background.detach().clone()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if optimizer_state is not None:
+        opt.load_state_dict(optimizer_state)
+    model.train()
+    for step in range(start_step + 1, cfg.steps + 1):
+        lr = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (step - 1) / max(cfg.steps, 1))))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        idx = torch.randint(0, len(data), (min(cfg.batch_size, len(data)),), generator=generator)
+        x = images_to_tensor(data[idx])
+        _, recon, _ = model(x)
+        weight = 1.0 + cfg.saliency_weight * (x - background).abs().sum(1)
+        loss = ((recon - x).pow(2).sum(1) * weight).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if on_step is not None:
+            on_step(step, {"losses/reconstruction": float(loss), "charts/lr": lr,
+                           "charts/softmax_temperature": float(model.softmax.log_temperature.exp())},
+                    {"optimizer": opt.state_dict()})
+    model.eval()
+    return {"optimizer": opt.state_dict()}
