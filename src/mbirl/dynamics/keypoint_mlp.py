@@ -262,8 +262,9 @@ def fit_keypoint_dynamics(model: KeypointMLPDynamics, q: np.ndarray, z: np.ndarr
         torch.nn.utils.clip_grad_norm_(params, 10.0)
         opt.step()
         if on_step is not None:
-            on_step(step, {"losses/open_loop": float(open_loop.mean()), "losses/one_step": float(one.mean()),
-                           "losses/readout": float(read.mean()), "charts/lr": lr},
+            on_step(step, {"losses/open_loop": float(open_loop.detach().mean()),
+                           "losses/one_step": float(one.detach().mean()), "losses/readout": float(read.detach().mean()),
+                           "charts/lr": lr},
                     {"optimizer": opt.state_dict()})
     model.eval()
     return {"optimizer": opt.state_dict()}

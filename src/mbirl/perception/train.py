@@ -84,8 +84,8 @@ def fit_detector(model: KeypointAutoencoder, images: np.ndarray, cfg: DetectorTr
         loss.backward()
         opt.step()
         if on_step is not None:
-            on_step(step, {"losses/reconstruction": float(loss), "charts/lr": lr,
-                           "charts/softmax_temperature": float(model.softmax.log_temperature.exp())},
+            on_step(step, {"losses/reconstruction": float(loss.detach()), "charts/lr": lr,
+                           "charts/softmax_temperature": float(model.softmax.log_temperature.detach().exp())},
                     {"optimizer": opt.state_dict()})
     model.eval()
     return {"optimizer": opt.state_dict()}
