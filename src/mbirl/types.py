@@ -3,55 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from mbirl.errors import InputError
+from mbirl.validation import check_array
 
 __all__ = ["KeypointTrajectory", "Trajectory", "check_array"]
-
-
-def check_array(
-    value: Any,
-    name: str,
-    *,
-    ndim: int,
-    dtype_kind: str = "f",
-    source: str | None = None,
-    finite: bool = True,
-    shape: tuple[int | None, ...] | None = None,
-    min_len: int = 1,
-) -> np.ndarray:
-    """Return `value` as an ndarray after checking rank, dtype kind, size and finiteness."""
-    if not isinstance(value, np.ndarray):
-        try:
-            value = np.asarray(value)
-        except Exception as exc:  # ragged lists and the like
-            raise InputError(f"not convertible to an array ({exc})", source=source, field=name) from None
-    if value.dtype == object:
-        raise InputError("object arrays are not accepted", source=source, field=name)
-    if value.ndim != ndim:
-        raise InputError(f"expected {ndim}-D array, got shape {value.shape}", source=source, field=name)
-    if shape is not None:
-        for axis, want in enumerate(shape):
-            if want is not None and value.shape[axis] != want:
-                raise InputError(
-                    f"expected size {want} on axis {axis}, got shape {value.shape}", source=source, field=name
-                )
-    if value.ndim and value.shape[0] < min_len:
-        raise InputError(f"expected at least {min_len} entries, got {value.shape[0]}", source=source, field=name)
-    if any(s == 0 for s in value.shape):
-        raise InputError(f"empty array of shape {value.shape}", source=source, field=name)
-    kinds = {"f": "fi", "u": "u", "i": "iu", "b": "b"}[dtype_kind]
-    if value.dtype.kind not in kinds:
-        raise InputError(f"expected a numeric dtype of kind '{dtype_kind}', got {value.dtype}", source=source,
-                         field=name)
-    if dtype_kind == "f":
-        value = value.astype(np.float32, copy=False)
-    if finite and value.dtype.kind == "f" and not np.isfinite(value).all():
-        raise InputError("contains NaN or Inf", source=source, field=name)
-    return value
 
 
 @dataclass(frozen=True)

@@ -17,15 +17,11 @@ import torch
 
 from mbirl.costs.base import KeypointCost
 from mbirl.dynamics.base import KeypointDynamics
-from mbirl.errors import InputError
+from mbirl.errors import InputError, NonFiniteError, check_finite
 from mbirl.planning.gradient_mpc import GradientMode, optimize_actions
 from mbirl.types import KeypointTrajectory
 
 __all__ = ["MBIRL", "DemoBatch", "EvalResult", "NonFiniteError", "irl_loss", "relative_goal_distance"]
-
-
-class NonFiniteError(RuntimeError):
-    """A loss, gradient or parameter became NaN/Inf; the message names the quantity and iteration."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +131,7 @@ class MBIRL:
         self.optimizer = torch.optim.Adam(self.params, lr=outer_lr) if self.params else None
         self.iteration = 0
         self.last_grad_norm = 0.0
+        self.clipped = False
 
     def predict(self, batch: DemoBatch, *, differentiable: bool) -> torch.Tensor:
         """Keypoints ``(B, T, D)`` after the inner loop with the current cost."""
@@ -157,22 +154,20 @@ class MBIRL:
         z = self.predict(batch, differentiable=True)
         losses = irl_loss(z, batch.z)
         loss = losses.mean()
-        if not torch.isfinite(loss):
-            raise NonFiniteError(f"IRL loss is {float(loss)} at outer iteration {self.iteration + 1}")
+        it = self.iteration + 1
+        check_finite(loss, "IRL loss (outer loss)", it)
         assert self.optimizer is not None
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grads = [p.grad for p in self.params if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])) if grads else torch.zeros(())
-        if not torch.isfinite(norm):
-            raise NonFiniteError(f"cost gradient is non-finite at outer iteration {self.iteration + 1}")
+        # Pre-clip total norm (clip_grad_norm_ with max_norm=inf only measures it).
+        max_norm = self.grad_clip if self.grad_clip is not None else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        check_finite(norm, "cost gradient norm", it)
         self.last_grad_norm = float(norm)
-        if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        self.clipped = self.grad_clip is not None and self.last_grad_norm > self.grad_clip
         self.optimizer.step()
-        for p in self.params:
-            if not torch.isfinite(p).all():
-                raise NonFiniteError(f"cost parameter became non-finite at outer iteration {self.iteration + 1}")
+        for name, p in self.cost.named_parameters():
+            check_finite(p, f"cost parameter '{name}'", it)
         return losses.detach()
 
     def outer_iteration(self) -> float:

@@ -12,9 +12,10 @@ from collections.abc import Sequence
 import typer
 
 from mbirl.cli.kuka import kuka_app
+from mbirl.cli.mairl_cmds import expert_app, mairl_app
 from mbirl.cli.mbirl_cmds import mbirl_app, quickstart
 from mbirl.cli.visual_cmds import visual_app
-from mbirl.errors import InputError
+from mbirl.errors import InputError, NonFiniteError
 
 __all__ = ["app", "main"]
 
@@ -22,6 +23,8 @@ app = typer.Typer(name="mbirl", help="Model-based inverse reinforcement learning
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 app.add_typer(kuka_app, name="kuka")
 app.add_typer(mbirl_app, name="mbirl")
+app.add_typer(expert_app, name="expert")
+app.add_typer(mairl_app, name="mairl")
 app.add_typer(visual_app, name="visual")
 app.command("quickstart")(quickstart)
 
@@ -33,8 +36,6 @@ def _fail(message: str, code: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: run the Typer app and turn expected failures into one-line errors."""
-    from mbirl.algorithms.mbirl import NonFiniteError
-
     try:
         # Standalone mode: usage errors print themselves and exit 2; our exceptions propagate to here.
         app(args=list(argv) if argv is not None else None, prog_name="mbirl")

@@ -15,7 +15,7 @@ __all__ = ["mbirl_app", "quickstart"]
 mbirl_app = typer.Typer(help="MBIRL: learn costs by differentiating through gradient-based MPC.",
                         no_args_is_help=True)
 
-DemosOpt = Annotated[Path, typer.Option(help="demonstrations (.npz, or an original MBIRL .pt)")]
+DemosOpt = Annotated[Path | None, typer.Option(help="demonstrations (.npz, or an original MBIRL .pt)")]
 UrdfOpt = Annotated[str | None, typer.Option(help="robot URDF (default: PyBullet's KUKA iiwa + held object)")]
 LinksOpt = Annotated[str | None, typer.Option(help="comma-separated keypoint link names of --urdf")]
 TrainOpt = Annotated[str, typer.Option(help="training demo range START:STOP")]
@@ -34,12 +34,34 @@ ResumeOpt = Annotated[bool, typer.Option(help="continue the run in --run-dir fro
 ProgressOpt = Annotated[bool, typer.Option(help="show a progress bar")]
 
 
-def _config(demos: Path, method: str, urdf: str | None, keypoint_links: str | None, train: str, test: str,
+ConfigOpt = Annotated[Path | None, typer.Option(
+    help="YAML run configuration (keys: MBIRLRunConfig fields, e.g. configs/placing.yaml); options given on "
+         "the command line take precedence")]
+
+# CLI option names that differ from MBIRLRunConfig field names.
+_FIELD_OF = {"cost": "method"}
+
+
+def _merge_config(ctx: typer.Context, cfg: MBIRLRunConfig, config: Path | None) -> MBIRLRunConfig:
+    """Defaults < the YAML file < options given explicitly on the command line."""
+    from dataclasses import replace
+
+    from mbirl.validation import load_config
+
+    if config is None:
+        return cfg
+    overrides = load_config(config, MBIRLRunConfig, exclude=("extra",))
+    explicit = {_FIELD_OF.get(name, name) for name in ctx.params
+                if ctx.get_parameter_source(name) is not None and ctx.get_parameter_source(name).name == "COMMANDLINE"}
+    return replace(cfg, **{k: v for k, v in overrides.items() if k not in explicit})
+
+
+def _config(demos: Path | None, method: str, urdf: str | None, keypoint_links: str | None, train: str, test: str,
             outer_iters: int, inner_steps: int, inner_lr: float, outer_lr: float, inner_optimizer: str, update: str,
             grad_mode: str, grad_clip: float | None, seed: int) -> MBIRLRunConfig:
 
     return MBIRLRunConfig(
-        demos=str(demos), method=method, urdf=urdf, keypoint_links=keypoint_links,
+        demos="" if demos is None else str(demos), method=method, urdf=urdf, keypoint_links=keypoint_links,
         train=parse_split(train, "train"), test=parse_split(test, "test"), outer_iters=outer_iters,
         inner_steps=inner_steps, inner_lr=inner_lr, outer_lr=outer_lr, inner_optimizer=inner_optimizer,
         update=update, grad_mode=grad_mode, grad_clip=grad_clip, seed=seed,
@@ -48,7 +70,8 @@ def _config(demos: Path, method: str, urdf: str | None, keypoint_links: str | No
 
 @mbirl_app.command("train")
 def train(
-    demos: DemosOpt,
+    ctx: typer.Context,
+    demos: DemosOpt = None,
     cost: Annotated[str, typer.Option(help="default|weighted|timedep|rbf|neural, or the baseline abbeel")] = "weighted",
     urdf: UrdfOpt = None,
     keypoint_links: LinksOpt = None,
@@ -66,12 +89,18 @@ def train(
     run_dir: RunDirOpt = Path("runs/mbirl"),
     resume: ResumeOpt = False,
     progress: ProgressOpt = True,
+    config: ConfigOpt = None,
+    checkpoint_every: Annotated[int, typer.Option(help="outer iterations between checkpoints")] = 10,
 ) -> None:
     """Learn one cost; writes RUN_DIR/metrics.json, metrics.jsonl, tb/, checkpoints/ and figures/."""
     from mbirl.experiments.kuka_irl import run_mbirl
 
     cfg = _config(demos, cost, urdf, keypoint_links, train, test, outer_iters, inner_steps, inner_lr, outer_lr,
                   inner_optimizer, update, grad_mode, grad_clip, seed)
+    cfg.checkpoint_every = checkpoint_every
+    cfg = _merge_config(ctx, cfg, config)
+    if not cfg.demos:
+        raise InputError("no demonstrations: pass --demos FILE or set 'demos' in --config", field="demos")
     m = run_mbirl(cfg, run_dir, resume=resume, progress=progress)
     typer.echo(f"{cost}: test IRL loss {m['irl_loss_test'][0]:.1f} -> {m['final_test_irl_loss']:.1f}, "
                f"relative goal distance {m['test_relative_goal_distance']:.3f}, "
@@ -80,7 +109,8 @@ def train(
 
 @mbirl_app.command("compare")
 def compare(
-    demos: DemosOpt,
+    ctx: typer.Context,
+    demos: DemosOpt = None,
     costs: Annotated[str, typer.Option(help="comma-separated methods, or 'all'")] = "all",
     urdf: UrdfOpt = None,
     keypoint_links: LinksOpt = None,
@@ -97,6 +127,7 @@ def compare(
     run_dir: RunDirOpt = Path("runs/compare"),
     resume: ResumeOpt = False,
     progress: ProgressOpt = True,
+    config: ConfigOpt = None,
 ) -> None:
     """Every cost and baseline on one demo set: one figure per kind and summary.md."""
     from mbirl.experiments.kuka_irl import METHODS, run_compare
@@ -104,6 +135,9 @@ def compare(
     methods = list(METHODS) if costs == "all" else [c.strip() for c in costs.split(",") if c.strip()]
     cfg = _config(demos, methods[0] if methods else "", urdf, keypoint_links, train, test, outer_iters, inner_steps,
                   inner_lr, outer_lr, inner_optimizer, update, grad_mode, None, seed)
+    cfg = _merge_config(ctx, cfg, config)
+    if not cfg.demos:
+        raise InputError("no demonstrations: pass --demos FILE or set 'demos' in --config", field="demos")
     out = run_compare(cfg, methods, run_dir, resume=resume, progress=progress)
     typer.echo(out["table"])
     typer.echo(f"figures and summary.md in {run_dir}")

@@ -20,7 +20,8 @@ import numpy as np
 
 from mbirl.errors import InputError
 from mbirl.fileio import write_bytes_atomic
-from mbirl.types import KeypointTrajectory, Trajectory, check_array
+from mbirl.types import KeypointTrajectory, Trajectory
+from mbirl.validation import check_array, check_file
 
 __all__ = [
     "KeypointDemoSet",
@@ -37,6 +38,7 @@ KEYPOINT_FORMAT = "mbirl.keypoint_demos/v1"
 TRAJECTORY_FORMAT = "mbirl.trajectories/v1"
 # Guards against decompression bombs and absurd headers in files from elsewhere.
 MAX_ARRAY_BYTES = 4 * 1024**3
+MAX_ARRAYS = 64
 
 
 @dataclass(frozen=True)
@@ -77,13 +79,13 @@ def atomic_write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
 
 def read_npz(path: str | Path, required: Sequence[str], fmt: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Read a project ``.npz`` without pickles; check the format tag and required keys."""
-    path = Path(path)
+    path = check_file(path, what="demonstration file")
     src = str(path)
-    if not path.is_file():
-        raise InputError("file not found", source=src)
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays: dict[str, np.ndarray] = {}
+            if len(data.files) > MAX_ARRAYS:
+                raise InputError(f"too many arrays ({len(data.files)})", source=src)
             for key in data.files:
                 info = data.zip.getinfo(f"{key}.npy")
                 if info.file_size > MAX_ARRAY_BYTES:
@@ -172,10 +174,8 @@ def import_original_mbirl(path: str | Path) -> KeypointDemoSet:
     """
     import torch
 
-    path = Path(path)
+    path = check_file(path, what="demonstration file")
     src = str(path)
-    if not path.is_file():
-        raise InputError("file not found", source=src)
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError on corrupt archives, ...

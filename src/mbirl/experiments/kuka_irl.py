@@ -18,13 +18,13 @@ import numpy as np
 import torch
 
 from mbirl.algorithms.feature_matching import FeatureMatchingIRL
-from mbirl.algorithms.mbirl import MBIRL, DemoBatch, NonFiniteError, irl_loss
+from mbirl.algorithms.mbirl import MBIRL, DemoBatch, irl_loss
 from mbirl.costs.base import COST_NAMES, make_cost
 from mbirl.data.demos import KeypointDemoSet, load_keypoint_demos
 from mbirl.dynamics.base import KeypointDynamics
 from mbirl.dynamics.kinematic import KinematicKeypointDynamics
 from mbirl.envs.kuka import robot_from_options
-from mbirl.errors import InputError
+from mbirl.errors import InputError, check_finite
 from mbirl.fileio import write_json_atomic
 from mbirl.planning.gradient_mpc import GradientMode
 from mbirl.reporting.checkpoint import load_checkpoint, save_checkpoint
@@ -233,11 +233,10 @@ def run_mbirl(cfg: MBIRLRunConfig, run_dir: str | Path, *, resume: bool = False,
                                 test=history["irl_loss_test"][-1])
             for it in range(start + 1, cfg.outer_iters + 1):
                 t0 = time.perf_counter()
-                try:
-                    train_loss = learner.outer_iteration()
-                except NonFiniteError:
-                    raise
+                train_loss = learner.outer_iteration()
                 test_loss, rel = evaluate_test()
+                check_finite(train_loss, "train IRL loss", it)
+                check_finite(test_loss, "test IRL loss", it)
                 seconds = time.perf_counter() - t0
                 history["irl_loss_train"].append(train_loss)
                 history["irl_loss_test"].append(test_loss)
@@ -247,6 +246,9 @@ def run_mbirl(cfg: MBIRLRunConfig, run_dir: str | Path, *, resume: bool = False,
                            "charts/test_relative_goal_distance": rel, "charts/seconds_per_outer_iter": seconds}
                 if isinstance(learner, MBIRL) and learner.optimizer is not None:
                     scalars["charts/cost_grad_norm"] = learner.last_grad_norm
+                    if cfg.grad_clip is not None:
+                        scalars["charts/grad_clipped"] = float(learner.clipped)
+                        history.setdefault("grad_clipped", []).append(float(learner.clipped))
                 log.log(it, **scalars)
                 if it % cfg.checkpoint_every == 0 or it == cfg.outer_iters:
                     save()
@@ -266,6 +268,8 @@ def run_mbirl(cfg: MBIRLRunConfig, run_dir: str | Path, *, resume: bool = False,
         "final_test_irl_loss_per_demo": final.irl_loss.tolist(),
         "test_relative_goal_distance": float(final.relative_goal_distance.mean()),
         "seconds_per_outer_iter": float(np.mean(history["seconds"])) if history["seconds"] else 0.0,
+        "grad_clip": cfg.grad_clip,
+        "grad_clipped_iterations": int(sum(history.get("grad_clipped", []))),
         "outer_iters": cfg.outer_iters,
     }
     weights = _weights_of(learner)

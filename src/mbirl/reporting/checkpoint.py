@@ -1,8 +1,10 @@
-"""Checkpoints as safetensors (tensors) + JSON (everything else), written atomically.
+"""Checkpoints as safetensors (tensors) + JSON (everything else), written crash-safely.
 
-A checkpoint ``<stem>`` is two files, ``<stem>.safetensors`` and ``<stem>.json``; the JSON is written
-last and records the SHA-256 of the tensor file, so a reader never pairs a new JSON with an old or
-partial tensor file. Nothing is pickled.
+A checkpoint ``<stem>`` is ``<stem>.json`` plus a tensor file named by its content,
+``<stem>-<sha256[:16]>.safetensors``. The tensor file is written (atomically) first, then the JSON that
+names it and records its full SHA-256 replaces the old JSON atomically, and only then are older tensor
+files removed. A crash at any point leaves the previous or the new checkpoint complete, never a JSON
+that points at a missing or partial tensor file. Nothing is pickled.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import torch
 
 from mbirl.errors import InputError
 from mbirl.fileio import write_bytes_atomic, write_json_atomic
+from mbirl.validation import check_file
 
-__all__ = ["flatten_state", "load_checkpoint", "save_checkpoint", "unflatten_state", "write_bytes_atomic",
-           "write_json_atomic"]
+FORMAT = "mbirl.checkpoint/v2"
+
+__all__ = ["FORMAT", "flatten_state", "load_checkpoint", "save_checkpoint", "unflatten_state"]
 
 
 def flatten_state(state: Any, prefix: str = "") -> tuple[dict[str, torch.Tensor], Any]:
@@ -52,16 +56,20 @@ def unflatten_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def save_checkpoint(stem: str | Path, state: dict[str, Any]) -> None:
-    """Save a nested state dict (tensors + JSON values) as ``stem.safetensors`` + ``stem.json``."""
+    """Save a nested state dict (tensors + JSON values) as ``stem.json`` + a content-named tensor file."""
     from safetensors.torch import save
 
     stem = Path(stem)
     tensors, skeleton = flatten_state(state)
     blob = save(tensors) if tensors else save({"__empty__": torch.zeros(0)})
-    tensor_path = stem.with_suffix(".safetensors")
-    write_bytes_atomic(tensor_path, blob)
-    meta = {"format": "mbirl.checkpoint/v1", "sha256": hashlib.sha256(blob).hexdigest(), "state": skeleton}
+    digest = hashlib.sha256(blob).hexdigest()
+    tensor_name = f"{stem.name}-{digest[:16]}.safetensors"
+    write_bytes_atomic(stem.parent / tensor_name, blob)
+    meta = {"format": FORMAT, "sha256": digest, "tensors": tensor_name, "state": skeleton}
     write_json_atomic(stem.with_suffix(".json"), meta)
+    for old in stem.parent.glob(f"{stem.name}-*.safetensors"):
+        if old.name != tensor_name:
+            old.unlink(missing_ok=True)
 
 
 def load_checkpoint(stem: str | Path) -> dict[str, Any]:
@@ -69,16 +77,18 @@ def load_checkpoint(stem: str | Path) -> dict[str, Any]:
     from safetensors.torch import load
 
     stem = Path(stem)
-    json_path, tensor_path = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
-    for p in (json_path, tensor_path):
-        if not p.is_file():
-            raise InputError("checkpoint file not found", source=str(p))
+    json_path = check_file(stem.with_suffix(".json"), what="checkpoint file", max_bytes=256 * 1024**2)
     try:
         meta = json.loads(json_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"invalid checkpoint JSON ({exc})", source=str(json_path)) from None
-    if not isinstance(meta, dict) or meta.get("format") != "mbirl.checkpoint/v1" or "state" not in meta:
-        raise InputError("not an mbirl checkpoint", source=str(json_path), field="format")
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise InputError(f"invalid checkpoint JSON ({type(exc).__name__})", source=str(json_path)) from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "state" not in meta:
+        raise InputError(f"not an mbirl checkpoint (expected format '{FORMAT}')", source=str(json_path),
+                         field="format")
+    name = meta.get("tensors")
+    if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
+        raise InputError("invalid tensor file name", source=str(json_path), field="tensors")
+    tensor_path = check_file(stem.parent / name, what="checkpoint tensor file")
     blob = tensor_path.read_bytes()
     if hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
         raise InputError("tensor file does not match its JSON (checksum)", source=str(tensor_path))

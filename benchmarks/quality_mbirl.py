@@ -1,0 +1,63 @@
+"""MBIRL quality on the original placing settings, over several demo seeds.
+
+For each seed: 6 placing demos (`mbirl kuka demos --task placing --n 6 --seed S`), 3 train / 2 test,
+100 outer iterations, K=1, inner lr 1e-3, outer lr 1e-2, per-demo updates — every cost and baseline.
+Prints the zero-action train loss (the original's "before training" figure), each method's final test
+IRL loss per seed, and mean / median over seeds, next to the original code's single-run figures.
+
+    python benchmarks/quality_mbirl.py [--seeds 0 1 2 3 4] [--outer-iters 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+
+from mbirl.data import save_keypoint_demos
+from mbirl.envs import generate_demos, robot_from_options
+from mbirl.experiments import METHODS, MBIRLRunConfig, run_mbirl
+
+ORIGINAL = {"weighted": 247.5, "timedep": 123.8, "rbf": 144.7}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--outer-iters", type=int, default=100)
+    parser.add_argument("--noise", type=float, default=0.3, help="per-step demo noise [cm]")
+    parser.add_argument("--urdf", default=None, help="robot URDF (default: PyBullet's KUKA + held object)")
+    parser.add_argument("--keypoint-links", default=None, help="comma-separated keypoint links of --urdf")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    results: dict[str, list[float]] = {m: [] for m in METHODS}
+    rel: dict[str, list[float]] = {m: [] for m in METHODS}
+    zero: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            demos = Path(tmp) / f"placing_{seed}.npz"
+            robot = robot_from_options(args.urdf, args.keypoint_links)
+            save_keypoint_demos(demos, generate_demos("placing", 6, seed=seed, robot=robot, noise=args.noise))
+            for m in METHODS:
+                cfg = MBIRLRunConfig(demos=str(demos), method=m, outer_iters=args.outer_iters, seed=seed,
+                                     urdf=args.urdf, keypoint_links=args.keypoint_links)
+                out = run_mbirl(cfg, Path(tmp) / f"{seed}_{m}", progress=False, figures=False)
+                results[m].append(out["final_test_irl_loss"])
+                rel[m].append(out["test_relative_goal_distance"])
+            zero.append(out["zero_action_irl_loss_train"])
+            print(f"seed {seed}: zero-action train loss {zero[-1]:.1f}; final test IRL loss "
+                  + ", ".join(f"{m} {results[m][-1]:.1f}" for m in METHODS), flush=True)
+    print(f"\nzero-action train IRL loss: mean {statistics.mean(zero):.1f} (original demos: 1552.7)")
+    print("| method | final test IRL loss mean | median | min | max | rel. goal distance mean | original |")
+    print("|---|---|---|---|---|---|---|")
+    for m in METHODS:
+        v = results[m]
+        print(f"| {m} | {statistics.mean(v):.1f} | {statistics.median(v):.1f} | {min(v):.1f} | {max(v):.1f} | "
+              f"{statistics.mean(rel[m]):.3f} | {ORIGINAL.get(m, '')} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""Reliability guarantees: no code execution from files, crash-safe and exactly resumable runs,
+numerical guards, determinism. Property-based malformed-input tests are in test_fuzz_inputs.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mbirl.algorithms.mbirl import MBIRL
+from mbirl.cli import main
+from mbirl.data import save_keypoint_demos
+from mbirl.errors import InputError
+from mbirl.reporting.checkpoint import load_checkpoint, save_checkpoint
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "mbirl"
+
+UNSAFE = [
+    (re.compile(r"^\s*(import|from)\s+(c?pickle|dill|cloudpickle|joblib|shelve|marshal)\b", re.M), "pickle import"),
+    (re.compile(r"allow_pickle\s*=\s*True"), "np.load(allow_pickle=True)"),
+    (re.compile(r"(?<![.\w])(eval|exec)\s*\("), "eval/exec"),  # builtins, not nn.Module.eval()
+    (re.compile(r"yaml\.(load|unsafe_load|full_load)\s*\(|yaml\.(Unsafe|Full)?Loader\b"), "unsafe YAML loader"),
+    (re.compile(r"\bpickle\.loads?\s*\("), "pickle.load"),
+]
+
+
+def test_package_source_has_no_code_execution_paths():
+    offenders = []
+    for path in sorted(SRC.rglob("*.py")):
+        text = path.read_text()
+        for pattern, what in UNSAFE:
+            for m in pattern.finditer(text):
+                offenders.append(f"{path.relative_to(SRC)}:{text[: m.start()].count(chr(10)) + 1}: {what}")
+        for m in re.finditer(r"torch\.load\(", text):
+            call = text[m.start() : text.find(")", m.start()) + 1]
+            if "weights_only=True" not in call:
+                line = text[: m.start()].count("\n") + 1
+                offenders.append(f"{path.relative_to(SRC)}:{line}: torch.load without weights_only=True")
+    assert not offenders, "\n".join(offenders)
+    assert len(list(SRC.rglob("*.py"))) > 20  # the scan really looked at the package
+
+
+def test_checkpoint_json_cannot_point_outside_its_directory(tmp_path):
+    save_checkpoint(tmp_path / "ck" / "last", {"w": torch.ones(3), "n": 1})
+    meta = json.loads((tmp_path / "ck" / "last.json").read_text())
+    meta["tensors"] = "../evil.safetensors"
+    (tmp_path / "ck" / "last.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="tensor file name"):
+        load_checkpoint(tmp_path / "ck" / "last")
+
+
+def test_checkpoint_survives_a_crash_between_its_two_files(tmp_path, monkeypatch):
+    stem = tmp_path / "ck" / "last"
+    save_checkpoint(stem, {"w": torch.zeros(2), "step": 1})
+    import mbirl.reporting.checkpoint as ck
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed before the JSON was replaced")
+
+    monkeypatch.setattr(ck, "write_json_atomic", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(stem, {"w": torch.ones(2), "step": 2})
+    state = load_checkpoint(stem)  # still the complete previous checkpoint
+    assert state["step"] == 1 and torch.equal(state["w"], torch.zeros(2))
+
+
+def run_main(args: list[str]) -> int:
+    """Call the CLI entry point in-process; returns its exit code."""
+    try:
+        main(args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def _cli(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", "from mbirl.cli import main; main()", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _comparable(run: Path) -> tuple[dict, list]:
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics.pop("seconds_per_outer_iter")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        row.pop("charts/seconds_per_outer_iter", None)
+    return metrics, rows
+
+
+def _kill_resume_trial(tmp_path: Path, placing_demos, method: str, kills: int, rng: random.Random
+                       ) -> tuple[int, int]:
+    """Kill a training run ``kills`` times at random points, resume it, compare with an uninterrupted run.
+
+    Returns ``(mismatches, kills that landed mid-run)``."""
+    save_keypoint_demos(tmp_path / "d.npz", placing_demos)
+    base = ["mbirl", "train", "--demos", "d.npz", "--cost", method, "--outer-iters", "120", "--checkpoint-every", "7",
+            "--seed", "3", "--no-progress"]
+    ref = _cli([*base, "--run-dir", "ref"], tmp_path)
+    assert ref.wait(timeout=300) == 0, ref.stderr.read() if ref.stderr else ""
+    mismatches = landed = 0
+    flag: list[str] = []
+    for _ in range(kills):
+        proc = _cli([*base, "--run-dir", "run", *flag], tmp_path)
+        flag = ["--resume"]
+        jsonl = tmp_path / "run" / "metrics.jsonl"
+        target = rng.randint(2, 100)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if jsonl.exists() and len(jsonl.read_text().splitlines()) >= target:
+                break
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.05))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        if proc.returncode == -signal.SIGKILL and not (tmp_path / "run" / "metrics.json").exists():
+            landed += 1
+        ckpt = tmp_path / "run" / "checkpoints" / "last"
+        if ckpt.with_suffix(".json").exists():
+            load_checkpoint(ckpt)  # never left unreadable
+    final = _cli([*base, "--run-dir", "run", "--resume"], tmp_path)
+    assert final.wait(timeout=300) == 0, final.stderr.read() if final.stderr else ""
+    if _comparable(tmp_path / "run") != _comparable(tmp_path / "ref"):
+        mismatches += 1
+    return mismatches, landed
+
+
+def test_sigkill_and_resume_reproduce_an_uninterrupted_run(tmp_path, placing_demos):
+    assert _kill_resume_trial(tmp_path, placing_demos, "neural", kills=2, rng=random.Random(0)) == (0, 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trial", range(4))
+def test_sigkill_and_resume_many_random_points(tmp_path, placing_demos, trial):
+    method = ["weighted", "rbf", "neural", "abbeel"][trial]
+    assert _kill_resume_trial(tmp_path, placing_demos, method, kills=4, rng=random.Random(100 + trial)) == (0, 4)
+
+
+def test_non_finite_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path, placing_demos, monkeypatch, capsys):
+    save_keypoint_demos(tmp_path / "d.npz", placing_demos)
+    original = MBIRL.outer_iteration
+
+    def poisoned(self: MBIRL) -> float:
+        if self.iteration == 4:
+            with torch.no_grad():
+                self.params[0].fill_(float("nan"))
+        return original(self)
+
+    monkeypatch.setattr(MBIRL, "outer_iteration", poisoned)
+    run = tmp_path / "run"
+    code = run_main(["mbirl", "train", "--demos", str(tmp_path / "d.npz"), "--cost", "timedep", "--outer-iters", "10",
+                     "--checkpoint-every", "1", "--run-dir", str(run), "--no-progress"])
+    assert code == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not finite at iteration 5" in err[0] and "Traceback" not in err[0]
+    state = load_checkpoint(run / "checkpoints" / "last")
+    assert state["iteration"] == 4
+    assert torch.isfinite(state["learner"]["cost"]["weights"]).all()
+    assert not (run / "metrics.json").exists()
+
+
+def test_grad_clipping_is_reported(tmp_path, placing_demos):
+    from mbirl.experiments import MBIRLRunConfig, run_mbirl
+
+    save_keypoint_demos(tmp_path / "d.npz", placing_demos)
+    cfg = MBIRLRunConfig(demos=str(tmp_path / "d.npz"), method="weighted", outer_iters=4, grad_clip=1e-6)
+    out = run_mbirl(cfg, tmp_path / "r", progress=False, figures=False)
+    assert out["grad_clip"] == 1e-6 and out["grad_clipped_iterations"] == 4
+    rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("charts/grad_clipped") for r in rows[1:]] == [1.0] * 4
+    assert all(r["charts/cost_grad_norm"] > 1e-6 for r in rows[1:])
+
+
+@pytest.mark.parametrize("method", ["neural", "abbeel"])
+def test_same_seed_same_metrics(tmp_path, placing_demos, method, capsys):
+    save_keypoint_demos(tmp_path / "d.npz", placing_demos)
+    for name in ("a", "b"):
+        assert run_main(["mbirl", "train", "--demos", str(tmp_path / "d.npz"), "--cost", method, "--outer-iters", "5",
+                         "--seed", "7", "--run-dir", str(tmp_path / name), "--no-progress"]) == 0
+    a, b = _comparable(tmp_path / "a"), _comparable(tmp_path / "b")
+    assert a == b
+    assert np.isfinite(a[0]["final_test_irl_loss"])
