@@ -27,8 +27,9 @@ from mbirl.envs.kuka import robot_from_options
 from mbirl.errors import InputError, check_finite
 from mbirl.fileio import write_json_atomic
 from mbirl.planning.gradient_mpc import GradientMode
-from mbirl.reporting.checkpoint import load_checkpoint, save_checkpoint
+from mbirl.reporting.checkpoint import save_checkpoint
 from mbirl.reporting.logger import MetricsLogger
+from mbirl.reporting.runs import checkpoint_stem, open_for_resume, rng_state, set_rng_state
 
 __all__ = ["METHODS", "MBIRLRunConfig", "Prepared", "parse_split", "prepare_run", "run_compare", "run_mbirl"]
 
@@ -151,26 +152,6 @@ def prepare_run(cfg: MBIRLRunConfig, demo_set: KeypointDemoSet | None = None,
     return Prepared(cfg, demo_set, dynamics, train, test, learner)
 
 
-def _rng_state() -> dict[str, Any]:
-    np_state: Any = np.random.get_state()  # noqa: NPY002
-    return {
-        "python": repr(random.getstate()),
-        "numpy": {"keys": torch.as_tensor(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
-        "torch": torch.get_rng_state(),
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    import ast
-
-    py = ast.literal_eval(state["python"])
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))  # noqa: NPY002
-    torch.set_rng_state(state["torch"])
-
-
 def _weights_of(learner: MBIRL | FeatureMatchingIRL) -> np.ndarray | None:
     table = learner.cost.weights_table()
     return None if table is None else table.cpu().numpy()
@@ -183,32 +164,27 @@ def run_mbirl(cfg: MBIRLRunConfig, run_dir: str | Path, *, resume: bool = False,
 
     run_dir = Path(run_dir)
     prep = prepared if prepared is not None else prepare_run(cfg)
-    ckpt = run_dir / "checkpoints" / "last"
+    ckpt = checkpoint_stem(run_dir)
     history: dict[str, list[float]] = {"irl_loss_train": [], "irl_loss_test": [], "test_relative_goal_distance": [],
                                        "seconds": []}
     start = 0
-    resumed = ckpt.with_suffix(".json").exists()
-    if resumed:
-        if not resume:
-            raise InputError("run directory already holds a run; pass --resume to continue it or choose another "
-                             "--run-dir", source=str(run_dir))
-        state = load_checkpoint(ckpt)
-        saved_cfg = state.get("config", {})
-        mismatched = [k for k, v in cfg.to_json().items()
-                      if k not in ("outer_iters", "checkpoint_every") and saved_cfg.get(k) != v]
-        if mismatched:
-            raise InputError(f"--resume with a different configuration ({', '.join(mismatched)})",
-                             source=str(ckpt.with_suffix(".json")))
-        prep.learner.load_state_dict(state["learner"])
-        history = {k: [float(x) for x in v] for k, v in state["history"].items()}
-        _set_rng_state(state["rng"])
-        start = int(state["iteration"])
+    state = open_for_resume(run_dir, cfg.to_json(), resume=resume, may_change=("outer_iters", "checkpoint_every"))
+    resumed = state is not None
+    if state is not None:
+        try:
+            prep.learner.load_state_dict(state["learner"])
+            history = {k: [float(x) for x in v] for k, v in state["history"].items()}
+            start = int(state["iteration"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise InputError(f"checkpoint does not match this run ({type(exc).__name__}: {exc})",
+                             source=str(ckpt.with_suffix(".json"))) from None
+        set_rng_state(state["rng"])
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / "config.json", cfg.to_json())
     learner = prep.learner
 
     def save() -> None:
-        save_checkpoint(ckpt, {"learner": learner.state_dict(), "history": history, "rng": _rng_state(),
+        save_checkpoint(ckpt, {"learner": learner.state_dict(), "history": history, "rng": rng_state(),
                                "iteration": len(history["irl_loss_train"]) - 1, "config": cfg.to_json()})
 
     def evaluate_test() -> tuple[float, float]:
