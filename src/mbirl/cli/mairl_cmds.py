@@ -1,0 +1,165 @@
+"""``mbirl expert train|demos`` and ``mbirl mairl train|eval|plot|models``: experts, demonstrations and MAIRL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mbirl.errors import InputError
+
+__all__ = ["expert_app", "mairl_app"]
+
+expert_app = typer.Typer(help="Experts (Stable-Baselines3) and their demonstration files.", no_args_is_help=True)
+mairl_app = typer.Typer(help="MAIRL: adversarial IRL with an end-to-end differentiable dynamics model.",
+                        no_args_is_help=True)
+
+EnvOpt = Annotated[str, typer.Option(help="gymnasium environment id, e.g. Pendulum-v1")]
+SeedOpt = Annotated[int, typer.Option(help="random seed")]
+ProgressOpt = Annotated[bool, typer.Option(help="show progress")]
+
+
+@expert_app.command("train")
+def expert_train(
+    env: EnvOpt,
+    out: Annotated[Path | None, typer.Option(help="output directory (default: runs/experts/ENV)")] = None,
+    seed: SeedOpt = 0,
+    steps: Annotated[int | None, typer.Option(help="environment steps (default: the preset's)")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="stop after this many minutes (best export kept)")
+                           ] = None,
+    eval_every: Annotated[int, typer.Option(help="steps between evaluations of the exported policy")] = 10_000,
+    progress: ProgressOpt = True,
+) -> None:
+    """Train the preset expert of ENV; writes OUT/expert.{safetensors,json} (the best exported policy)."""
+    import torch
+
+    from mbirl.experts.train import train_expert
+
+    torch.set_num_threads(1)
+    out_dir = out if out is not None else Path("runs/experts") / env
+    res = train_expert(env, out_dir, seed=seed, steps=steps, max_minutes=max_minutes, eval_every=eval_every,
+                       progress=progress)
+    typer.echo(f"{env}: best evaluation return {res.best_return:.1f} after {res.env_steps} steps "
+               f"({res.seconds:.0f} s); policy in {res.path}.safetensors")
+
+
+@expert_app.command("demos")
+def expert_demos(
+    env: EnvOpt,
+    n: Annotated[int, typer.Option(help="number of expert episodes")] = 10,
+    expert: Annotated[Path | None, typer.Option(help="exported expert (default: runs/experts/ENV/expert)")] = None,
+    out: Annotated[Path | None, typer.Option(help="output .npz (default: data/demos/ENV.npz)")] = None,
+    seed: SeedOpt = 0,
+) -> None:
+    """Roll out the expert N times and save the demonstrations (with expert and random mean returns)."""
+    from mbirl.experts.demos import generate_expert_demos
+    from mbirl.experts.policy import ExpertPolicy
+
+    stem = expert if expert is not None else Path("runs/experts") / env / "expert"
+    out_path = out if out is not None else Path("data/demos") / f"{env}.npz"
+    if out_path.suffix != ".npz":
+        raise InputError(f"output must end in .npz, got '{out_path}'", field="out")
+    policy, info = ExpertPolicy.load(stem.with_suffix("") if stem.suffix in (".json", ".safetensors") else stem)
+    if info.get("env_id", env) != env:
+        raise InputError(f"expert was trained on '{info.get('env_id')}', not '{env}'", source=str(stem), field="env")
+    command = f"mbirl expert demos --env {env} --n {n} --seed {seed}" + (f" --out {out}" if out else "")
+    meta = generate_expert_demos(env, policy, n, out_path, seed=seed, command=command, expert_info=info)
+    typer.echo(f"wrote {n} demonstrations to {out_path}: expert mean return {meta['expert_mean_return']:.1f}, "
+               f"random {meta['random_mean_return']:.1f}")
+
+
+@mairl_app.command("train")
+def mairl_train(
+    demos: Annotated[Path, typer.Option(help="demonstrations written by `mbirl expert demos`")],
+    env: Annotated[str, typer.Option(help="environment id (must match the demo file; default: the file's)")] = "",
+    dynamics: Annotated[str, typer.Option(help="attention|attention-multi|gru|mlp")] = "attention",
+    variant: Annotated[str, typer.Option(help="mairl (AIRL discriminator) or mgail (GAIL discriminator)")] = "mairl",
+    env_steps: Annotated[int, typer.Option(help="environment-step budget")] = 50_000,
+    seed: SeedOpt = 0,
+    run_dir: Annotated[Path, typer.Option(help="run directory")] = Path("runs/mairl"),
+    eval_every: Annotated[int, typer.Option(help="env steps between deterministic evaluations")] = 5_000,
+    eval_episodes: Annotated[int, typer.Option(help="episodes per evaluation")] = 10,
+    horizon: Annotated[int, typer.Option(help="H: steps per differentiable rollout")] = 10,
+    n_rollouts: Annotated[int, typer.Option(help="rollouts accumulated per policy update")] = 7,
+    state_only: Annotated[bool, typer.Option(help="state-only reward g(s) (for transfer)")] = False,
+    config: Annotated[Path | None, typer.Option(help="JSON file of further MAIRLRunConfig fields")] = None,
+    resume: Annotated[bool, typer.Option(help="continue the run in --run-dir from its last checkpoint")] = False,
+    progress: ProgressOpt = True,
+) -> None:
+    """Train MAIRL (or MGAIL); writes RUN_DIR/metrics.json (eval curve, final_normalized_return) and more."""
+    from mbirl.experiments.mairl_run import MAIRLRunConfig, run_mairl
+
+    extra: dict[str, object] = {}
+    if config is not None:
+        if not config.is_file():
+            raise InputError("file not found", source=str(config))
+        try:
+            extra = json.loads(config.read_text())
+        except json.JSONDecodeError as exc:
+            raise InputError(f"invalid JSON ({exc})", source=str(config)) from None
+        if not isinstance(extra, dict):
+            raise InputError("expected a JSON object", source=str(config))
+    values = {"demos": str(demos), "env": env, "dynamics": dynamics, "variant": variant, "env_steps": env_steps,
+              "seed": seed, "eval_every": eval_every, "eval_episodes": eval_episodes, "horizon": horizon,
+              "n_rollouts": n_rollouts, "state_only": state_only}
+    try:
+        cfg = MAIRLRunConfig.from_json({**extra, **values})
+    except TypeError as exc:
+        raise InputError(str(exc), source=str(config) if config else None) from None
+    m = run_mairl(cfg, run_dir, resume=resume, progress=progress)
+    typer.echo(f"{m['env_id']} {variant}/{dynamics} seed {seed}: normalised return {m['final_normalized_return']:.3f} "
+               f"(return {m['final_mean_return']:.1f}) after {m['env_steps']} env steps, "
+               f"{m['train_seconds']:.0f} s; outputs in {run_dir}")
+
+
+@mairl_app.command("eval")
+def mairl_eval(
+    run_dir: Annotated[Path, typer.Option(help="run directory of `mbirl mairl train`")],
+    episodes: Annotated[int, typer.Option(help="deterministic episodes")] = 10,
+    video: Annotated[Path | None, typer.Option(help="write an .mp4 of one episode")] = None,
+) -> None:
+    """Evaluate a run's policy on the true reward (and optionally record a video)."""
+    from mbirl.experiments.mairl_run import evaluate_run
+
+    out = evaluate_run(run_dir, episodes, video=video)
+    typer.echo(json.dumps({k: v for k, v in out.items() if k != "returns"}))
+
+
+@mairl_app.command("plot")
+def mairl_plot(
+    run_dirs: Annotated[list[Path], typer.Argument(help="run directories (their metrics.json)")],
+    out: Annotated[Path, typer.Option(help="output figure (.png)")] = Path("runs/mairl_curves.png"),
+    title: Annotated[str, typer.Option(help="figure title")] = "MAIRL learning curves",
+) -> None:
+    """Learning curves (normalised return vs environment steps), one line per run, grouped by environment."""
+    from mbirl.experiments.mairl_run import plot_learning_curves
+
+    plot_learning_curves(run_dirs, out, title=title)
+    typer.echo(f"wrote {out}")
+
+
+@mairl_app.command("models")
+def mairl_models(
+    demos: Annotated[Path, typer.Option(help="demonstrations of the environment (defines env and normalisers)")],
+    out: Annotated[Path, typer.Option(help="output directory (model_errors.json, model_errors.png)")] = Path(
+        "runs/model_errors"),
+    steps: Annotated[int, typer.Option(help="environment steps of random + policy data")] = 20_000,
+    train_steps: Annotated[int, typer.Option(help="minibatch updates per model")] = 3_000,
+    seed: SeedOpt = 0,
+    models: Annotated[str, typer.Option(help="comma-separated model types")] = "attention,attention-multi,gru,mlp",
+    run_dir: Annotated[Path | None, typer.Option(help="MAIRL run whose noisy policy supplies half of the data "
+                                                      "(default: the demonstrations)")] = None,
+) -> None:
+    """Train every forward model on the same replay data; report 1-step and open-loop 10-step errors on the same
+    held-out episodes."""
+    from mbirl.experiments.mairl_run import compare_models
+
+    kinds = [k.strip() for k in models.split(",") if k.strip()]
+    res = compare_models(demos, out, kinds=kinds, steps=steps, train_steps=train_steps, seed=seed,
+                         run_dir=run_dir)
+    for kind, r in res["models"].items():
+        typer.echo(f"{kind:16s} 1-step {r['one_step']:.5f}  10-step open loop {r['open_loop'][-1]:.4f}  "
+                   f"({r['params']} parameters, {r['train_seconds']:.0f} s)")
+    typer.echo(f"outputs in {out}")

@@ -1,0 +1,84 @@
+"""Demonstrations from an exported expert, with the expert's and a random policy's mean returns as metadata."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mbirl.data.demos import load_trajectories, save_trajectories
+from mbirl.errors import InputError
+from mbirl.experts.policy import ExpertPolicy
+from mbirl.experts.rollout import make_env, random_policy, run_episodes
+from mbirl.types import Trajectory
+
+__all__ = ["DemoStats", "demo_stats", "generate_expert_demos", "normalized_return"]
+
+RANDOM_EPISODES = 50
+
+
+def generate_expert_demos(env_id: str, expert: ExpertPolicy, n: int, out: str | Path, *, seed: int = 0,
+                          command: str | None = None, expert_info: dict[str, Any] | None = None
+                          ) -> dict[str, Any]:
+    """Roll out ``n`` deterministic expert episodes and save them; returns the metadata written.
+
+    The expert's mean return is that of the saved episodes; the random policy's is measured on
+    :data:`RANDOM_EPISODES` episodes with uniformly random actions. Both are what MAIRL normalises by.
+    """
+    if n < 1:
+        raise InputError(f"must be >= 1, got {n}", field="n")
+    out = Path(out)
+    if out.suffix != ".npz":
+        raise InputError(f"output must end in .npz, got '{out}'", field="out")
+    env = make_env(env_id)
+    demos = run_episodes(env, expert.act, n, seed=seed)
+    rand = run_episodes(env, random_policy(env, seed + 1), RANDOM_EPISODES, seed=seed + 100_000)
+    meta: dict[str, Any] = {
+        "env_id": env_id,
+        "n": n,
+        "seed": seed,
+        "expert_mean_return": demos.mean_return,
+        "expert_std_return": float(np.std(demos.returns)),
+        "random_mean_return": rand.mean_return,
+        "random_std_return": float(np.std(rand.returns)),
+        "random_episodes": RANDOM_EPISODES,
+        "discrete": expert.mode == "argmax",
+        "command": command or f"mbirl expert demos --env {env_id} --n {n} --seed {seed} --out {out}",
+        "expert": dict(expert_info or {}),
+    }
+    save_trajectories(out, demos.trajectories, meta)
+    return meta
+
+
+class DemoStats:
+    """What a learner needs from a demo file: transitions, normalisation returns and observation statistics."""
+
+    def __init__(self, trajectories: list[Trajectory], meta: dict[str, Any], source: str) -> None:
+        for key in ("env_id", "expert_mean_return", "random_mean_return"):
+            if key not in meta:
+                raise InputError("missing metadata (regenerate with `mbirl expert demos`)", source=source,
+                                 field=f"meta_json.{key}")
+        self.trajectories = trajectories
+        self.meta = meta
+        self.env_id = str(meta["env_id"])
+        self.expert_return = float(meta["expert_mean_return"])
+        self.random_return = float(meta["random_mean_return"])
+        if not self.expert_return > self.random_return:
+            raise InputError(f"expert return {self.expert_return} is not above random {self.random_return}",
+                             source=source, field="meta_json.expert_mean_return")
+        self.obs = np.concatenate([t.obs[:-1] for t in trajectories]).astype(np.float32)
+        self.next_obs = np.concatenate([t.obs[1:] for t in trajectories]).astype(np.float32)
+        self.acts = np.concatenate([t.acts for t in trajectories])
+        self.dones = np.concatenate([t.dones for t in trajectories]).astype(np.float32)
+
+
+def demo_stats(path: str | Path) -> DemoStats:
+    """Load a demo file written by :func:`generate_expert_demos` (InputError when it lacks the metadata)."""
+    trajs, meta = load_trajectories(path)
+    return DemoStats(trajs, meta, str(path))
+
+
+def normalized_return(ret: float, expert: float, random: float) -> float:
+    """``(ret - random) / (expert - random)``: 0 is the random policy, 1 the expert."""
+    return (ret - random) / (expert - random)

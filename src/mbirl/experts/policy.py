@@ -1,0 +1,129 @@
+"""Expert policies exported from Stable-Baselines3 into plain torch MLPs stored as safetensors + JSON.
+
+Demonstrations are generated from these exported policies, so our own code never unpickles an SB3 ``.zip``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from mbirl.errors import InputError
+from mbirl.reporting.checkpoint import load_checkpoint, save_checkpoint
+
+__all__ = ["ExpertPolicy", "OutputMode", "export_sb3_policy"]
+
+OutputMode = Literal["tanh_box", "clip_box", "argmax"]
+"""How the last layer becomes an action: SAC's squashed Gaussian mean rescaled to the box, PPO's Gaussian mean
+clipped to the box, or the arg-max of PPO/DQN logits for a discrete action space."""
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+class ExpertPolicy(nn.Module):
+    """A deterministic MLP policy ``obs -> action``.
+
+    Args:
+        sizes: layer widths ``[obs_dim, hidden..., out_dim]``.
+        activation: ``relu`` or ``tanh`` between hidden layers.
+        mode: see :data:`OutputMode`.
+        low, high: the action box (continuous modes), shape ``(act_dim,)``.
+    """
+
+    def __init__(self, sizes: list[int], activation: str, mode: OutputMode, low: list[float] | None = None,
+                 high: list[float] | None = None) -> None:
+        super().__init__()
+        if activation not in _ACTIVATIONS:
+            raise InputError(f"unknown activation '{activation}'", field="activation")
+        if mode not in ("tanh_box", "clip_box", "argmax"):
+            raise InputError(f"unknown output mode '{mode}'", field="mode")
+        layers: list[nn.Module] = []
+        for i in range(len(sizes) - 1):
+            layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+            if i < len(sizes) - 2:
+                layers.append(_ACTIVATIONS[activation]())
+        self.net = nn.Sequential(*layers)
+        self.sizes, self.activation, self.mode = list(sizes), activation, mode
+        self.low = None if low is None else list(map(float, low))
+        self.high = None if high is None else list(map(float, high))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        out = self.net(obs)
+        if self.mode == "argmax":
+            return out.argmax(-1)
+        assert self.low is not None and self.high is not None
+        low = torch.as_tensor(self.low, dtype=out.dtype)
+        high = torch.as_tensor(self.high, dtype=out.dtype)
+        if self.mode == "tanh_box":
+            return low + 0.5 * (torch.tanh(out) + 1.0) * (high - low)
+        return torch.maximum(torch.minimum(out, high), low)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray) -> np.ndarray | int:
+        """Action for one observation, as the environment expects it."""
+        out = self.forward(torch.as_tensor(np.asarray(obs, dtype=np.float32))[None])[0]
+        return int(out) if self.mode == "argmax" else out.numpy().astype(np.float32)
+
+    def config(self) -> dict[str, Any]:
+        return {"sizes": self.sizes, "activation": self.activation, "mode": self.mode, "low": self.low,
+                "high": self.high}
+
+    def save(self, stem: str | Path, extra: dict[str, Any] | None = None) -> None:
+        """Write ``stem.safetensors`` + ``stem.json`` (architecture, weights and ``extra`` metadata)."""
+        save_checkpoint(stem, {"config": self.config(), "state_dict": dict(self.state_dict()),
+                               "extra": dict(extra or {})})
+
+    @classmethod
+    def load(cls, stem: str | Path) -> tuple[ExpertPolicy, dict[str, Any]]:
+        """Load an exported policy; returns ``(policy, extra metadata)``. InputError if malformed."""
+        state = load_checkpoint(stem)
+        try:
+            cfg = state["config"]
+            policy = cls(list(cfg["sizes"]), cfg["activation"], cfg["mode"], cfg.get("low"), cfg.get("high"))
+            policy.load_state_dict(state["state_dict"])
+        except (KeyError, TypeError, RuntimeError) as exc:
+            raise InputError(f"not an exported expert policy ({exc})", source=str(stem)) from None
+        policy.eval()
+        return policy, dict(state.get("extra", {}))
+
+
+def _linear_layers(seq: nn.Module) -> tuple[list[nn.Linear], str]:
+    linears = [m for m in seq.modules() if isinstance(m, nn.Linear)]
+    acts = {type(m).__name__.lower() for m in seq.modules() if isinstance(m, (nn.ReLU, nn.Tanh))}
+    if len(acts) > 1:
+        raise InputError(f"mixed activations {acts} are not supported", field="policy")
+    return linears, (acts.pop() if acts else "relu")
+
+
+def export_sb3_policy(model: Any) -> ExpertPolicy:
+    """Copy the deterministic action path of an SB3 SAC/TQC or PPO (Box or Discrete) model into an ExpertPolicy."""
+    import gymnasium as gym
+
+    policy = model.policy
+    space = model.action_space
+    if hasattr(policy, "actor") and hasattr(policy.actor, "latent_pi"):  # SAC / TQC
+        hidden, activation = _linear_layers(policy.actor.latent_pi)
+        head, mode = policy.actor.mu, "tanh_box"
+    elif hasattr(policy, "mlp_extractor") and hasattr(policy, "action_net"):  # PPO / A2C
+        hidden, activation = _linear_layers(policy.mlp_extractor.policy_net)
+        head = policy.action_net
+        mode = "argmax" if isinstance(space, gym.spaces.Discrete) else "clip_box"
+    else:
+        raise InputError(f"cannot export a policy of type {type(policy).__name__}", field="policy")
+    layers = [*hidden, head]
+    sizes = [layers[0].in_features] + [layer.out_features for layer in layers]
+    low = high = None
+    if mode != "argmax":
+        low, high = np.asarray(space.low).tolist(), np.asarray(space.high).tolist()
+    out = ExpertPolicy(sizes, activation, mode, low, high)  # type: ignore[arg-type]
+    targets = [m for m in out.net if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        for dst, src in zip(targets, layers, strict=True):
+            dst.weight.copy_(src.weight.detach().cpu())
+            dst.bias.copy_(src.bias.detach().cpu())
+    out.eval()
+    return out

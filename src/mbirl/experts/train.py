@@ -1,0 +1,147 @@
+"""Train experts with Stable-Baselines3 and export them as safetensors policies.
+
+Each environment has one preset (:data:`EXPERT_PRESETS`): the algorithm, its hyper-parameters (close to the
+rl-baselines3-zoo tuned ones) and a step budget. Training evaluates the exported deterministic policy
+periodically and keeps the best export, so a run stopped by its time budget still leaves a usable expert.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mbirl.errors import InputError
+from mbirl.experts.policy import ExpertPolicy, export_sb3_policy
+from mbirl.experts.rollout import make_env, run_episodes
+from mbirl.fileio import write_json_atomic
+from mbirl.reporting.logger import MetricsLogger
+
+__all__ = ["EXPERT_PRESETS", "ExpertPreset", "ExpertResult", "load_expert", "train_expert"]
+
+
+@dataclass(frozen=True)
+class ExpertPreset:
+    """How to train the expert of one environment.
+
+    Attributes:
+        algo: ``sac``, ``ppo`` or ``tqc`` (sb3-contrib).
+        steps: default environment-step budget.
+        kwargs: keyword arguments of the SB3 constructor.
+        n_envs: parallel environments (PPO).
+        target: return the expert should reach (reported, not enforced).
+    """
+
+    algo: str
+    steps: int
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    n_envs: int = 1
+    target: float | None = None
+
+
+EXPERT_PRESETS: dict[str, ExpertPreset] = {
+    "Pendulum-v1": ExpertPreset("sac", 20_000, {"learning_rate": 1e-3, "learning_starts": 1000}, target=-200.0),
+    "CartPole-v1": ExpertPreset("ppo", 100_000, {"n_steps": 32, "batch_size": 256, "gae_lambda": 0.8,
+                                                  "gamma": 0.98, "n_epochs": 20, "ent_coef": 0.0,
+                                                  "learning_rate": 1e-3, "clip_range": 0.2}, n_envs=8, target=500.0),
+    "InvertedPendulum-v5": ExpertPreset("sac", 30_000, {"learning_starts": 1000}, target=1000.0),
+    "Hopper-v5": ExpertPreset("sac", 1_000_000, {"learning_starts": 10_000}, target=2500.0),
+}
+
+
+@dataclass(frozen=True)
+class ExpertResult:
+    """Where the best export is and how good it was."""
+
+    path: Path
+    best_return: float
+    env_steps: int
+    seconds: float
+
+
+def _make_model(env_id: str, preset: ExpertPreset, seed: int) -> Any:
+    if preset.algo == "ppo":
+        from stable_baselines3 import PPO
+        from stable_baselines3.common.env_util import make_vec_env
+
+        return PPO("MlpPolicy", make_vec_env(env_id, n_envs=preset.n_envs, seed=seed), seed=seed, verbose=0,
+                   device="cpu", **preset.kwargs)
+    if preset.algo == "sac":
+        from stable_baselines3 import SAC
+
+        return SAC("MlpPolicy", make_env(env_id), seed=seed, verbose=0, device="cpu", **preset.kwargs)
+    if preset.algo == "tqc":
+        from sb3_contrib import TQC
+
+        return TQC("MlpPolicy", make_env(env_id), seed=seed, verbose=0, device="cpu", **preset.kwargs)
+    raise InputError(f"unknown algorithm '{preset.algo}'", field="algo")
+
+
+def train_expert(env_id: str, out_dir: str | Path, *, seed: int = 0, steps: int | None = None,
+                 max_minutes: float | None = None, eval_every: int = 10_000, eval_episodes: int = 5,
+                 progress: bool = True) -> ExpertResult:
+    """Train the preset expert of ``env_id``; writes ``out_dir/expert.{safetensors,json}`` (best export),
+    ``out_dir/last.{safetensors,json}``, ``metrics.jsonl`` and ``summary.json``."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    if env_id not in EXPERT_PRESETS:
+        raise InputError(f"no expert preset for '{env_id}' (known: {', '.join(EXPERT_PRESETS)})", field="env")
+    preset = EXPERT_PRESETS[env_id]
+    total = preset.steps if steps is None else steps
+    if total < 1 or eval_every < 1:
+        raise InputError("steps and eval_every must be >= 1", field="steps")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = _make_model(env_id, preset, seed)
+    eval_env = make_env(env_id)
+    t0 = time.monotonic()
+    best = {"ret": -np.inf, "steps": 0}
+
+    with MetricsLogger(out, tensorboard=False) as log:
+
+        def evaluate(n_steps: int) -> None:
+            policy = export_sb3_policy(model)
+            ret = run_episodes(eval_env, policy.act, eval_episodes, seed=10_000).mean_return
+            extra = {"env_id": env_id, "algo": preset.algo, "env_steps": n_steps, "eval_return": ret, "seed": seed}
+            policy.save(out / "last", extra)
+            if ret >= best["ret"]:
+                best.update(ret=ret, steps=n_steps)
+                policy.save(out / "expert", extra)
+            log.log(n_steps, **{"charts/eval_return": ret, "charts/seconds": time.monotonic() - t0})
+            if progress:
+                print(f"[{env_id}] {n_steps} steps: eval return {ret:.1f} (best {best['ret']:.1f}) "
+                      f"{time.monotonic() - t0:.0f}s", flush=True)
+
+        class _Eval(BaseCallback):
+            def __init__(self) -> None:
+                super().__init__()
+                self.next_eval = eval_every
+
+            def _on_step(self) -> bool:
+                if self.num_timesteps >= self.next_eval:
+                    self.next_eval += eval_every
+                    evaluate(self.num_timesteps)
+                return max_minutes is None or (time.monotonic() - t0) < 60 * max_minutes
+
+        model.learn(total_timesteps=total, callback=_Eval())
+        evaluate(int(model.num_timesteps))
+    seconds = time.monotonic() - t0
+    summary = {"env_id": env_id, "algo": preset.algo, "seed": seed, "env_steps": int(model.num_timesteps),
+               "best_eval_return": float(best["ret"]), "best_at_env_steps": int(best["steps"]),
+               "seconds": seconds, "target": preset.target,
+               "command": f"mbirl expert train --env {env_id} --seed {seed} --out {out}"
+                          + (f" --steps {steps}" if steps is not None else "")}
+    write_json_atomic(out / "summary.json", summary)
+    return ExpertResult(out / "expert", float(best["ret"]), int(model.num_timesteps), seconds)
+
+
+def load_expert(path: str | Path) -> ExpertPolicy:
+    """Load the exported best expert from a directory (``DIR/expert``) or a checkpoint stem."""
+    p = Path(path)
+    stem = p / "expert" if p.is_dir() else p.with_suffix("")
+    return ExpertPolicy.load(stem)[0]
