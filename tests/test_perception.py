@@ -113,3 +113,16 @@ def test_detector_shapes_and_input_validation():
         DetectorConfig(image_size=15)
     with pytest.raises(InputError, match="keypoint"):
         DetectorConfig(n_keypoints=0)
+
+
+def test_depth_of_the_nearest_foreground_pixel_beside_a_small_object():
+    background = np.full((12, 12), 2.0)
+    depth = background[None].copy()
+    depth[0, 5, 5] = 1.0  # a one-pixel object in front of the static scene
+    uv = np.array([[[7.2, 5.5]]])  # a keypoint two pixels beside it
+    assert sample_depth(depth, uv)[0, 0] == pytest.approx(2.0)  # the window rule sees only the floor
+    assert sample_depth(depth, uv, background=background)[0, 0] == pytest.approx(1.0)
+    far = np.array([[[10.5, 10.5]]])  # nothing in front of the scene nearby: fall back to the window rule
+    assert sample_depth(depth, far, background=background)[0, 0] == pytest.approx(2.0)
+    with pytest.raises(InputError, match="background"):
+        sample_depth(depth, uv, background=background[:6])

@@ -155,6 +155,18 @@ def _train_resumable(run_dir: Path, label: str, cfg_json: dict[str, Any], total:
     return time.perf_counter() - t0
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"invalid JSON ({exc})", source=str(path)) from None
+    if not isinstance(data, dict):
+        raise InputError("expected a JSON object", source=str(path))
+    return data
+
+
 def _frames(x: np.ndarray) -> np.ndarray:
     """Merge the leading (trajectory, time) axes of images or depth maps."""
     return x.reshape(-1, *x.shape[2:])
@@ -263,6 +275,7 @@ class TrainedDetector:
     model: KeypointAutoencoder
     matched: tuple[int, ...]
     camera: Camera
+    background_depth: np.ndarray | None = None  # (H, W) static scene depth, metres
 
     def image_keypoints(self, images: np.ndarray) -> np.ndarray:
         """Matched keypoints ``(N, k, 2)`` (pixels) of uint8 frames ``(N, H, W, 3)``."""
@@ -270,7 +283,7 @@ class TrainedDetector:
 
     def keypoints_3d(self, images: np.ndarray, depth: np.ndarray) -> np.ndarray:
         """Matched keypoints lifted to 3-D with the depth maps ``(N, H, W)``: ``(N, k, 3)`` (robot units)."""
-        return lift_keypoints(self.image_keypoints(images), depth, self.camera)
+        return lift_keypoints(self.image_keypoints(images), depth, self.camera, background=self.background_depth)
 
 
 def load_detector(run_dir: str | Path) -> TrainedDetector:
@@ -284,11 +297,15 @@ def load_detector(run_dir: str | Path) -> TrainedDetector:
         model = KeypointAutoencoder(config)
         model.load_state_dict(state["model"])
         matched = tuple(int(i) for i in state["matched"])
+        background = state["background_depth"].numpy().astype(np.float64)
     except (KeyError, TypeError, RuntimeError) as exc:
         raise InputError(f"inconsistent detector file ({str(exc).splitlines()[0]})",
                          source=str(run_dir / "detector.json")) from None
     model.eval()
-    return TrainedDetector(model, matched, Camera.from_meta(state["camera"], str(run_dir)))
+    camera = Camera.from_meta(state["camera"], str(run_dir))
+    if background.shape != (camera.height, camera.width):
+        raise InputError("background depth does not match the camera", source=str(run_dir / "detector.json"))
+    return TrainedDetector(model, matched, camera, background)
 
 
 def run_detector_stage(cfg: DetectorStageConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
@@ -334,11 +351,13 @@ def run_detector_stage(cfg: DetectorStageConfig, run_dir: str | Path, *, resume:
     learned_held = model.detect(held_images).numpy()
     truth_held = _frames(uv_true[n_train:])
     err = np.linalg.norm(learned_held[:, list(match.indices)] - truth_held, axis=-1)  # (F, k)
-    detector = TrainedDetector(model, match.indices, camera)
-    lifted = lift_keypoints(learned_held[:, list(match.indices)], _frames(data.depth[n_train:]), camera)
+    background_depth = np.median(_frames(data.depth[:n_train]), axis=0)
+    lifted = lift_keypoints(learned_held[:, list(match.indices)], _frames(data.depth[n_train:]), camera,
+                            background=background_depth)
     lift_err = lifted - _frames(data.keypoints[n_train:])
     save_checkpoint(run_dir / "detector", {"model": model.state_dict(), "config": det_cfg.to_json(),
-                                           "matched": list(match.indices), "camera": camera.to_meta()})
+                                           "matched": list(match.indices), "camera": camera.to_meta(),
+                                           "background_depth": torch.as_tensor(background_depth, dtype=torch.float32)})
     pick = np.linspace(0, len(held_images) - 1, 6).astype(int)
     with torch.no_grad():
         recon = model(images_to_tensor(held_images[pick]))[1]
@@ -355,7 +374,8 @@ def run_detector_stage(cfg: DetectorStageConfig, run_dir: str | Path, *, resume:
         "matched_indices": list(match.indices),
         "calibration_pixel_error": list(match.calibration_error),
         "lift_error_cm": float(np.linalg.norm(lift_err, axis=-1).mean()),
-        "lift_error_cm_after_mean_offset": float(np.linalg.norm(lift_err - lift_err.mean(0), axis=-1).mean()),
+        "lift_error_cm_after_median_offset": float(np.linalg.norm(lift_err - np.median(lift_err, 0), axis=-1).mean()),
+        "lift_error_cm_p99": float(np.quantile(np.linalg.norm(lift_err, axis=-1), 0.99)),
         "n_train_frames": int(len(train_images)),
         "n_heldout_frames": int(len(held_images)),
         "image_size": int(H),
@@ -363,7 +383,6 @@ def run_detector_stage(cfg: DetectorStageConfig, run_dir: str | Path, *, resume:
         "steps": cfg.steps,
     }
     write_json_atomic(run_dir / "metrics.json", metrics)
-    del detector
     return metrics
 
 
@@ -572,6 +591,11 @@ def run_visual_irl(cfg: VisualIRLConfig, run_dir: str | Path, *, resume: bool = 
     # Validate everything before writing anything.
     prepared = {m: prepare_run(visual_cfgs[m], detected_set, model) for m in cfg.methods}
     gt_prepared = {m: prepare_run(gt_cfgs[m], visual.demo_set, true_dyn) for m in cfg.methods}
+    if (run_dir / "config.json").exists():
+        if not resume:
+            raise InputError("run directory already holds a run; pass --resume to continue it or choose another "
+                             "--run-dir", source=str(run_dir))
+        _check_config_match(_read_json(run_dir / "config.json"), cfg.to_json(), run_dir / "config.json")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / "config.json", cfg.to_json())
     if not detected_path.exists():
@@ -734,44 +758,36 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path, *, resume: bool = Fal
                          field="split")
     config_path = run_dir / "config.json"
     if config_path.exists():
-        import json
-
         if not resume:
             raise InputError("run directory already holds a pipeline; pass --resume to continue it or choose another "
                              "--run-dir", source=str(run_dir))
-        try:
-            saved = json.loads(config_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"invalid JSON ({exc})", source=str(config_path)) from None
-        _check_config_match(saved, cfg.to_json(), config_path, ignore=())
+        _check_config_match(_read_json(config_path), cfg.to_json(), config_path, ignore=())
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(config_path, cfg.to_json())
     figures = run_dir / "figures"
-    timings: dict[str, float] = {}
+    timings = _StageTimer(run_dir / "timings.json")
     data_dir = run_dir / "data"
     demos_path, explore_path = data_dir / "demos.npz", data_dir / "explore.npz"
 
-    t0 = time.perf_counter()
+    timings.start(ran=not demos_path.exists())
     if not demos_path.exists():
         make_visual_demos(demos_path, task=cfg.task, n=cfg.n_demos, seed=cfg.demo_seed, horizon=cfg.horizon,
                           noise=cfg.noise, resolution=cfg.resolution)
     _copy_figure(data_dir / "demos_frames.png", figures / "stage1_demos.png")
-    timings["demos"] = time.perf_counter() - t0
+    timings.stop("demos")
 
-    t0 = time.perf_counter()
+    timings.start(ran=not explore_path.exists())
     if not explore_path.exists():
         make_exploration(explore_path, n=cfg.explore_n, horizon=cfg.explore_horizon, seed=cfg.explore_seed,
                          resolution=cfg.resolution, progress=progress)
     _copy_figure(data_dir / "explore.png", figures / "stage2_exploration.png")
-    timings["explore"] = time.perf_counter() - t0
+    timings.stop("explore")
     exploration = load_exploration(explore_path)
 
-    t0 = time.perf_counter()
     det_dir = run_dir / "detector"
+    timings.start(ran=not (det_dir / "metrics.json").exists())
     if (det_dir / "metrics.json").exists() and (det_dir / "detector.json").exists():
-        import json
-
-        det_metrics = json.loads((det_dir / "metrics.json").read_text())
+        det_metrics = _read_json(det_dir / "metrics.json")
     else:
         det_metrics = run_detector_stage(
             DetectorStageConfig(data=str(explore_path), n_keypoints=cfg.n_keypoints, width=cfg.detector_width,
@@ -779,14 +795,12 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path, *, resume: bool = Fal
                                 saliency_weight=cfg.saliency_weight, seed=cfg.seed),
             det_dir, resume=True, progress=progress, data=exploration)
     _copy_figure(det_dir / "figures" / "keypoints.png", figures / "stage3_detector_keypoints.png")
-    timings["detector"] = time.perf_counter() - t0
+    timings.stop("detector")
 
-    t0 = time.perf_counter()
     dyn_dir = run_dir / "dynamics"
+    timings.start(ran=not (dyn_dir / "metrics.json").exists())
     if (dyn_dir / "metrics.json").exists() and (dyn_dir / "model.json").exists():
-        import json
-
-        dyn_metrics = json.loads((dyn_dir / "metrics.json").read_text())
+        dyn_metrics = _read_json(dyn_dir / "metrics.json")
     else:
         dyn_metrics = run_dynamics_stage(
             DynamicsStageConfig(data=str(explore_path), detector=str(det_dir), hidden=cfg.dynamics_hidden,
@@ -794,17 +808,17 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path, *, resume: bool = Fal
                                 seed=cfg.seed),
             dyn_dir, resume=True, progress=progress, data=exploration)
     _copy_figure(dyn_dir / "figures" / "rollouts.png", figures / "stage4_dynamics_rollouts.png")
-    timings["dynamics"] = time.perf_counter() - t0
+    timings.stop("dynamics")
 
-    t0 = time.perf_counter()
     irl_dir = run_dir / "irl"
+    timings.start(ran=not (irl_dir / "metrics.json").exists())
     irl_metrics = run_visual_irl(
         VisualIRLConfig(demos=str(demos_path), detector=str(det_dir), dynamics=str(dyn_dir), methods=cfg.methods,
                         headline=cfg.headline, train=cfg.train, test=cfg.test, outer_iters=cfg.outer_iters,
                         inner_steps=cfg.inner_steps, inner_lr=cfg.inner_lr, outer_lr=cfg.outer_lr, seed=cfg.seed),
         irl_dir, resume=True, progress=progress)
     _copy_figure(irl_dir / "figures" / "visual_vs_gt.png", figures / "stage5_irl_visual_vs_gt.png")
-    timings["irl"] = time.perf_counter() - t0
+    timings.stop("irl")
 
     metrics = {
         "detector_pixel_error": det_metrics["detector_pixel_error"],
@@ -818,7 +832,10 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path, *, resume: bool = Fal
         "per_method": irl_metrics["per_method"],
         "detector": det_metrics,
         "dynamics": dyn_metrics,
-        "seconds_per_stage_this_call": timings,
+        "seconds_per_stage": timings.wall,
+        "cpu_seconds_per_stage": timings.cpu,
+        "seconds_total": float(sum(timings.wall.values())),
+        "cpu_seconds_total": float(sum(timings.cpu.values())),
     }
     write_json_atomic(run_dir / "metrics.json", metrics)
     (run_dir / "summary.md").write_text(
@@ -830,6 +847,28 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path, *, resume: bool = Fal
         f"* IRL ({irl_metrics['headline']}): visual {metrics['final_test_irl_loss']:.1f} vs ground truth "
         f"{metrics['gt_final_test_irl_loss']:.1f} test IRL loss on the robot\n\n" + irl_metrics["table"])
     return metrics
+
+
+class _StageTimer:
+    """Wall-clock and process CPU seconds per stage, kept in ``timings.json`` across resumed calls (a stage
+    skipped on resume keeps the time it took when it ran)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        saved = _read_json(path) if path.is_file() else {}
+        self.wall: dict[str, float] = dict(saved.get("wall", {}))
+        self.cpu: dict[str, float] = dict(saved.get("cpu", {}))
+        self._t0 = self._c0 = 0.0
+        self._ran = True
+
+    def start(self, *, ran: bool) -> None:
+        self._t0, self._c0, self._ran = time.perf_counter(), time.process_time(), ran
+
+    def stop(self, stage: str) -> None:
+        wall, cpu = time.perf_counter() - self._t0, time.process_time() - self._c0
+        if self._ran or stage not in self.wall:
+            self.wall[stage], self.cpu[stage] = wall, cpu
+            write_json_atomic(self.path, {"wall": self.wall, "cpu": self.cpu})
 
 
 def _copy_figure(src: Path, dst: Path) -> None:
