@@ -1,7 +1,7 @@
 """MAIRL / MGAIL on a gymnasium task as a run directory.
 
 A run directory holds ``config.json``; ``metrics.jsonl`` + TensorBoard events (``tb/``), one row per iteration with
-the environment-step count as the step; ``checkpoints/last.{safetensors,json}`` (networks, optimisers, replay
+the environment-step count as the step; ``checkpoints/last.json`` + its tensor file (networks, optimisers, replay
 buffer, RNG states and the environments' reset seeds and actions, so ``--resume`` continues exactly); and the final
 ``metrics.json`` (``eval`` = list of ``{env_steps, mean_return, normalized_return}``, ``final_normalized_return``).
 Everything is validated before anything is written.
@@ -25,6 +25,7 @@ from mbirl.experts.demos import DemoStats, demo_stats, normalized_return
 from mbirl.fileio import write_json_atomic
 from mbirl.reporting.checkpoint import load_checkpoint, save_checkpoint
 from mbirl.reporting.logger import MetricsLogger
+from mbirl.reporting.runs import checkpoint_stem, open_for_resume
 
 __all__ = ["MAIRLRunConfig", "build_trainer", "compare_models", "evaluate_run", "plot_learning_curves", "run_mairl"]
 
@@ -149,20 +150,12 @@ def run_mairl(cfg: MAIRLRunConfig, run_dir: str | Path, *, resume: bool = False,
     torch.set_num_threads(1)
     run_dir = Path(run_dir)
     trainer, demos = build_trainer(cfg)
-    ckpt = run_dir / "checkpoints" / "last"
+    ckpt = checkpoint_stem(run_dir)
     evals: list[dict[str, float]] = []
     seconds = 0.0
-    resumed = ckpt.with_suffix(".json").exists()
-    if resumed:
-        if not resume:
-            raise InputError("run directory already holds a run; pass --resume to continue it or choose another "
-                             "--run-dir", source=str(run_dir))
-        state = load_checkpoint(ckpt)
-        saved = state.get("config", {})
-        mismatched = [k for k, v in cfg.to_json().items() if k not in _RESUMABLE and saved.get(k) != v]
-        if mismatched:
-            raise InputError(f"--resume with a different configuration ({', '.join(mismatched)})",
-                             source=str(ckpt.with_suffix(".json")))
+    state = open_for_resume(run_dir, cfg.to_json(), resume=resume, may_change=_RESUMABLE)
+    resumed = state is not None
+    if state is not None:
         trainer.load_state_dict(state["trainer"])
         evals = [{k: float(v) for k, v in e.items()} for e in state["evals"]]
         seconds = float(state["seconds"])
@@ -251,7 +244,7 @@ def evaluate_run(run_dir: str | Path, episodes: int = 10, *, video: str | Path |
     if video is not None and Path(video).suffix != ".mp4":
         raise InputError(f"video must end in .mp4, got '{video}'", field="video")
     trainer, demos = build_trainer(cfg)
-    state = load_checkpoint(run_dir / "checkpoints" / "last")
+    state = load_checkpoint(checkpoint_stem(run_dir))
     trainer.load_policy(state["trainer"])
     result = trainer.evaluate(episodes, seed=seed)
     out: dict[str, Any] = {
@@ -351,7 +344,7 @@ def compare_models(demos_path: str | Path, out: str | Path, *, kinds: list[str],
     if run_dir is not None:
         cfg = MAIRLRunConfig.from_json(__import__("json").loads((Path(run_dir) / "config.json").read_text()))
         trainer, _ = build_trainer(cfg, demos)
-        trainer.load_policy(load_checkpoint(Path(run_dir) / "checkpoints" / "last")["trainer"])
+        trainer.load_policy(load_checkpoint(checkpoint_stem(run_dir))["trainer"])
         gen = torch.Generator().manual_seed(seed)
 
         def noisy(obs: np.ndarray) -> Any:
