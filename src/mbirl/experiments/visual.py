@@ -207,7 +207,8 @@ def _plot_frames(demos: Sequence[KeypointTrajectory], camera: Camera, path: Path
     times = sorted({0, T // 3, (2 * T) // 3, T - 1})
     images = np.stack([d.images[t] for d in demos for t in times if d.images is not None])
     uv = np.stack([camera.project(d.keypoints[t])[0] for d in demos for t in times])
-    plot_keypoint_overlay(images, uv, path, title=title + " (dots: projected ground-truth keypoints)")
+    plot_keypoint_overlay(images, uv, path, title=title + " (rows: demos; dots: projected ground-truth keypoints)",
+                          ncols=len(times))
 
 
 def make_exploration(out: str | Path, *, n: int = 400, horizon: int = 10, seed: int = 1, resolution: int = 64,
@@ -230,8 +231,9 @@ def make_exploration(out: str | Path, *, n: int = 400, horizon: int = 10, seed: 
     save_exploration(out, data)
     pick = np.linspace(0, len(data) - 1, min(len(data), 6)).astype(int)
     uv, _ = camera.project(data.keypoints[pick, -1])
-    plot_keypoint_overlay(data.images[pick, -1], uv, out.with_suffix(".png"),
-                          title="exploration: random joint motions (dots: projected ground-truth keypoints)")
+    plot_keypoint_overlay(data.images[pick, -1], uv, out.with_suffix(".png"), ncols=3,
+                          title="exploration: last frames of random joint motions\n"
+                                "(dots: projected ground-truth keypoints)")
     return data
 
 

@@ -25,16 +25,21 @@ def _save(fig: plt.Figure, path: str | Path) -> Path:
 
 def plot_keypoint_overlay(images: np.ndarray, learned: np.ndarray, path: str | Path, *,
                           truth: np.ndarray | None = None, matched: Sequence[int] = (),
-                          reconstructions: np.ndarray | None = None, title: str = "learned keypoints") -> Path:
+                          reconstructions: np.ndarray | None = None, title: str = "learned keypoints",
+                          ncols: int | None = None) -> Path:
     """Frames ``(F, H, W, 3)`` with learned keypoints ``(F, K, 2)`` (small dots; matched ones circled) and the
-    projected ground truth ``(F, k, 2)`` (crosses); optionally a second row of reconstructions ``(F, H, W, 3)``."""
+    projected ground truth ``(F, k, 2)`` (crosses); optionally a second row of reconstructions ``(F, H, W, 3)``.
+    Without reconstructions, ``ncols`` wraps the frames into a grid."""
     F = len(images)
-    rows = 2 if reconstructions is not None else 1
-    fig, axes = plt.subplots(rows, F, figsize=(2.3 * F, 2.4 * rows), squeeze=False)
+    cols = F if reconstructions is not None or ncols is None else min(ncols, F)
+    rows = 2 if reconstructions is not None else -(-F // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.4 * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
     K = learned.shape[1]
     colours = plt.cm.tab10(np.arange(K) % 10)
     for f in range(F):
-        ax = axes[0, f]
+        ax = axes[f // cols, f % cols] if reconstructions is None else axes[0, f]
         H, W = images[f].shape[:2]
         ax.imshow(images[f], extent=(0, W, H, 0), interpolation="nearest")
         ax.scatter(learned[f, :, 0], learned[f, :, 1], s=12, c=colours, edgecolors="k", linewidths=0.4)
@@ -50,7 +55,7 @@ def plot_keypoint_overlay(images: np.ndarray, learned: np.ndarray, path: str | P
         if reconstructions is not None:
             axes[1, f].imshow(reconstructions[f], extent=(0, W, H, 0), interpolation="nearest")
             axes[1, f].axis("off")
-    if F and (truth is not None or matched):
+    if F and (truth is not None or len(matched) > 0):
         axes[0, 0].legend(fontsize=6, loc="lower left")
     fig.suptitle(title)
     return _save(fig, path)
