@@ -254,10 +254,10 @@ class DetectorStageConfig:
     """
 
     data: str
-    n_keypoints: int = 10
+    n_keypoints: int = 16
     width: int = 32
     sigma: float = 1.0
-    steps: int = 3000
+    steps: int = 2000
     batch_size: int = 32
     lr: float = 2e-3
     saliency_weight: float = 5.0
@@ -694,9 +694,9 @@ class PipelineConfig:
     explore_n: int = 400
     explore_horizon: int = 10
     explore_seed: int = 1
-    n_keypoints: int = 10
+    n_keypoints: int = 16
     detector_width: int = 32
-    detector_steps: int = 3000
+    detector_steps: int = 2000
     detector_batch: int = 32
     saliency_weight: float = 5.0
     dynamics_hidden: int = 256

@@ -35,7 +35,7 @@ class DetectorConfig:
         sigma: standard deviation of the decoder's Gaussian blobs, in feature-map pixels (half resolution).
     """
 
-    n_keypoints: int = 10
+    n_keypoints: int = 16
     image_size: int = 64
     width: int = 32
     sigma: float = 1.0

@@ -32,7 +32,7 @@ class DetectorTrainConfig:
         seed: initialisation and minibatch order.
     """
 
-    steps: int = 3000
+    steps: int = 2000
     batch_size: int = 32
     lr: float = 2e-3
     saliency_weight: float = 5.0
