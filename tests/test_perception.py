@@ -126,3 +126,40 @@ def test_depth_of_the_nearest_foreground_pixel_beside_a_small_object():
     assert sample_depth(depth, far, background=background)[0, 0] == pytest.approx(2.0)
     with pytest.raises(InputError, match="background"):
         sample_depth(depth, uv, background=background[:6])
+
+
+def test_interrupted_detector_training_resumes_to_the_same_model():
+    import copy
+
+    images, _ = _toy_images(64)
+    cfg = DetectorTrainConfig(steps=6, batch_size=8)
+
+    def fresh() -> KeypointAutoencoder:
+        torch.manual_seed(0)
+        model = KeypointAutoencoder(DetectorConfig(n_keypoints=2, image_size=16, width=8))
+        init_background(model, images)
+        return model
+
+    straight = fresh()
+    fit_detector(straight, images, cfg, generator=torch.Generator().manual_seed(1))
+
+    class Stop(Exception):
+        pass
+
+    saved: dict = {}
+    model, gen = fresh(), torch.Generator().manual_seed(1)
+
+    def on_step(step, scalars, state):
+        if step == 3:
+            saved.update(model=copy.deepcopy(model.state_dict()), optimizer=copy.deepcopy(state["optimizer"]),
+                         generator=gen.get_state())
+            raise Stop
+
+    with pytest.raises(Stop):
+        fit_detector(model, images, cfg, generator=gen, on_step=on_step)
+    resumed, gen2 = fresh(), torch.Generator()
+    resumed.load_state_dict(saved["model"])
+    gen2.set_state(saved["generator"])
+    fit_detector(resumed, images, cfg, generator=gen2, start_step=3, optimizer_state=saved["optimizer"])
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)

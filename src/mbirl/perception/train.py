@@ -19,7 +19,7 @@ import torch
 from mbirl.errors import InputError
 from mbirl.perception.detector import KeypointAutoencoder, images_to_tensor
 
-__all__ = ["DetectorTrainConfig", "fit_detector", "init_background"]
+__all__ = ["DetectorTrainConfig", "fit_detector", "init_background", "median_frame"]
 
 
 @dataclass
@@ -47,11 +47,16 @@ class DetectorTrainConfig:
         return asdict(self)
 
 
-def init_background(model: KeypointAutoencoder, images: np.ndarray, max_frames: int = 2000) -> None:
-    """Set the decoder's background to the per-pixel median of (up to ``max_frames``) training images."""
+def median_frame(images: np.ndarray, max_frames: int = 2000) -> torch.Tensor:
+    """Per-pixel median ``(3, H, W)`` of (up to ``max_frames`` evenly spaced) uint8 images: the static scene."""
     step = max(1, len(images) // max_frames)
+    return images_to_tensor(images[::step]).median(0).values
+
+
+def init_background(model: KeypointAutoencoder, images: np.ndarray, max_frames: int = 2000) -> None:
+    """Set the decoder's background to the median training frame."""
     with torch.no_grad():
-        model.background.copy_(images_to_tensor(images[::step]).median(0).values)
+        model.background.copy_(median_frame(images, max_frames))
 
 
 def fit_detector(model: KeypointAutoencoder, images: np.ndarray, cfg: DetectorTrainConfig, *,
@@ -66,7 +71,7 @@ def fit_detector(model: KeypointAutoencoder, images: np.ndarray, cfg: DetectorTr
     if images.ndim != 4 or images.shape[1:] != (S, S, 3) or images.dtype != np.uint8:
         raise InputError(f"expected uint8 images (N, {S}, {S}, 3), got {images.dtype} {images.shape}", field="images")
     data = torch.from_numpy(images)
-    background = model.background.detach().clone()
+    background = median_frame(images)  # fixed saliency reference (the same on resume)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     if optimizer_state is not None:
         opt.load_state_dict(optimizer_state)
