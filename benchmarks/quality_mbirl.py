@@ -28,6 +28,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--outer-iters", type=int, default=100)
+    parser.add_argument("--inner-steps", type=int, default=1)
+    parser.add_argument("--inner-lr", type=float, default=1e-3)
     parser.add_argument("--noise", type=float, default=0.3, help="per-step demo noise [cm]")
     parser.add_argument("--urdf", default=None, help="robot URDF (default: PyBullet's KUKA + held object)")
     parser.add_argument("--keypoint-links", default=None, help="comma-separated keypoint links of --urdf")
@@ -43,7 +45,8 @@ def main() -> None:
             save_keypoint_demos(demos, generate_demos("placing", 6, seed=seed, robot=robot, noise=args.noise))
             for m in METHODS:
                 cfg = MBIRLRunConfig(demos=str(demos), method=m, outer_iters=args.outer_iters, seed=seed,
-                                     urdf=args.urdf, keypoint_links=args.keypoint_links)
+                                     urdf=args.urdf, keypoint_links=args.keypoint_links,
+                                     inner_steps=args.inner_steps, inner_lr=args.inner_lr)
                 out = run_mbirl(cfg, Path(tmp) / f"{seed}_{m}", progress=False, figures=False)
                 results[m].append(out["final_test_irl_loss"])
                 rel[m].append(out["test_relative_goal_distance"])
