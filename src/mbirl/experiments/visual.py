@@ -480,6 +480,10 @@ def run_dynamics_stage(cfg: DynamicsStageConfig, run_dir: str | Path, *, resume:
     model.eval()
     held = dynamics_errors(model, q[n_train:], z[n_train:], u[n_train:], cfg.eval_horizon)
     train = dynamics_errors(model, q[:n_train], z[:n_train], u[:n_train], cfg.eval_horizon)
+    # Evaluation only: the same rollouts against the ground-truth keypoints, moved by the lifting's constant
+    # offset (the marker's front surface vs its centre; the median over training frames).
+    offset = np.median((z[:n_train] - data.keypoints[:n_train]).reshape(-1, *z.shape[2:]), axis=0)
+    truth = dynamics_errors(model, q[n_train:], data.keypoints[n_train:] + offset, u[n_train:], cfg.eval_horizon)
     save_checkpoint(run_dir / "model", {"model": model.state_dict(), "description": model.describe()})
     with torch.no_grad():
         qh = torch.as_tensor(q[n_train:][:6])
@@ -495,6 +499,9 @@ def run_dynamics_stage(cfg: DynamicsStageConfig, run_dir: str | Path, *, resume:
         "eval_horizon": int(held["horizon"]),
         "train_error_1step": train["one_step"],
         "train_error_10step": train["open_loop"],
+        "ground_truth_error_1step": truth["one_step"],
+        "ground_truth_error_10step": truth["open_loop"],
+        "lift_offset_cm": offset.tolist(),
         "units": "cm, mean Euclidean distance per keypoint, against the detector's lifted keypoints",
         "n_train_trajectories": int(n_train),
         "n_heldout_trajectories": int(len(data) - n_train),
