@@ -199,3 +199,22 @@ def test_quick_pipeline_end_to_end(tmp_path):
     resumed = run_cli(tmp_path, "visual", "pipeline", "--quick", "--run-dir", "run", "--no-progress", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((run / "metrics.json").read_text())["detector_pixel_error"] == metrics["detector_pixel_error"]
+
+
+def test_robot_evaluation_with_the_true_model_equals_the_learners_own(placing_demos):
+    import torch
+
+    from mbirl.algorithms import MBIRL, DemoBatch
+    from mbirl.costs import make_cost
+    from mbirl.dynamics import KinematicKeypointDynamics
+    from mbirl.envs import default_kuka
+    from mbirl.experiments.visual import evaluate_on_robot
+
+    dyn = KinematicKeypointDynamics(default_kuka())
+    train, test = DemoBatch.from_demos(placing_demos[:3]), DemoBatch.from_demos(placing_demos[3:5])
+    learner = MBIRL(make_cost("rbf", horizon=10, dim=6), dyn, train, test)
+    learner.outer_iteration()
+    own = learner.evaluate(test)
+    ours = evaluate_on_robot(learner, dyn, dyn, test, test)
+    torch.testing.assert_close(ours["irl_loss"], own.irl_loss, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(ours["relative_goal_distance"], own.relative_goal_distance, rtol=1e-5, atol=1e-6)
