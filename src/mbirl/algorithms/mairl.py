@@ -322,7 +322,8 @@ class MAIRL:
                  state_only: bool = False, lr_policy: float = 1e-3, lr_disc: float = 1e-3, lr_model: float = 1e-3,
                  grad_clip: float = 10.0, policy_reg: float = 1e-2, batch_size: int = 512, replay_size: int = 50_000,
                  model_steps: int = 5, disc_steps: int = 1, disc_every: int = 1, disc_window: int = 5_000,
-                 expert_weight: float = 1.0, warmup_steps: int = 1_000, model_pretrain_steps: int = 500,
+                 expert_weight: float = 1.0, disc_grad_penalty: float = 0.0, warmup_steps: int = 1_000,
+                 model_pretrain_steps: int = 500,
                  seed: int = 0) -> None:
         if variant not in VARIANTS:
             raise InputError(f"unknown variant '{variant}' (expected mairl or mgail)", field="variant")
@@ -346,6 +347,7 @@ class MAIRL:
         self.grad_clip, self.batch_size, self.policy_reg = grad_clip, batch_size, policy_reg
         self.model_steps, self.disc_steps, self.disc_every = model_steps, disc_steps, disc_every
         self.disc_window, self.expert_weight = disc_window, expert_weight
+        self.disc_grad_penalty = disc_grad_penalty
         self.warmup_steps, self.model_pretrain_steps = warmup_steps, model_pretrain_steps
         self.seed = seed
         torch.manual_seed(seed)
@@ -486,7 +488,8 @@ class MAIRL:
             recent = self.buffer.recent_indices(max(1, min(self.disc_window, self.env_steps - self.warmup_done)))
             agent = self.buffer.batch(recent[self.rng.integers(0, len(recent), size=self.batch_size)])
             agent["log_pi"] = self._policy_log_pi(agent["obs"], agent["act"])
-            loss, stats = self.disc.loss(self.expert_batch(self.batch_size), agent, self.expert_weight)
+            loss, stats = self.disc.loss(self.expert_batch(self.batch_size), agent, self.expert_weight,
+                                          self.disc_grad_penalty)
             self.opt_disc.zero_grad()
             loss.backward()
             self.opt_disc.step()

@@ -64,6 +64,7 @@ class MAIRLRunConfig:
         disc_steps, disc_every: discriminator updates per block and iterations between blocks.
         disc_window: the discriminator's agent samples come from this many most recent transitions.
         expert_weight: weight of the expert term of the discriminator loss (original: 0.8).
+        disc_grad_penalty: weight of the zero-centred gradient penalty on the reward's input gradient.
         warmup_steps: uniformly random environment steps before training (model data, normalisers).
         model_pretrain_steps: model updates after the warm-up.
         state_only: learn the state-only reward ``g(s)`` (for transfer).
@@ -97,6 +98,7 @@ class MAIRLRunConfig:
     disc_every: int = 1
     disc_window: int = 700
     expert_weight: float = 1.0
+    disc_grad_penalty: float = 0.0
     warmup_steps: int = 1_000
     model_pretrain_steps: int = 500
     state_only: bool = False
@@ -116,6 +118,7 @@ class MAIRLRunConfig:
 _TRAINER_KEYS = ("dynamics", "variant", "horizon", "n_rollouts", "gamma", "alpha", "sigma_scale", "sigma_floor",
                  "gumbel_tau", "lr_policy", "lr_disc", "lr_model", "grad_clip", "policy_reg", "batch_size",
                  "replay_size", "model_steps", "disc_steps", "disc_every", "disc_window", "expert_weight",
+                 "disc_grad_penalty",
                  "warmup_steps", "model_pretrain_steps", "state_only", "seed")
 
 

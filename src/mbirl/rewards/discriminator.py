@@ -72,15 +72,33 @@ class Discriminator(nn.Module, ABC):
 
     uses_log_pi: bool = True
 
-    def loss(self, expert: dict[str, torch.Tensor], agent: dict[str, torch.Tensor], expert_weight: float = 1.0
-             ) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, expert: dict[str, torch.Tensor], agent: dict[str, torch.Tensor], expert_weight: float = 1.0,
+             grad_penalty: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
         """Binary cross-entropy (expert = 1, agent = 0) on two batches of ``obs, act, next_obs, done, log_pi``;
-        returns the loss and accuracy statistics."""
-        le = self.logits(expert["obs"], expert["act"], expert["next_obs"], expert["done"], expert["log_pi"])
-        la = self.logits(agent["obs"], agent["act"], agent["next_obs"], agent["done"], agent["log_pi"])
+        returns the loss and statistics.
+
+        ``grad_penalty`` > 0 adds ``grad_penalty * E ||d reward / d(s, a, s')||^2`` over both batches (a
+        zero-centred gradient penalty): the policy follows the reward's input gradient, so a smooth reward is
+        what makes the pathwise update informative rather than erratic.
+        """
+        inputs = {k: (torch.cat([expert[k], agent[k]]).requires_grad_(grad_penalty > 0)
+                      if k in ("obs", "act", "next_obs") else torch.cat([expert[k], agent[k]]))
+                  for k in ("obs", "act", "next_obs", "done", "log_pi")}
+        logits = self.logits(inputs["obs"], inputs["act"], inputs["next_obs"], inputs["done"], inputs["log_pi"])
+        n = len(expert["obs"])
+        le, la = logits[:n], logits[n:]
         loss = expert_weight * F.binary_cross_entropy_with_logits(le, torch.ones_like(le)) + \
             F.binary_cross_entropy_with_logits(la, torch.zeros_like(la))
-        stats = {"expert_acc": float((le > 0).float().mean()), "agent_acc": float((la < 0).float().mean())}
+        stats = {"expert_acc": float((le > 0).float().mean()), "agent_acc": float((la < 0).float().mean()),
+                 "grad_penalty": 0.0}
+        if grad_penalty > 0:
+            reward = (logits + inputs["log_pi"]) if self.uses_log_pi else logits
+            grads = torch.autograd.grad(reward.sum(), [inputs["obs"], inputs["act"], inputs["next_obs"]],
+                                        create_graph=True, allow_unused=True)
+            sq = sum((g**2).sum(-1) for g in grads if g is not None)
+            gp = torch.as_tensor(sq).mean()
+            loss = loss + grad_penalty * gp
+            stats["grad_penalty"] = float(gp.detach())
         return loss, stats
 
 
