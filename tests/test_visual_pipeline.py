@@ -218,3 +218,25 @@ def test_robot_evaluation_with_the_true_model_equals_the_learners_own(placing_de
     ours = evaluate_on_robot(learner, dyn, dyn, test, test)
     torch.testing.assert_close(ours["irl_loss"], own.irl_loss, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(ours["relative_goal_distance"], own.relative_goal_distance, rtol=1e-5, atol=1e-6)
+
+
+def test_cli_stage_commands_chain(tmp_path):
+    steps = [
+        ["visual", "demos", "--n", "3", "--horizon", "4", "--resolution", "16", "--out", "vd.npz"],
+        ["visual", "explore", "--n", "6", "--horizon", "3", "--resolution", "16", "--out", "ex.npz", "--no-progress"],
+        ["visual", "train-detector", "--data", "ex.npz", "--keypoints", "3", "--width", "8", "--steps", "3",
+         "--batch-size", "4", "--run-dir", "det", "--no-progress"],
+        ["visual", "train-dynamics", "--data", "ex.npz", "--detector", "det", "--hidden", "8", "--layers", "1",
+         "--steps", "3", "--run-dir", "dyn", "--no-progress"],
+        ["visual", "irl", "--demos", "vd.npz", "--detector", "det", "--dynamics", "dyn", "--costs", "default,weighted",
+         "--headline", "weighted", "--train", "0:2", "--test", "2:3", "--outer-iters", "1", "--run-dir", "irl",
+         "--no-progress"],
+    ]
+    for args in steps:
+        result = run_cli(tmp_path, *args)
+        assert result.returncode == 0, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert "held-out pixel error" in run_cli(tmp_path, *steps[2], "--resume").stdout
+    metrics = json.loads((tmp_path / "irl" / "metrics.json").read_text())
+    assert set(metrics["per_method"]) == {"default", "weighted"}
+    assert "| weighted |" in (tmp_path / "irl" / "summary.md").read_text()
