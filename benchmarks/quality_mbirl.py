@@ -6,6 +6,7 @@ Prints the zero-action train loss (the original's "before training" figure), eac
 IRL loss per seed, and mean / median over seeds, next to the original code's single-run figures.
 
     python benchmarks/quality_mbirl.py [--seeds 0 1 2 3 4] [--outer-iters 100]
+    python benchmarks/quality_mbirl.py --task reaching --n-demos 15 --train 0:1 --test 10:15 --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from mbirl.data import save_keypoint_demos
 from mbirl.envs import generate_demos, robot_from_options
 from mbirl.experiments import METHODS, MBIRLRunConfig, run_mbirl
+from mbirl.experiments.kuka_irl import parse_split
 
 ORIGINAL = {"weighted": 247.5, "timedep": 123.8, "rbf": 144.7}
 
@@ -28,6 +30,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--outer-iters", type=int, default=100)
+    parser.add_argument("--task", choices=["placing", "reaching"], default="placing")
+    parser.add_argument("--n-demos", type=int, default=6, help="demos generated per seed")
+    parser.add_argument("--train", default="0:3", help="train range START:STOP")
+    parser.add_argument("--test", default="3:5", help="test range START:STOP")
     parser.add_argument("--inner-steps", type=int, default=1)
     parser.add_argument("--inner-lr", type=float, default=1e-3)
     parser.add_argument("--noise", type=float, default=0.3, help="per-step demo noise [cm]")
@@ -40,26 +46,29 @@ def main() -> None:
     zero: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            demos = Path(tmp) / f"placing_{seed}.npz"
+            demos = Path(tmp) / f"{args.task}_{seed}.npz"
             robot = robot_from_options(args.urdf, args.keypoint_links)
-            save_keypoint_demos(demos, generate_demos("placing", 6, seed=seed, robot=robot, noise=args.noise))
+            save_keypoint_demos(demos, generate_demos(args.task, args.n_demos, seed=seed, robot=robot,
+                                                       noise=args.noise))
             for m in METHODS:
                 cfg = MBIRLRunConfig(demos=str(demos), method=m, outer_iters=args.outer_iters, seed=seed,
                                      urdf=args.urdf, keypoint_links=args.keypoint_links,
-                                     inner_steps=args.inner_steps, inner_lr=args.inner_lr)
+                                     inner_steps=args.inner_steps, inner_lr=args.inner_lr,
+                                     train=parse_split(args.train, "train"), test=parse_split(args.test, "test"))
                 out = run_mbirl(cfg, Path(tmp) / f"{seed}_{m}", progress=False, figures=False)
                 results[m].append(out["final_test_irl_loss"])
                 rel[m].append(out["test_relative_goal_distance"])
             zero.append(out["zero_action_irl_loss_train"])
             print(f"seed {seed}: zero-action train loss {zero[-1]:.1f}; final test IRL loss "
                   + ", ".join(f"{m} {results[m][-1]:.1f}" for m in METHODS), flush=True)
-    print(f"\nzero-action train IRL loss: mean {statistics.mean(zero):.1f} (original demos: 1552.7)")
-    print("| method | final test IRL loss mean | median | min | max | rel. goal distance mean | original |")
+    print(f"\n{args.task}, train {args.train}, test {args.test}, K={args.inner_steps}, inner lr {args.inner_lr}")
+    print(f"zero-action train IRL loss: mean {statistics.mean(zero):.1f} (original placing demos: 1552.7)")
+    print("| method | final test IRL loss mean | median | min | max | rel. goal distance mean | original (placing) |")
     print("|---|---|---|---|---|---|---|")
     for m in METHODS:
         v = results[m]
         print(f"| {m} | {statistics.mean(v):.1f} | {statistics.median(v):.1f} | {min(v):.1f} | {max(v):.1f} | "
-              f"{statistics.mean(rel[m]):.3f} | {ORIGINAL.get(m, '')} |")
+              f"{statistics.mean(rel[m]):.3f} | {ORIGINAL.get(m, '') if args.task == 'placing' else 'n/a'} |")
 
 
 if __name__ == "__main__":
