@@ -19,6 +19,7 @@ variant is the same trainer with the GRU model and the GAIL discriminator.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -316,15 +317,14 @@ class MAIRL:
     sensible; see :class:`mbirl.experiments.mairl_run.MAIRLRunConfig` for what each one means)."""
 
     def __init__(self, demos: DemoStats, *, dynamics: str = "attention", variant: str = "mairl",
-                 gamma: float = 0.99, horizon: int = 10, n_rollouts: int = 7, alpha: float = 1.0,
-                 sigma_scale: float = 1 / 6, sigma_floor: float = 0.05, gumbel_tau: float = 1.0,
+                 gamma: float = 0.99, horizon: int = 20, n_rollouts: int = 7, alpha: float = 1.0,
+                 sigma_scale: float = 1 / 6, sigma_floor: float = 0.25, gumbel_tau: float = 1.0,
                  policy_hidden: Sequence[int] = (100, 50), disc_hidden: Sequence[int] = (200, 100),
                  state_only: bool = False, lr_policy: float = 1e-3, lr_disc: float = 1e-3, lr_model: float = 1e-3,
-                 grad_clip: float = 10.0, policy_reg: float = 1e-2, batch_size: int = 512, replay_size: int = 50_000,
-                 model_steps: int = 5, disc_steps: int = 1, disc_every: int = 1, disc_window: int = 5_000,
+                 grad_clip: float = 10.0, policy_reg: float = 0.1, batch_size: int = 512, replay_size: int = 50_000,
+                 model_steps: int = 5, disc_steps: int = 1, disc_every: int = 1, disc_window: int = 700,
                  expert_weight: float = 1.0, disc_grad_penalty: float = 0.0, warmup_steps: int = 1_000,
-                 model_pretrain_steps: int = 500,
-                 seed: int = 0) -> None:
+                 model_pretrain_steps: int = 500, ema_rate: float = 1.0, seed: int = 0) -> None:
         if variant not in VARIANTS:
             raise InputError(f"unknown variant '{variant}' (expected mairl or mgail)", field="variant")
         if dynamics not in MODEL_TYPES:
@@ -391,6 +391,10 @@ class MAIRL:
         disc_kind = "airl" if variant == "mairl" else "gail"
         self.disc: Discriminator = make_discriminator(disc_kind, obs_dim, act_dim, gamma=gamma,
                                                       hidden=tuple(disc_hidden), state_only=state_only)
+        if not 0.0 < ema_rate <= 1.0:
+            raise InputError(f"must be in (0, 1], got {ema_rate}", field="ema_rate")
+        self.ema_rate = ema_rate
+        self.policy_ema: Policy | None = copy.deepcopy(self.policy) if ema_rate < 1.0 else None
         self.opt_policy = torch.optim.Adam(self.policy.parameters(), lr=lr_policy)
         self.opt_model = torch.optim.Adam(self.model.parameters(), lr=lr_model)
         self.opt_disc = torch.optim.Adam(self.disc.parameters(), lr=lr_disc)
@@ -448,6 +452,8 @@ class MAIRL:
         all_obs = np.concatenate([self.demos.obs, self.buffer.obs[idx]])
         obs_t = torch.as_tensor(all_obs)
         self.policy.set_normalizer(obs_t)
+        if self.policy_ema is not None:
+            self.policy_ema.set_normalizer(obs_t)
         self.disc.set_normalizer(obs_t, self.act_scale)
         self.model.set_normalizer(np.concatenate([self.demos.obs, self.buffer.obs[idx]]),
                                   np.concatenate([self.demos.next_obs, self.buffer.next_obs[idx]]),
@@ -528,6 +534,7 @@ class MAIRL:
         # a reward or model that produces NaN would poison the policy; skip such an update
         if math.isfinite(norm):
             self.opt_policy.step()
+            self._update_ema()
         self.buffer.add(res.obs, res.act, res.next_obs, res.done)
         self.env_steps += len(res.obs)
         finished = []
@@ -551,9 +558,22 @@ class MAIRL:
         return IterationInfo(self.env_steps, loss, norm, mean_r, model_loss, d[0], d[1], d[2], finished)
 
     # ----- evaluation ---------------------------------------------------------------------------------
+    def _update_ema(self) -> None:
+        if self.policy_ema is None:
+            return
+        with torch.no_grad():
+            for avg, p in zip(self.policy_ema.parameters(), self.policy.parameters(), strict=True):
+                avg.lerp_(p, self.ema_rate)
+
+    @property
+    def eval_policy(self) -> Policy:
+        """The policy evaluated and exported: the exponential moving average of the weights when
+        ``ema_rate < 1`` (adversarial training oscillates; the average is much steadier), else the online one."""
+        return self.policy_ema if self.policy_ema is not None else self.policy
+
     def act_deterministic(self, obs: np.ndarray) -> Any:
         with torch.no_grad():
-            a = self.policy.act(torch.as_tensor(np.asarray(obs, np.float32))[None])[0]
+            a = self.eval_policy.act(torch.as_tensor(np.asarray(obs, np.float32))[None])[0]
         return int(a.argmax()) if self.discrete else a.numpy().astype(np.float32)
 
     def evaluate(self, episodes: int = 10, *, seed: int = 1_000_000, render: bool = False) -> Any:
@@ -568,6 +588,7 @@ class MAIRL:
     def state_dict(self) -> dict[str, Any]:
         return {
             "policy": dict(self.policy.state_dict()), "model": dict(self.model.state_dict()),
+            "policy_ema": None if self.policy_ema is None else dict(self.policy_ema.state_dict()),
             "disc": dict(self.disc.state_dict()), "opt_policy": self.opt_policy.state_dict(),
             "opt_model": self.opt_model.state_dict(), "opt_disc": self.opt_disc.state_dict(),
             "buffer": self.buffer.state_dict(), "generator": self.generator.get_state(),
@@ -581,11 +602,15 @@ class MAIRL:
     def load_policy(self, state: dict[str, Any]) -> None:
         """Load only the networks (policy, model, discriminator) of a :meth:`state_dict`, e.g. for evaluation."""
         self.policy.load_state_dict(state["policy"])
+        if self.policy_ema is not None:
+            self.policy_ema.load_state_dict(state["policy_ema"])
         self.model.load_state_dict(state["model"])
         self.disc.load_state_dict(state["disc"])
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.policy.load_state_dict(state["policy"])
+        if self.policy_ema is not None:
+            self.policy_ema.load_state_dict(state["policy_ema"])
         self.model.load_state_dict(state["model"])
         self.disc.load_state_dict(state["disc"])
         self.opt_policy.load_state_dict(state["opt_policy"])

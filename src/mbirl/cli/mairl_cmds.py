@@ -72,6 +72,7 @@ def expert_demos(
 
 @mairl_app.command("train")
 def mairl_train(
+    ctx: typer.Context,
     demos: Annotated[Path, typer.Option(help="demonstrations written by `mbirl expert demos`")],
     env: Annotated[str, typer.Option(help="environment id (must match the demo file; default: the file's)")] = "",
     dynamics: Annotated[str, typer.Option(help="attention|attention-multi|gru|mlp")] = "attention",
@@ -81,33 +82,28 @@ def mairl_train(
     run_dir: Annotated[Path, typer.Option(help="run directory")] = Path("runs/mairl"),
     eval_every: Annotated[int, typer.Option(help="env steps between deterministic evaluations")] = 5_000,
     eval_episodes: Annotated[int, typer.Option(help="episodes per evaluation")] = 10,
-    horizon: Annotated[int, typer.Option(help="H: steps per differentiable rollout")] = 10,
+    horizon: Annotated[int, typer.Option(help="H: steps per differentiable rollout (original: 10)")] = 20,
     n_rollouts: Annotated[int, typer.Option(help="rollouts accumulated per policy update")] = 7,
     state_only: Annotated[bool, typer.Option(help="state-only reward g(s) (for transfer)")] = False,
-    config: Annotated[Path | None, typer.Option(help="JSON file of further MAIRLRunConfig fields")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML run configuration (keys: MAIRLRunConfig fields); "
+                                                     "options given on the command line take precedence")] = None,
     resume: Annotated[bool, typer.Option(help="continue the run in --run-dir from its last checkpoint")] = False,
     progress: ProgressOpt = True,
 ) -> None:
     """Train MAIRL (or MGAIL); writes RUN_DIR/metrics.json (eval curve, final_normalized_return) and more."""
     from mbirl.experiments.mairl_run import MAIRLRunConfig, run_mairl
 
-    extra: dict[str, object] = {}
-    if config is not None:
-        if not config.is_file():
-            raise InputError("file not found", source=str(config))
-        try:
-            extra = json.loads(config.read_text())
-        except json.JSONDecodeError as exc:
-            raise InputError(f"invalid JSON ({exc})", source=str(config)) from None
-        if not isinstance(extra, dict):
-            raise InputError("expected a JSON object", source=str(config))
     values = {"demos": str(demos), "env": env, "dynamics": dynamics, "variant": variant, "env_steps": env_steps,
               "seed": seed, "eval_every": eval_every, "eval_episodes": eval_episodes, "horizon": horizon,
               "n_rollouts": n_rollouts, "state_only": state_only}
-    try:
-        cfg = MAIRLRunConfig.from_json({**extra, **values})
-    except TypeError as exc:
-        raise InputError(str(exc), source=str(config) if config else None) from None
+    if config is not None:
+        from mbirl.validation import load_config
+
+        # defaults < the config file < options given explicitly on the command line
+        explicit = {name for name in values if (src := ctx.get_parameter_source(name)) is not None
+                    and src.name == "COMMANDLINE"}
+        values = {**values, **{k: v for k, v in load_config(config, MAIRLRunConfig).items() if k not in explicit}}
+    cfg = MAIRLRunConfig.from_json(values)
     m = run_mairl(cfg, run_dir, resume=resume, progress=progress)
     typer.echo(f"{m['env_id']} {variant}/{dynamics} seed {seed}: normalised return {m['final_normalized_return']:.3f} "
                f"(return {m['final_mean_return']:.1f}) after {m['env_steps']} env steps, "

@@ -79,12 +79,12 @@ class MAIRLRunConfig:
     eval_every: int = 5_000
     eval_episodes: int = 10
     checkpoint_every: int = 50
-    horizon: int = 10
+    horizon: int = 20
     n_rollouts: int = 7
     gamma: float = 0.99
     alpha: float = 1.0
     sigma_scale: float = 1 / 6
-    sigma_floor: float = 0.05
+    sigma_floor: float = 0.25
     gumbel_tau: float = 1.0
     lr_policy: float = 1e-3
     lr_disc: float = 1e-3
