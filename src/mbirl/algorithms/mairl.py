@@ -182,7 +182,6 @@ class RolloutResult:
     mean_reward: float
     obs: np.ndarray
     act: np.ndarray
-    env_act: list[np.ndarray]
     next_obs: np.ndarray
     done: np.ndarray
     rew_env: np.ndarray
@@ -202,7 +201,7 @@ def model_based_rollout_loss(policy: Policy, model: ForwardModel, reward_fn: Cal
     alive = torch.ones(s0.shape[0], dtype=s0.dtype)
     loss = torch.zeros((), dtype=s0.dtype)
     rewards = []
-    rec: dict[str, list[Any]] = {k: [] for k in ("obs", "act", "env_act", "next_obs", "done", "rew", "env", "over")}
+    rec: dict[str, list[Any]] = {k: [] for k in ("obs", "act", "next_obs", "done", "rew", "env", "over")}
     for t in range(horizon):
         idx = torch.nonzero(alive > 0)[:, 0].numpy()
         if len(idx) == 0:
@@ -218,7 +217,6 @@ def model_based_rollout_loss(policy: Policy, model: ForwardModel, reward_fn: Cal
         rewards.append(r.detach()[idx])
         rec["obs"].append(s.detach().numpy()[idx])
         rec["act"].append(a.detach().numpy()[idx])
-        rec["env_act"].extend(a_env[i] for i in idx)
         rec["next_obs"].append(next_env[idx])
         rec["done"].append(terminal[idx].astype(np.float32))
         rec["rew"].append(rew_env[idx])
@@ -226,9 +224,9 @@ def model_based_rollout_loss(policy: Policy, model: ForwardModel, reward_fn: Cal
         rec["over"].append(over[idx])
         alive = alive * torch.as_tensor(~over, dtype=s0.dtype)
         s = s_next
-    cat = {k: np.concatenate(v) for k, v in rec.items() if k != "env_act"}
+    cat = {k: np.concatenate(v) for k, v in rec.items()}
     return RolloutResult(loss, float(torch.cat(rewards).mean()), cat["obs"].astype(np.float32),
-                         cat["act"].astype(np.float32), rec["env_act"], cat["next_obs"].astype(np.float32),
+                         cat["act"].astype(np.float32), cat["next_obs"].astype(np.float32),
                          cat["done"], cat["rew"].astype(np.float32), cat["env"], cat["over"])
 
 
@@ -317,7 +315,7 @@ class MAIRL:
     sensible; see :class:`mbirl.experiments.mairl_run.MAIRLRunConfig` for what each one means)."""
 
     def __init__(self, demos: DemoStats, *, dynamics: str = "attention", variant: str = "mairl",
-                 gamma: float = 0.99, horizon: int = 20, n_rollouts: int = 7, alpha: float = 1.0,
+                 gamma: float = 0.99, horizon: int = 20, n_rollouts: int = 4, alpha: float = 1.0,
                  sigma_scale: float = 1 / 6, sigma_floor: float = 0.25, gumbel_tau: float = 1.0,
                  policy_hidden: Sequence[int] = (100, 50), disc_hidden: Sequence[int] = (200, 100),
                  state_only: bool = False, lr_policy: float = 1e-3, lr_disc: float = 1e-3, lr_model: float = 1e-3,

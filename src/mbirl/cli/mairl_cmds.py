@@ -83,7 +83,7 @@ def mairl_train(
     eval_every: Annotated[int, typer.Option(help="env steps between deterministic evaluations")] = 5_000,
     eval_episodes: Annotated[int, typer.Option(help="episodes per evaluation")] = 10,
     horizon: Annotated[int, typer.Option(help="H: steps per differentiable rollout (original: 10)")] = 20,
-    n_rollouts: Annotated[int, typer.Option(help="rollouts accumulated per policy update")] = 7,
+    n_rollouts: Annotated[int, typer.Option(help="rollouts accumulated per policy update (original: 7)")] = 4,
     state_only: Annotated[bool, typer.Option(help="state-only reward g(s) (for transfer)")] = False,
     config: Annotated[Path | None, typer.Option(help="YAML run configuration (keys: MAIRLRunConfig fields); "
                                                      "options given on the command line take precedence")] = None,

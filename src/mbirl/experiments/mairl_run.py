@@ -80,7 +80,7 @@ class MAIRLRunConfig:
     eval_episodes: int = 10
     checkpoint_every: int = 50
     horizon: int = 20
-    n_rollouts: int = 7
+    n_rollouts: int = 4
     gamma: float = 0.99
     alpha: float = 1.0
     sigma_scale: float = 1 / 6
