@@ -79,9 +79,9 @@ def test_policy_gradient_matches_finite_differences_on_a_linear_system():
         for i in range(flat.numel()):
             old = float(flat[i])
             flat[i] = old + eps
-            up = float(_loss(policy, model, s0).loss)
+            up = float(_loss(policy, model, s0).loss.detach())
             flat[i] = old - eps
-            down = float(_loss(policy, model, s0).loss)
+            down = float(_loss(policy, model, s0).loss.detach())
             flat[i] = old
             fd = (up - down) / (2 * eps)
             assert math.isclose(float(g.view(-1)[i]), fd, rel_tol=1e-5, abs_tol=1e-7), (i, float(g.view(-1)[i]), fd)
@@ -94,7 +94,7 @@ def test_state_values_are_the_environments_and_gradients_the_models():
     wrong_model = LinearModel(A * 0.5)
     wrong = _loss(policy, wrong_model, s0)
     np.testing.assert_allclose(wrong.next_obs, exact.next_obs, rtol=1e-6)  # stored values are the real ones
-    assert math.isclose(float(wrong.loss), float(exact.loss), rel_tol=1e-6)  # so is the loss value ...
+    assert math.isclose(float(wrong.loss.detach()), float(exact.loss.detach()), rel_tol=1e-6)  # so is the loss value ...
     g_exact = torch.autograd.grad(exact.loss, list(policy.parameters()))
     g_wrong = torch.autograd.grad(wrong.loss, list(policy.parameters()))
     assert any(not torch.allclose(a, b) for a, b in zip(g_exact, g_wrong, strict=True))  # ... not the gradient
