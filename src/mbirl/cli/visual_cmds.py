@@ -21,6 +21,20 @@ SeedOpt = Annotated[int, typer.Option(help="random seed")]
 ResolutionOpt = Annotated[int, typer.Option(help="square image size in pixels")]
 
 
+@visual_app.callback()
+def _threads(
+    threads: Annotated[int, typer.Option(help="torch CPU threads (before the command: mbirl visual --threads 2 ...). "
+                                              "The models are small; on a busy 2-core machine the quick pipeline took "
+                                              "405 s with 2 threads (OpenMP spin-waiting) and 20 s with 1")] = 1,
+) -> None:
+    """MBIRL from visual demonstrations."""
+    import torch
+
+    if threads < 1:
+        raise InputError(f"must be >= 1, got {threads}", field="threads")
+    torch.set_num_threads(threads)
+
+
 def _methods(costs: str) -> tuple[str, ...]:
     from mbirl.experiments.kuka_irl import METHODS
 
@@ -55,7 +69,7 @@ def demos(
 
 @visual_app.command("explore")
 def explore(
-    n: Annotated[int, typer.Option(help="number of random-motion trajectories")] = 400,
+    n: Annotated[int, typer.Option(help="number of random-motion trajectories")] = 800,
     horizon: Annotated[int, typer.Option(help="actions per trajectory")] = 10,
     seed: SeedOpt = 1,
     resolution: ResolutionOpt = 64,
