@@ -90,32 +90,29 @@ def _cli(args: list[str], cwd: Path) -> subprocess.Popen:
 
 
 def _comparable(run: Path) -> tuple[dict, list]:
-    metrics = json.loads((run / "metrics.json").read_text())
-    metrics.pop("seconds_per_outer_iter")
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    for row in rows:
-        row.pop("charts/seconds_per_outer_iter", None)
+    """metrics.json and metrics.jsonl without wall-clock fields."""
+    metrics = {k: v for k, v in json.loads((run / "metrics.json").read_text()).items() if "seconds" not in k}
+    rows = [{k: v for k, v in json.loads(line).items() if "seconds" not in k}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
     return metrics, rows
 
 
-def _kill_resume_trial(tmp_path: Path, placing_demos, method: str, kills: int, rng: random.Random
+def _kill_resume_trial(cwd: Path, base: list[str], kills: int, rng: random.Random, max_rows: int
                        ) -> tuple[int, int]:
-    """Kill a training run ``kills`` times at random points, resume it, compare with an uninterrupted run.
+    """Kill a training command ``kills`` times at random points, resume it, compare with an uninterrupted run.
 
-    Returns ``(mismatches, kills that landed mid-run)``."""
-    save_keypoint_demos(tmp_path / "d.npz", placing_demos)
-    base = ["mbirl", "train", "--demos", "d.npz", "--cost", method, "--outer-iters", "120", "--checkpoint-every", "7",
-            "--seed", "3", "--no-progress"]
-    ref = _cli([*base, "--run-dir", "ref"], tmp_path)
-    assert ref.wait(timeout=300) == 0, ref.stderr.read() if ref.stderr else ""
+    ``base`` is the command without ``--run-dir``/``--resume``; kills land after a random number of metric rows
+    in ``[2, max_rows]``. Returns ``(mismatches, kills that landed mid-run)``."""
+    ref = _cli([*base, "--run-dir", "ref"], cwd)
+    assert ref.wait(timeout=600) == 0, ref.stderr.read() if ref.stderr else ""
     mismatches = landed = 0
     flag: list[str] = []
     for _ in range(kills):
-        proc = _cli([*base, "--run-dir", "run", *flag], tmp_path)
+        proc = _cli([*base, "--run-dir", "run", *flag], cwd)
         flag = ["--resume"]
-        jsonl = tmp_path / "run" / "metrics.jsonl"
-        target = rng.randint(2, 100)
-        deadline = time.time() + 120
+        jsonl = cwd / "run" / "metrics.jsonl"
+        target = rng.randint(2, max_rows)
+        deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
             if jsonl.exists() and len(jsonl.read_text().splitlines()) >= target:
                 break
@@ -123,27 +120,56 @@ def _kill_resume_trial(tmp_path: Path, placing_demos, method: str, kills: int, r
         time.sleep(rng.uniform(0.0, 0.05))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
-        if proc.returncode == -signal.SIGKILL and not (tmp_path / "run" / "metrics.json").exists():
+        if proc.returncode == -signal.SIGKILL and not (cwd / "run" / "metrics.json").exists():
             landed += 1
-        ckpt = tmp_path / "run" / "checkpoints" / "last"
+        ckpt = cwd / "run" / "checkpoints" / "last"
         if ckpt.with_suffix(".json").exists():
             load_checkpoint(ckpt)  # never left unreadable
-    final = _cli([*base, "--run-dir", "run", "--resume"], tmp_path)
-    assert final.wait(timeout=300) == 0, final.stderr.read() if final.stderr else ""
-    if _comparable(tmp_path / "run") != _comparable(tmp_path / "ref"):
+    final = _cli([*base, "--run-dir", "run", "--resume"], cwd)
+    assert final.wait(timeout=600) == 0, final.stderr.read() if final.stderr else ""
+    if _comparable(cwd / "run") != _comparable(cwd / "ref"):
         mismatches += 1
     return mismatches, landed
 
 
+def _mbirl_command(cwd: Path, placing_demos, method: str) -> list[str]:
+    save_keypoint_demos(cwd / "d.npz", placing_demos)
+    return ["mbirl", "train", "--demos", "d.npz", "--cost", method, "--outer-iters", "120", "--checkpoint-every",
+            "7", "--seed", "3", "--no-progress"]
+
+
+PENDULUM_DEMOS = Path(__file__).resolve().parents[1] / "data" / "demos" / "Pendulum-v1.npz"
+
+
+def _mairl_command(cwd: Path, env_steps: int, variant: str = "mairl") -> list[str]:
+    (cwd / "c.yaml").write_text("checkpoint_every: 3\n")
+    return ["mairl", "train", "--demos", str(PENDULUM_DEMOS), "--env-steps", str(env_steps), "--eval-every", "400",
+            "--eval-episodes", "1", "--horizon", "5", "--n-rollouts", "1", "--seed", "5", "--variant", variant,
+            "--config", str(cwd / "c.yaml"), "--no-progress"]
+
+
 def test_sigkill_and_resume_reproduce_an_uninterrupted_run(tmp_path, placing_demos):
-    assert _kill_resume_trial(tmp_path, placing_demos, "neural", kills=2, rng=random.Random(0)) == (0, 2)
+    base = _mbirl_command(tmp_path, placing_demos, "neural")
+    assert _kill_resume_trial(tmp_path, base, kills=2, rng=random.Random(0), max_rows=100) == (0, 2)
+
+
+def test_sigkill_and_resume_mairl(tmp_path):
+    base = _mairl_command(tmp_path, env_steps=1200)
+    assert _kill_resume_trial(tmp_path, base, kills=1, rng=random.Random(1), max_rows=100) == (0, 1)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("trial", range(4))
 def test_sigkill_and_resume_many_random_points(tmp_path, placing_demos, trial):
-    method = ["weighted", "rbf", "neural", "abbeel"][trial]
-    assert _kill_resume_trial(tmp_path, placing_demos, method, kills=4, rng=random.Random(100 + trial)) == (0, 4)
+    base = _mbirl_command(tmp_path, placing_demos, ["weighted", "rbf", "neural", "abbeel"][trial])
+    assert _kill_resume_trial(tmp_path, base, kills=4, rng=random.Random(100 + trial), max_rows=100) == (0, 4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["mairl", "mgail"])
+def test_sigkill_and_resume_mairl_many_random_points(tmp_path, variant):
+    base = _mairl_command(tmp_path, env_steps=2000, variant=variant)
+    assert _kill_resume_trial(tmp_path, base, kills=3, rng=random.Random(7), max_rows=180) == (0, 3)
 
 
 def test_non_finite_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path, placing_demos, monkeypatch, capsys):
@@ -179,6 +205,14 @@ def test_grad_clipping_is_reported(tmp_path, placing_demos):
     rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert [r.get("charts/grad_clipped") for r in rows[1:]] == [1.0] * 4
     assert all(r["charts/cost_grad_norm"] > 1e-6 for r in rows[1:])
+
+
+def test_mairl_same_seed_same_metrics(tmp_path):
+    base = _mairl_command(tmp_path, env_steps=600)
+    for name in ("a", "b"):
+        assert run_main([*base, "--run-dir", str(tmp_path / name)]) == 0
+    a, b = _comparable(tmp_path / "a"), _comparable(tmp_path / "b")
+    assert a == b and len(a[1]) > 10
 
 
 @pytest.mark.parametrize("method", ["neural", "abbeel"])
