@@ -208,7 +208,7 @@ def test_grad_clipping_is_reported(tmp_path, placing_demos):
 
 
 def test_mairl_same_seed_same_metrics(tmp_path):
-    base = _mairl_command(tmp_path, env_steps=600)
+    base = _mairl_command(tmp_path, env_steps=1200)
     for name in ("a", "b"):
         assert run_main([*base, "--run-dir", str(tmp_path / name)]) == 0
     a, b = _comparable(tmp_path / "a"), _comparable(tmp_path / "b")
