@@ -2,7 +2,7 @@
 loaders and the CLI must give a clean InputError / exit code 2, a one-line message, and write nothing.
 
 The default run uses a small number of examples per property; ``-m slow`` runs the full set
-(>= 500 generated inputs in total)."""
+(1000 generated inputs: 200 for each of five properties)."""
 
 from __future__ import annotations
 
@@ -73,6 +73,39 @@ def demo_payloads(draw) -> bytes:
     if kind == "truncated":
         data = data[: draw(st.integers(0, max(len(data) - 1, 0)))]
     return data
+
+
+@st.composite
+def trajectory_payloads(draw) -> bytes:
+    """Bytes of a (mostly) malformed trajectory file, as ``mbirl mairl train --demos`` reads."""
+    from mbirl.data.demos import TRAJECTORY_FORMAT
+
+    if draw(st.integers(0, 4)) == 0:
+        return draw(st.binary(min_size=1, max_size=200))
+    content: dict[str, np.ndarray] = {"format": np.asarray(draw(st.sampled_from([TRAJECTORY_FORMAT, "x/v1"])))}
+    for key in draw(st.lists(st.sampled_from(["lengths", "obs", "acts", "dones", "rews", "meta_json"]), unique=True,
+                             max_size=6)):
+        content[key] = (np.asarray(draw(st.sampled_from(['{"env_id": "Pendulum-v1"}', "{}", "[", "3"])))
+                        if key == "meta_json" else draw(arrays()))
+    buf = io.BytesIO()
+    np.savez(buf, **content)
+    data = buf.getvalue()
+    if draw(st.booleans()):
+        data = data[: draw(st.integers(0, len(data)))]
+    return data
+
+
+def _check_cli_trajectories(data: bytes) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "demos.npz"
+        path.write_bytes(data)
+        before = sorted(os.listdir(tmp))
+        code, err = _run_cli(["mairl", "train", "--demos", str(path), "--run-dir", str(Path(tmp) / "run"),
+                              "--env-steps", "2000", "--no-progress"])
+        assert "Traceback" not in err
+        assert code == 2, err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("mbirl: error:"), err
+        assert sorted(os.listdir(tmp)) == before
 
 
 names = st.text(st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="/\\"), min_size=1,
@@ -203,6 +236,19 @@ def test_cli_config_files_fast(text):
 @given(st.binary(max_size=200), checkpoint_json)
 def test_checkpoint_loader_fast(payload, json_text):
     _check_checkpoint(payload, json_text)
+
+
+@FAST
+@given(trajectory_payloads())
+def test_cli_trajectory_files_fast(data):
+    _check_cli_trajectories(data)
+
+
+@pytest.mark.slow
+@FULL
+@given(trajectory_payloads())
+def test_cli_trajectory_files_full(data):
+    _check_cli_trajectories(data)
 
 
 @pytest.mark.slow
