@@ -156,6 +156,6 @@ def mairl_models(
     res = compare_models(demos, out, kinds=kinds, steps=steps, train_steps=train_steps, seed=seed,
                          run_dir=run_dir)
     for kind, r in res["models"].items():
-        typer.echo(f"{kind:16s} 1-step {r['one_step']:.5f}  10-step open loop {r['open_loop'][-1]:.4f}  "
+        typer.echo(f"{kind:16s} 1-step {r['one_step']:.2e}  10-step open loop {r['open_loop'][-1]:.2e}  "
                    f"({r['params']} parameters, {r['train_seconds']:.0f} s)")
     typer.echo(f"outputs in {out}")
