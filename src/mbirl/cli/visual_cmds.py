@@ -89,7 +89,7 @@ def train_detector(
     data: Annotated[Path, typer.Option(help="exploration .npz (mbirl visual explore)")],
     keypoints: Annotated[int, typer.Option(help="number of learned keypoints")] = 16,
     width: Annotated[int, typer.Option(help="convolution channels")] = 32,
-    steps: Annotated[int, typer.Option(help="gradient steps")] = 2000,
+    steps: Annotated[int, typer.Option(help="gradient steps")] = 3000,
     batch_size: Annotated[int, typer.Option(help="images per step")] = 32,
     lr: Annotated[float, typer.Option(help="Adam learning rate")] = 2e-3,
     saliency_weight: Annotated[float, typer.Option(help="extra loss weight of pixels unlike the background")] = 5.0,

@@ -177,7 +177,9 @@ class DynamicsTrainConfig:
     Attributes:
         steps: gradient steps. batch_size: trajectories per step. lr: Adam learning rate (cosine-decayed).
         weight_decay: AdamW weight decay. one_step_weight: weight of the teacher-forced one-step loss next to the
-            open-loop rollout loss. seed: minibatch order and initialisation.
+            open-loop rollout loss. huber_delta: None for squared errors, else a Huber loss with this threshold
+            (standardised units) so the few badly detected keypoints do not dominate. seed: minibatch order and
+            initialisation.
     """
 
     steps: int = 3000
@@ -185,6 +187,7 @@ class DynamicsTrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-5
     one_step_weight: float = 0.5
+    huber_delta: float | None = 0.05
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -192,8 +195,15 @@ class DynamicsTrainConfig:
         return asdict(self)
 
 
-def _losses(model: KeypointMLPDynamics, q: torch.Tensor, z: torch.Tensor, u: torch.Tensor
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _penalty(err: torch.Tensor, delta: float | None) -> torch.Tensor:
+    """Squared error, or twice the Huber loss (equal to it below ``delta``, linear above: robust to outliers)."""
+    if delta is None:
+        return err.pow(2)
+    return 2.0 * torch.nn.functional.huber_loss(err, torch.zeros_like(err), reduction="none", delta=delta)
+
+
+def _losses(model: KeypointMLPDynamics, q: torch.Tensor, z: torch.Tensor, u: torch.Tensor,
+            delta: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-member open-loop, one-step and readout losses (standardised units) on trajectories ``(B, T+1, .)``."""
     M, T = model.ensemble, u.shape[1]
     zs = model.stats[1, model._slices()["z"]]
@@ -209,17 +219,17 @@ def _losses(model: KeypointMLPDynamics, q: torch.Tensor, z: torch.Tensor, u: tor
             qn.append(a[m])
             zn.append(b[m])
         qm, zm = torch.stack(qn), torch.stack(zn)
-        open_loop = open_loop + ((zm - z[:, t + 1]) / zs).pow(2).mean((1, 2)) + ((qm - q[:, t + 1]) / qs).pow(2).mean(
-            (1, 2))
+        open_loop = open_loop + _penalty((zm - z[:, t + 1]) / zs, delta).mean((1, 2)) + _penalty(
+            (qm - q[:, t + 1]) / qs, delta).mean((1, 2))
     open_loop = open_loop / T
     # teacher-forced one step on all transitions
     B = q.shape[0]
     q1, z1 = model.step_members(q[:, :-1].reshape(B * T, -1), z[:, :-1].reshape(B * T, -1), u.reshape(B * T, -1))
-    one = ((z1 - z[:, 1:].reshape(B * T, -1)) / zs).pow(2).mean((1, 2)) + (
-        (q1 - q[:, 1:].reshape(B * T, -1)) / qs).pow(2).mean((1, 2))
+    one = _penalty((z1 - z[:, 1:].reshape(B * T, -1)) / zs, delta).mean((1, 2)) + _penalty(
+        (q1 - q[:, 1:].reshape(B * T, -1)) / qs, delta).mean((1, 2))
     flat_q = q.reshape(-1, q.shape[-1])
     r = model.readout_net(model._norm("q", flat_q).unsqueeze(0).expand(M, *flat_q.shape))
-    read = (r - model._norm("z", z.reshape(-1, z.shape[-1]))).pow(2).mean((1, 2))
+    read = _penalty(r - model._norm("z", z.reshape(-1, z.shape[-1])), delta).mean((1, 2))
     return open_loop, one, read
 
 
@@ -255,7 +265,7 @@ def fit_keypoint_dynamics(model: KeypointMLPDynamics, q: np.ndarray, z: np.ndarr
         for group in opt.param_groups:
             group["lr"] = lr
         idx = torch.randint(0, N, (min(cfg.batch_size, N),), generator=generator)
-        open_loop, one, read = _losses(model, qt[idx], zt[idx], ut[idx])
+        open_loop, one, read = _losses(model, qt[idx], zt[idx], ut[idx], cfg.huber_delta)
         loss = (open_loop + cfg.one_step_weight * one + read).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()

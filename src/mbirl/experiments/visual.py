@@ -49,7 +49,7 @@ from mbirl.experiments.visual_data import (
 )
 from mbirl.fileio import write_json_atomic
 from mbirl.perception.detector import DetectorConfig, KeypointAutoencoder, images_to_tensor
-from mbirl.perception.evaluate import lift_keypoints, match_keypoints
+from mbirl.perception.evaluate import lift_keypoints_checked, match_keypoints
 from mbirl.perception.train import DetectorTrainConfig, fit_detector, init_background
 from mbirl.planning.gradient_mpc import GradientMode, optimize_actions
 from mbirl.reporting.checkpoint import load_checkpoint, save_checkpoint
@@ -211,7 +211,7 @@ def _plot_frames(demos: Sequence[KeypointTrajectory], camera: Camera, path: Path
                           ncols=len(times))
 
 
-def make_exploration(out: str | Path, *, n: int = 400, horizon: int = 10, seed: int = 1, resolution: int = 64,
+def make_exploration(out: str | Path, *, n: int = 800, horizon: int = 10, seed: int = 1, resolution: int = 64,
                      robot: KeypointRobot | None = None, camera: Camera | None = None, progress: bool = False
                      ) -> ExplorationData:
     """Render random joint motions (:func:`~mbirl.experiments.visual_data.generate_exploration`), save ``out``."""
@@ -257,7 +257,7 @@ class DetectorStageConfig:
     n_keypoints: int = 16
     width: int = 32
     sigma: float = 1.0
-    steps: int = 2000
+    steps: int = 3000
     batch_size: int = 32
     lr: float = 2e-3
     saliency_weight: float = 5.0
@@ -285,7 +285,13 @@ class TrainedDetector:
 
     def keypoints_3d(self, images: np.ndarray, depth: np.ndarray) -> np.ndarray:
         """Matched keypoints lifted to 3-D with the depth maps ``(N, H, W)``: ``(N, k, 3)`` (robot units)."""
-        return lift_keypoints(self.image_keypoints(images), depth, self.camera, background=self.background_depth)
+        return self.keypoints_3d_checked(images, depth)[0]
+
+    def keypoints_3d_checked(self, images: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`keypoints_3d` and whether each keypoint sat on a foreground object, ``(N, k)`` bool (False: the
+        keypoint lost the object, its depth is the static scene's; such frames are left out of training)."""
+        return lift_keypoints_checked(self.image_keypoints(images), depth, self.camera,
+                                      background=self.background_depth)
 
 
 def load_detector(run_dir: str | Path) -> TrainedDetector:
@@ -354,8 +360,8 @@ def run_detector_stage(cfg: DetectorStageConfig, run_dir: str | Path, *, resume:
     truth_held = _frames(uv_true[n_train:])
     err = np.linalg.norm(learned_held[:, list(match.indices)] - truth_held, axis=-1)  # (F, k)
     background_depth = np.median(_frames(data.depth[:n_train]), axis=0)
-    lifted = lift_keypoints(learned_held[:, list(match.indices)], _frames(data.depth[n_train:]), camera,
-                            background=background_depth)
+    lifted, found = lift_keypoints_checked(learned_held[:, list(match.indices)], _frames(data.depth[n_train:]),
+                                           camera, background=background_depth)
     lift_err = lifted - _frames(data.keypoints[n_train:])
     save_checkpoint(run_dir / "detector", {"model": model.state_dict(), "config": det_cfg.to_json(),
                                            "matched": list(match.indices), "camera": camera.to_meta(),
@@ -378,6 +384,8 @@ def run_detector_stage(cfg: DetectorStageConfig, run_dir: str | Path, *, resume:
         "lift_error_cm": float(np.linalg.norm(lift_err, axis=-1).mean()),
         "lift_error_cm_after_median_offset": float(np.linalg.norm(lift_err - np.median(lift_err, 0), axis=-1).mean()),
         "lift_error_cm_p99": float(np.quantile(np.linalg.norm(lift_err, axis=-1), 0.99)),
+        "lost_fraction": float(1.0 - found.mean()),
+        "pixel_error_over_5px_fraction": float((err > 5.0).mean()),
         "n_train_frames": int(len(train_images)),
         "n_heldout_frames": int(len(held_images)),
         "image_size": int(H),
@@ -398,7 +406,7 @@ class DynamicsStageConfig:
     Attributes:
         data: exploration ``.npz``. detector: directory of a trained detector (``train-detector``).
         hidden, layers, ensemble: model size (:class:`~mbirl.dynamics.keypoint_mlp.KeypointMLPDynamics`).
-        steps, batch_size, lr, one_step_weight: optimisation.
+        steps, batch_size, lr, one_step_weight, huber_delta: optimisation (see ``DynamicsTrainConfig``).
         holdout_fraction: the last trajectories held out for evaluation (as the detector's).
         eval_horizon: open-loop horizon of the reported multi-step error.
         seed: initialisation and minibatch order. checkpoint_every: steps between checkpoints.
@@ -413,6 +421,7 @@ class DynamicsStageConfig:
     batch_size: int = 64
     lr: float = 2e-3
     one_step_weight: float = 0.5
+    huber_delta: float | None = 0.05
     holdout_fraction: float = 0.2
     eval_horizon: int = 10
     seed: int = 0
@@ -439,10 +448,11 @@ def load_dynamics(run_dir: str | Path) -> KeypointMLPDynamics:
     return model
 
 
-def _detect_exploration(detector: TrainedDetector, data: ExplorationData) -> np.ndarray:
+def _detect_exploration(detector: TrainedDetector, data: ExplorationData) -> tuple[np.ndarray, np.ndarray]:
+    """Lifted detector keypoints ``(N, T+1, k, 3)`` and per-trajectory validity ``(N,)`` (no keypoint lost)."""
     N, T1 = data.q.shape[:2]
-    z = detector.keypoints_3d(_frames(data.images), _frames(data.depth))
-    return z.reshape(N, T1, *z.shape[1:])
+    z, found = detector.keypoints_3d_checked(_frames(data.images), _frames(data.depth))
+    return z.reshape(N, T1, *z.shape[1:]), np.asarray(found.reshape(N, -1).all(axis=1))
 
 
 def run_dynamics_stage(cfg: DynamicsStageConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
@@ -460,35 +470,39 @@ def run_dynamics_stage(cfg: DynamicsStageConfig, run_dir: str | Path, *, resume:
         raise InputError("eval_horizon and checkpoint_every must be >= 1", field="dynamics")
     robot = robot_from_meta(data.meta, cfg.data)
     n_train = _split(len(data), cfg.holdout_fraction)
-    z = _detect_exploration(detector, data)
+    z, valid = _detect_exploration(detector, data)
+    # Trajectories where the detector lost the object in some frame are left out (training and evaluation).
+    tr = np.flatnonzero(valid[:n_train])
+    ho = n_train + np.flatnonzero(valid[n_train:])
+    if len(tr) == 0 or len(ho) == 0:
+        raise InputError("the detector lost the object in every training or held-out trajectory", source=cfg.detector)
     torch.manual_seed(cfg.seed)
     model = KeypointMLPDynamics(data.q.shape[-1], z.shape[2], hidden=cfg.hidden, layers=cfg.layers,
                                 ensemble=cfg.ensemble, lower=robot.lower, upper=robot.upper, seed=cfg.seed)
     train_cfg = DynamicsTrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                                    one_step_weight=cfg.one_step_weight, seed=cfg.seed)
+                                    one_step_weight=cfg.one_step_weight, huber_delta=cfg.huber_delta, seed=cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     q, u = data.q, data.actions
 
     def fit(**kw: Any) -> dict[str, Any]:
-        return fit_keypoint_dynamics(model, q[:n_train], z[:n_train], u[:n_train], train_cfg, generator=generator,
-                                     **kw)
+        return fit_keypoint_dynamics(model, q[tr], z[tr], u[tr], train_cfg, generator=generator, **kw)
 
     if cfg.steps < 1:
         raise InputError(f"need at least one training step, got {cfg.steps}", field="steps")
     seconds = _train_resumable(run_dir, "dynamics", cfg.to_json(), cfg.steps, model, generator, fit, resume=resume,
                                progress=progress, checkpoint_every=cfg.checkpoint_every)
     model.eval()
-    held = dynamics_errors(model, q[n_train:], z[n_train:], u[n_train:], cfg.eval_horizon)
-    train = dynamics_errors(model, q[:n_train], z[:n_train], u[:n_train], cfg.eval_horizon)
+    held = dynamics_errors(model, q[ho], z[ho], u[ho], cfg.eval_horizon)
+    train = dynamics_errors(model, q[tr], z[tr], u[tr], cfg.eval_horizon)
     # Evaluation only: the same rollouts against the ground-truth keypoints, moved by the lifting's constant
     # offset (the marker's front surface vs its centre; the median over training frames).
-    offset = np.median((z[:n_train] - data.keypoints[:n_train]).reshape(-1, *z.shape[2:]), axis=0)
-    truth = dynamics_errors(model, q[n_train:], data.keypoints[n_train:] + offset, u[n_train:], cfg.eval_horizon)
+    offset = np.median((z[tr] - data.keypoints[tr]).reshape(-1, *z.shape[2:]), axis=0)
+    truth = dynamics_errors(model, q[ho], data.keypoints[ho] + offset, u[ho], cfg.eval_horizon)
     save_checkpoint(run_dir / "model", {"model": model.state_dict(), "description": model.describe()})
     with torch.no_grad():
-        qh = torch.as_tensor(q[n_train:][:6])
-        _, zp = model.rollout(qh[:, 0], torch.as_tensor(u[n_train:][:6]), torch.as_tensor(z[n_train:][:6, 0]))
-    plot_dynamics_rollouts(z[n_train:][:6], zp.numpy(), run_dir / "figures" / "rollouts.png",
+        qh = torch.as_tensor(q[ho][:6])
+        _, zp = model.rollout(qh[:, 0], torch.as_tensor(u[ho][:6]), torch.as_tensor(z[ho][:6, 0]))
+    plot_dynamics_rollouts(z[ho][:6], zp.numpy(), run_dir / "figures" / "rollouts.png",
                            title=f"held-out exploration: detector keypoints (black) and {u.shape[1]}-step open-loop "
                                  f"predictions")
     metrics = {
@@ -503,8 +517,9 @@ def run_dynamics_stage(cfg: DynamicsStageConfig, run_dir: str | Path, *, resume:
         "ground_truth_error_10step": truth["open_loop"],
         "lift_offset_cm": offset.tolist(),
         "units": "cm, mean Euclidean distance per keypoint, against the detector's lifted keypoints",
-        "n_train_trajectories": int(n_train),
-        "n_heldout_trajectories": int(len(data) - n_train),
+        "n_train_trajectories": int(len(tr)),
+        "n_heldout_trajectories": int(len(ho)),
+        "n_trajectories_with_lost_keypoints": int((~valid).sum()),
         "seconds_training": seconds,
         "steps": cfg.steps,
     }
@@ -585,7 +600,8 @@ def run_visual_irl(cfg: VisualIRLConfig, run_dir: str | Path, *, resume: bool = 
     # The demonstrations as the detector sees them: matched keypoints lifted with the depth maps.
     T = demos[0].horizon
     images = np.stack([d.images for d in demos if d.images is not None])
-    z_det = detector.keypoints_3d(_frames(images), _frames(visual.depth)).reshape(len(demos), T, -1, 3)
+    z_det, found = detector.keypoints_3d_checked(_frames(images), _frames(visual.depth))
+    z_det = z_det.reshape(len(demos), T, -1, 3)
     detected = [KeypointTrajectory(start_q=d.start_q, keypoints=z_det[i], q=d.q, source=cfg.demos)
                 for i, d in enumerate(demos)]
     detected_set = KeypointDemoSet(tuple(detected), {"detected_from": cfg.demos, "detector": cfg.detector})
@@ -669,6 +685,7 @@ def run_visual_irl(cfg: VisualIRLConfig, run_dir: str | Path, *, resume: bool = 
         "per_method": results,
         "demo_detection_error_cm": float(np.linalg.norm(
             z_det - np.stack([d.keypoints for d in demos]), axis=-1).mean()),
+        "demo_keypoints_lost": int((~found).sum()),
         "table": table,
     }
     write_json_atomic(run_dir / "metrics.json", metrics)
@@ -698,12 +715,12 @@ class PipelineConfig:
     horizon: int = 10
     noise: float = 0.3
     resolution: int = 64
-    explore_n: int = 400
+    explore_n: int = 800
     explore_horizon: int = 10
     explore_seed: int = 1
     n_keypoints: int = 16
     detector_width: int = 32
-    detector_steps: int = 2000
+    detector_steps: int = 3000
     detector_batch: int = 32
     saliency_weight: float = 5.0
     dynamics_hidden: int = 256

@@ -26,7 +26,8 @@ import numpy as np
 from mbirl.envs.render import Camera
 from mbirl.errors import InputError
 
-__all__ = ["MatchResult", "lift_keypoints", "match_keypoints", "sample_depth"]
+__all__ = ["MatchResult", "lift_keypoints", "lift_keypoints_checked", "match_keypoints", "sample_depth",
+           "sample_depth_checked"]
 
 
 @dataclass(frozen=True)
@@ -71,12 +72,21 @@ def match_keypoints(learned: np.ndarray, truth: np.ndarray) -> MatchResult:
 
 def sample_depth(depth: np.ndarray, uv: np.ndarray, window: int = 1, *, background: np.ndarray | None = None,
                  radius: int = 2, margin: float = 0.02) -> np.ndarray:
+    """Depth at each keypoint, ``(N, K)`` metres (see :func:`sample_depth_checked`)."""
+    return sample_depth_checked(depth, uv, window, background=background, radius=radius, margin=margin)[0]
+
+
+def sample_depth_checked(depth: np.ndarray, uv: np.ndarray, window: int = 1, *,
+                         background: np.ndarray | None = None, radius: int = 2, margin: float = 0.02
+                         ) -> tuple[np.ndarray, np.ndarray]:
     """Depth at each keypoint: ``(N, K)`` metres from depth maps ``(N, H, W)`` and pixels ``(N, K, 2)``.
 
     Without ``background``: the nearest surface in a ``(2 window + 1)^2`` window. With the static scene's depth
     ``background (H, W)``: the depth of the *foreground* pixel (nearer than the background by ``margin``)
     closest to the keypoint within ``radius`` pixels, so a keypoint a pixel or two beside a small object does
     not take the depth of the wall behind it; the window rule is the fall-back where no foreground is near.
+    Returns ``(depth (N, K), found (N, K))``: ``found`` is False where no foreground pixel was near the keypoint
+    (a keypoint that lost the object; always True without ``background``).
     """
     N, H, W = depth.shape
     col = np.floor(uv[..., 0]).astype(np.int64)
@@ -88,7 +98,7 @@ def sample_depth(depth: np.ndarray, uv: np.ndarray, window: int = 1, *, backgrou
             r, c = np.clip(row + dr, 0, H - 1), np.clip(col + dc, 0, W - 1)
             best = np.minimum(best, depth[frames, r, c])
     if background is None:
-        return best
+        return best, np.ones(best.shape, dtype=bool)
     if background.shape != (H, W):
         raise InputError(f"background depth is {background.shape}, depth maps are {(H, W)}", field="depth")
     closest = np.full(col.shape, np.inf)
@@ -103,7 +113,7 @@ def sample_depth(depth: np.ndarray, uv: np.ndarray, window: int = 1, *, backgrou
             take = fg & (dist < closest)
             closest = np.where(take, dist, closest)
             best = np.where(take, d, best)
-    return best
+    return best, np.isfinite(closest)
 
 
 def lift_keypoints(uv: np.ndarray, depth: np.ndarray, camera: Camera, window: int = 1,
@@ -112,8 +122,15 @@ def lift_keypoints(uv: np.ndarray, depth: np.ndarray, camera: Camera, window: in
 
     ``background``: the static scene's depth map, for the foreground rule of :func:`sample_depth`.
     """
+    return lift_keypoints_checked(uv, depth, camera, window, background)[0]
+
+
+def lift_keypoints_checked(uv: np.ndarray, depth: np.ndarray, camera: Camera, window: int = 1,
+                           background: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`lift_keypoints` and whether each keypoint was on a foreground object, ``(N, K)`` bool."""
     uv = np.asarray(uv, dtype=np.float64)
     if depth.shape[1:] != (camera.height, camera.width):
         raise InputError(f"depth maps are {depth.shape[1:]}, the camera is {camera.height}x{camera.width}",
                          field="depth")
-    return camera.unproject(uv, sample_depth(depth, uv, window, background=background)).astype(np.float32)
+    d, found = sample_depth_checked(depth, uv, window, background=background)
+    return camera.unproject(uv, d).astype(np.float32), found
