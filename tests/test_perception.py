@@ -19,7 +19,7 @@ from mbirl.perception import (
     match_keypoints,
 )
 from mbirl.perception.detector import gaussian_maps
-from mbirl.perception.evaluate import sample_depth
+from mbirl.perception.evaluate import sample_depth, sample_depth_checked
 
 
 def test_spatial_softmax_finds_a_peak_with_subpixel_accuracy():
@@ -124,6 +124,12 @@ def test_depth_of_the_nearest_foreground_pixel_beside_a_small_object():
     assert sample_depth(depth, uv, background=background)[0, 0] == pytest.approx(1.0)
     far = np.array([[[10.5, 10.5]]])  # nothing in front of the scene nearby: fall back to the window rule
     assert sample_depth(depth, far, background=background)[0, 0] == pytest.approx(2.0)
+    # ... and flag the keypoint as having lost the object.
+    both = np.concatenate([uv, far], axis=1)
+    d, found = sample_depth_checked(depth, both, background=background)
+    np.testing.assert_allclose(d[0], [1.0, 2.0])
+    assert found.tolist() == [[True, False]]
+    assert sample_depth_checked(depth, both)[1].all()  # without a background nothing is flagged
     with pytest.raises(InputError, match="background"):
         sample_depth(depth, uv, background=background[:6])
 
