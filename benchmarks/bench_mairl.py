@@ -52,7 +52,8 @@ def main() -> None:
             m = run_mairl(cfg, run_dir, resume=True, progress=False)
             print(f"{env} seed {seed}: final normalised return {m['final_normalized_return']:.3f} "
                   f"(return {m['final_mean_return']:.1f}), best {m['best_normalized_return']:.3f}, "
-                  f"{m['env_steps']} env steps, train {m['train_seconds']:.0f} s, wall {time.perf_counter() - t0:.0f} s",
+                  f"{m['env_steps']} env steps, train {m['train_seconds']:.0f} s, "
+                  f"wall {time.perf_counter() - t0:.0f} s",
                   flush=True)
             finals.append(m["final_normalized_return"])
             dirs.append(run_dir)

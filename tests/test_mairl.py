@@ -94,7 +94,8 @@ def test_state_values_are_the_environments_and_gradients_the_models():
     wrong_model = LinearModel(A * 0.5)
     wrong = _loss(policy, wrong_model, s0)
     np.testing.assert_allclose(wrong.next_obs, exact.next_obs, rtol=1e-6)  # stored values are the real ones
-    assert math.isclose(float(wrong.loss.detach()), float(exact.loss.detach()), rel_tol=1e-6)  # so is the loss value ...
+    # so is the loss value ...
+    assert math.isclose(float(wrong.loss.detach()), float(exact.loss.detach()), rel_tol=1e-6)
     g_exact = torch.autograd.grad(exact.loss, list(policy.parameters()))
     g_wrong = torch.autograd.grad(wrong.loss, list(policy.parameters()))
     assert any(not torch.allclose(a, b) for a, b in zip(g_exact, g_wrong, strict=True))  # ... not the gradient

@@ -79,3 +79,13 @@ def test_cli_mairl_train_tiny(tmp_path, capsys):
     assert exc.value.code in (0, None)
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert m["variant"] == "mgail" and m["dynamics"] == "gru" and isinstance(m["final_normalized_return"], float)
+
+
+@pytest.mark.parametrize(("env", "kw"), [("CartPole-v1", {}), ("InvertedPendulum-v5", {"state_only": True}),
+                                         ("Pendulum-v1", {"variant": "mgail", "dynamics": "attention-multi",
+                                                          "ema_rate": 0.5})])
+def test_tiny_runs_of_every_action_space_and_option(tmp_path, env, kw):
+    cfg = _tiny(demos=f"data/demos/{env}.npz", env=env, **kw)
+    m = run_mairl(cfg, tmp_path / "r", progress=False)
+    assert m["env_id"] == env and len(m["eval"]) >= 2
+    assert all(isinstance(e["mean_return"], float) for e in m["eval"])

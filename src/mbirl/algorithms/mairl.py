@@ -434,7 +434,6 @@ class MAIRL:
             return
         space = self.envs[0].env.action_space
         space.seed(self.seed)
-        finished: list[float] = []
         while self.env_steps < self.warmup_steps:
             for slot in self.envs:
                 a = space.sample()
@@ -444,7 +443,6 @@ class MAIRL:
                 self.buffer.add(obs[None], act[None], out[0], out[1].astype(np.float32))
                 self.env_steps += 1
                 if out[2][0]:
-                    finished.append(slot.episode_return)
                     self._reset(slot)
         idx = self.buffer.recent_indices(self.buffer.size)
         all_obs = np.concatenate([self.demos.obs, self.buffer.obs[idx]])
@@ -510,19 +508,16 @@ class MAIRL:
     def policy_update(self) -> tuple[float, float, float, list[float]]:
         """One end-to-end policy update over ``n_rollouts`` real ``horizon``-step segments (the data collection).
         Returns (loss, gradient norm before clipping, mean reward, returns of episodes that ended)."""
-        self._alive_idx = np.arange(len(self.envs))
         s0 = torch.as_tensor(np.stack([s.obs for s in self.envs]))
-        slots = self.envs
-
-        def env_step(actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-            return self._step_envs([slots[i] for i in self._alive_idx])(actions)
+        alive = np.arange(len(self.envs))
 
         def tracked(actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-            out = env_step(actions)
-            self._alive_idx = self._alive_idx[~out[2]]
+            # the rollout passes the actions of the environments still running, in index order
+            nonlocal alive
+            out = self._step_envs([self.envs[i] for i in alive])(actions)
+            alive = alive[~out[2]]
             return out
 
-        # _step_subset passes actions of the alive slots only, in index order, matching self._alive_idx
         res = model_based_rollout_loss(self.policy, self.model, self.reward_fn, s0, tracked, horizon=self.horizon,
                                        gamma=self.gamma, alpha=self.alpha, generator=self.generator)
         self.opt_policy.zero_grad()

@@ -68,6 +68,7 @@ class MAIRLRunConfig:
         warmup_steps: uniformly random environment steps before training (model data, normalisers).
         model_pretrain_steps: model updates after the warm-up.
         state_only: learn the state-only reward ``g(s)`` (for transfer).
+        ema_rate: < 1 evaluates an exponential moving average of the policy weights (rate per update).
     """
 
     demos: str
@@ -102,6 +103,7 @@ class MAIRLRunConfig:
     warmup_steps: int = 1_000
     model_pretrain_steps: int = 500
     state_only: bool = False
+    ema_rate: float = 1.0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,7 +120,7 @@ class MAIRLRunConfig:
 _TRAINER_KEYS = ("dynamics", "variant", "horizon", "n_rollouts", "gamma", "alpha", "sigma_scale", "sigma_floor",
                  "gumbel_tau", "lr_policy", "lr_disc", "lr_model", "grad_clip", "policy_reg", "batch_size",
                  "replay_size", "model_steps", "disc_steps", "disc_every", "disc_window", "expert_weight",
-                 "disc_grad_penalty",
+                 "disc_grad_penalty", "ema_rate",
                  "warmup_steps", "model_pretrain_steps", "state_only", "seed")
 
 
