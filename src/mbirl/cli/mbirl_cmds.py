@@ -52,7 +52,7 @@ def _merge_config(ctx: typer.Context, cfg: MBIRLRunConfig, config: Path | None) 
         return cfg
     overrides = load_config(config, MBIRLRunConfig, exclude=("extra",))
     explicit = {_FIELD_OF.get(name, name) for name in ctx.params
-                if ctx.get_parameter_source(name) is not None and ctx.get_parameter_source(name).name == "COMMANDLINE"}
+                if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"}
     return replace(cfg, **{k: v for k, v in overrides.items() if k not in explicit})
 
 
