@@ -195,6 +195,41 @@ def test_non_finite_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path, 
     assert not (run / "metrics.json").exists()
 
 
+def test_mairl_non_finite_parameter_stops_the_run(tmp_path, monkeypatch, capsys):
+    from mbirl.algorithms.mairl import MAIRL
+
+    original = MAIRL.train_model
+
+    def poisoned(self: MAIRL, steps: int) -> float:
+        out = original(self, steps)
+        if self.iteration == 12:
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(MAIRL, "train_model", poisoned)
+    base = _mairl_command(tmp_path, env_steps=1500)
+    code = run_main([*base, "--run-dir", str(tmp_path / "run")])
+    assert code == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model parameter" in err[0] and "iteration 13" in err[0]
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last")  # the last good one
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+    def tensors(obj):
+        if isinstance(obj, torch.Tensor):
+            yield obj
+        elif isinstance(obj, dict):
+            for v in obj.values():
+                yield from tensors(v)
+        elif isinstance(obj, list):
+            for v in obj:
+                yield from tensors(v)
+
+    floats = [t for t in tensors(state["trainer"]) if t.is_floating_point()]
+    assert floats and all(torch.isfinite(t).all() for t in floats)
+
+
 def test_grad_clipping_is_reported(tmp_path, placing_demos):
     from mbirl.experiments import MBIRLRunConfig, run_mbirl
 
@@ -224,3 +259,38 @@ def test_same_seed_same_metrics(tmp_path, placing_demos, method, capsys):
     a, b = _comparable(tmp_path / "a"), _comparable(tmp_path / "b")
     assert a == b
     assert np.isfinite(a[0]["final_test_irl_loss"])
+
+
+def test_resume_accepts_runs_that_predate_a_new_config_field(tmp_path, placing_demos):
+    from mbirl.experiments import MBIRLRunConfig, run_mbirl
+    from mbirl.reporting.runs import checkpoint_stem
+
+    save_keypoint_demos(tmp_path / "d.npz", placing_demos)
+    cfg = MBIRLRunConfig(demos=str(tmp_path / "d.npz"), method="weighted", outer_iters=2)
+    run_mbirl(cfg, tmp_path / "r", progress=False, figures=False)
+    stem = checkpoint_stem(tmp_path / "r")
+    state = load_checkpoint(stem)
+    del state["config"]["grad_clip"]  # as if the run was made before the field existed (default None)
+    save_checkpoint(stem, state)
+    out = run_mbirl(MBIRLRunConfig(**{**cfg.to_json(), "outer_iters": 3, "train": (0, 3), "test": (3, 5)}),
+                    tmp_path / "r", resume=True, progress=False, figures=False)
+    assert len(out["irl_loss_train"]) == 4
+    changed = MBIRLRunConfig(**{**cfg.to_json(), "outer_iters": 4, "grad_clip": 1.0, "train": (0, 3), "test": (3, 5)})
+    with pytest.raises(InputError, match="grad_clip"):
+        run_mbirl(changed, tmp_path / "r", resume=True, progress=False, figures=False)
+
+
+def test_legacy_v1_checkpoints_still_load(tmp_path):
+    from safetensors.torch import save
+
+    from mbirl.reporting.checkpoint import LEGACY_FORMAT, flatten_state
+
+    tensors, skeleton = flatten_state({"w": torch.arange(3.0), "it": 5})
+    blob = save(tensors)
+    (tmp_path / "last.safetensors").write_bytes(blob)
+    import hashlib
+
+    meta = {"format": LEGACY_FORMAT, "sha256": hashlib.sha256(blob).hexdigest(), "state": skeleton}
+    (tmp_path / "last.json").write_text(json.dumps(meta))
+    state = load_checkpoint(tmp_path / "last")
+    assert state["it"] == 5 and torch.equal(state["w"], torch.arange(3.0))

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from mbirl.dynamics.models import MODEL_TYPES, ForwardModel, make_model
-from mbirl.errors import InputError
+from mbirl.errors import InputError, check_finite
 from mbirl.experts.demos import DemoStats
 from mbirl.experts.rollout import make_env, run_episodes
 from mbirl.rewards.discriminator import Discriminator, make_discriminator
@@ -476,6 +476,7 @@ class MAIRL:
         for _ in range(steps):
             b = self.buffer.batch(self.rng.integers(0, self.buffer.size, size=self.batch_size))
             loss = self.model.loss(b["obs"], b["act"], b["next_obs"])
+            check_finite(loss, "forward-model loss", self.iteration + 1)
             self.opt_model.zero_grad()
             loss.backward()
             self.opt_model.step()
@@ -492,6 +493,7 @@ class MAIRL:
             agent["log_pi"] = self._policy_log_pi(agent["obs"], agent["act"])
             loss, stats = self.disc.loss(self.expert_batch(self.batch_size), agent, self.expert_weight,
                                           self.disc_grad_penalty)
+            check_finite(loss, "discriminator loss", self.iteration + 1)
             self.opt_disc.zero_grad()
             loss.backward()
             self.opt_disc.step()
@@ -522,12 +524,13 @@ class MAIRL:
                                        gamma=self.gamma, alpha=self.alpha, generator=self.generator)
         self.opt_policy.zero_grad()
         loss = res.loss + self.policy_reg * self.policy.saturation(s0) if self.policy_reg > 0 else res.loss
+        check_finite(loss, "policy loss", self.iteration + 1)
         loss.backward()
         norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.grad_clip))
-        # a reward or model that produces NaN would poison the policy; skip such an update
-        if math.isfinite(norm):
-            self.opt_policy.step()
-            self._update_ema()
+        # A NaN reward or model would poison the policy: stop (the last good checkpoint stays on disk).
+        check_finite(norm, "policy gradient norm", self.iteration + 1)
+        self.opt_policy.step()
+        self._update_ema()
         self.buffer.add(res.obs, res.act, res.next_obs, res.done)
         self.env_steps += len(res.obs)
         finished = []
@@ -548,6 +551,9 @@ class MAIRL:
         if self.iteration % self.disc_every == 0:
             d = self.train_discriminator(self.disc_steps)
         self.iteration += 1
+        for part, module in (("policy", self.policy), ("model", self.model), ("discriminator", self.disc)):
+            for name, p in module.named_parameters():
+                check_finite(p, f"{part} parameter '{name}'", self.iteration)
         return IterationInfo(self.env_steps, loss, norm, mean_r, model_loss, d[0], d[1], d[2], finished)
 
     # ----- evaluation ---------------------------------------------------------------------------------

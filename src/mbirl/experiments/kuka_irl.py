@@ -168,7 +168,8 @@ def run_mbirl(cfg: MBIRLRunConfig, run_dir: str | Path, *, resume: bool = False,
     history: dict[str, list[float]] = {"irl_loss_train": [], "irl_loss_test": [], "test_relative_goal_distance": [],
                                        "seconds": []}
     start = 0
-    state = open_for_resume(run_dir, cfg.to_json(), resume=resume, may_change=("outer_iters", "checkpoint_every"))
+    state = open_for_resume(run_dir, cfg.to_json(), resume=resume, may_change=("outer_iters", "checkpoint_every"),
+                            defaults=MBIRLRunConfig(demos=cfg.demos).to_json())
     resumed = state is not None
     if state is not None:
         try:

@@ -158,7 +158,8 @@ def run_mairl(cfg: MAIRLRunConfig, run_dir: str | Path, *, resume: bool = False,
     ckpt = checkpoint_stem(run_dir)
     evals: list[dict[str, float]] = []
     seconds = 0.0
-    state = open_for_resume(run_dir, cfg.to_json(), resume=resume, may_change=_RESUMABLE)
+    state = open_for_resume(run_dir, cfg.to_json(), resume=resume, may_change=_RESUMABLE,
+                            defaults=MAIRLRunConfig(demos=cfg.demos).to_json())
     resumed = state is not None
     if state is not None:
         trainer.load_state_dict(state["trainer"])

@@ -28,11 +28,12 @@ def checkpoint_stem(run_dir: str | Path) -> Path:
 
 
 def open_for_resume(run_dir: str | Path, config: dict[str, Any], *, resume: bool,
-                    may_change: Iterable[str] = ()) -> dict[str, Any] | None:
+                    may_change: Iterable[str] = (), defaults: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The state to resume from, or None for a fresh run.
 
     Raises InputError when ``run_dir`` already holds a run and ``resume`` is false (nothing is lost), or when
     the saved configuration differs from ``config`` in a key outside ``may_change`` (e.g. the iteration count).
+    A key the saved run predates (added to the configuration later) counts as its value in ``defaults``.
     """
     stem = checkpoint_stem(run_dir)
     if not stem.with_suffix(".json").exists():
@@ -45,7 +46,10 @@ def open_for_resume(run_dir: str | Path, config: dict[str, Any], *, resume: bool
     if not isinstance(saved, dict):
         raise InputError("checkpoint has no configuration", source=str(stem.with_suffix(".json")), field="config")
     allowed = set(may_change)
-    mismatched = [k for k, v in config.items() if k not in allowed and saved.get(k) != v]
+    missing = object()
+    fallback = defaults or {}
+    mismatched = [k for k, v in config.items()
+                  if k not in allowed and saved.get(k, fallback.get(k, missing)) != v]
     if mismatched:
         raise InputError(f"--resume with a different configuration ({', '.join(mismatched)})",
                          source=str(stem.with_suffix(".json")))
