@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from mbirl.dynamics.base import KeypointDynamics
-from mbirl.errors import InputError
+from mbirl.errors import InputError, check_finite
 
 __all__ = ["DynamicsTrainConfig", "KeypointMLPDynamics", "dynamics_errors", "fit_keypoint_dynamics"]
 
@@ -267,9 +267,10 @@ def fit_keypoint_dynamics(model: KeypointMLPDynamics, q: np.ndarray, z: np.ndarr
         idx = torch.randint(0, N, (min(cfg.batch_size, N),), generator=generator)
         open_loop, one, read = _losses(model, qt[idx], zt[idx], ut[idx], cfg.huber_delta)
         loss = (open_loop + cfg.one_step_weight * one + read).sum()
+        check_finite(loss, "keypoint-dynamics loss", step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 10.0)
+        check_finite(torch.nn.utils.clip_grad_norm_(params, 10.0), "keypoint-dynamics gradient norm", step)
         opt.step()
         if on_step is not None:
             on_step(step, {"losses/open_loop": float(open_loop.detach().mean()),

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mbirl.errors import InputError
+from mbirl.errors import InputError, check_finite
 from mbirl.perception.detector import KeypointAutoencoder, images_to_tensor
 
 __all__ = ["DetectorTrainConfig", "fit_detector", "init_background", "median_frame"]
@@ -85,8 +85,11 @@ def fit_detector(model: KeypointAutoencoder, images: np.ndarray, cfg: DetectorTr
         _, recon, _ = model(x)
         weight = 1.0 + cfg.saliency_weight * (x - background).abs().sum(1)
         loss = ((recon - x).pow(2).sum(1) * weight).mean()
+        check_finite(loss, "detector reconstruction loss", step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))  # measures only
+        check_finite(grad_norm, "detector gradient norm", step)
         opt.step()
         if on_step is not None:
             on_step(step, {"losses/reconstruction": float(loss.detach()), "charts/lr": lr,
