@@ -33,6 +33,7 @@ from mbirl.dynamics.models import MODEL_TYPES, ForwardModel, make_model
 from mbirl.errors import InputError, check_finite
 from mbirl.experts.demos import DemoStats
 from mbirl.experts.rollout import make_env, run_episodes
+from mbirl.nets import mlp
 from mbirl.rewards.discriminator import Discriminator, make_discriminator
 
 __all__ = ["MAIRL", "VARIANTS", "EnvSlot", "GaussianPolicy", "GumbelPolicy", "IterationInfo", "ReplayBuffer",
@@ -41,13 +42,6 @@ __all__ = ["MAIRL", "VARIANTS", "EnvSlot", "GaussianPolicy", "GumbelPolicy", "It
 VARIANTS = ("mairl", "mgail")
 
 
-def _mlp(sizes: Sequence[int]) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
 
 
 class _Policy(nn.Module):
@@ -62,7 +56,7 @@ class _Policy(nn.Module):
         self.obs_dim, self.act_dim = obs_dim, out_dim
         self.register_buffer("obs_mean", torch.zeros(obs_dim))
         self.register_buffer("obs_std", torch.ones(obs_dim))
-        self.net = _mlp([obs_dim, *hidden, out_dim])
+        self.net = mlp([obs_dim, *hidden, out_dim])
         last = self.net[-1]
         assert isinstance(last, nn.Linear)
         with torch.no_grad():  # start near the centre of the action space / a uniform distribution

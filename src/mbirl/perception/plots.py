@@ -11,16 +11,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mbirl.reporting.plots import save_figure  # noqa: E402
+
 __all__ = ["plot_dynamics_rollouts", "plot_keypoint_overlay", "plot_visual_vs_gt"]
 
 
-def _save(fig: plt.Figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def plot_keypoint_overlay(images: np.ndarray, learned: np.ndarray, path: str | Path, *,
@@ -58,7 +53,7 @@ def plot_keypoint_overlay(images: np.ndarray, learned: np.ndarray, path: str | P
     if F and (truth is not None or len(matched) > 0):
         axes[0, 0].legend(fontsize=6, loc="lower left")
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_dynamics_rollouts(true_z: np.ndarray, pred_z: np.ndarray, path: str | Path,
@@ -78,7 +73,7 @@ def plot_dynamics_rollouts(true_z: np.ndarray, pred_z: np.ndarray, path: str | P
         ax.set_aspect("equal", adjustable="datalim")
     axes[0, 0].legend(fontsize=6)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_visual_vs_gt(results: Mapping[str, Mapping[str, float]], path: str | Path,
@@ -95,4 +90,4 @@ def plot_visual_vs_gt(results: Mapping[str, Mapping[str, float]], path: str | Pa
     ax.grid(alpha=0.3, axis="y", which="both")
     ax.legend(fontsize=7)
     ax.set_title(title, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)

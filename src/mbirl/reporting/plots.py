@@ -13,12 +13,13 @@ import numpy as np  # noqa: E402
 
 from mbirl.types import KeypointTrajectory  # noqa: E402
 
-__all__ = ["plot_demos", "plot_learning_curves", "plot_predictions", "plot_weights"]
+__all__ = ["plot_demos", "plot_learning_curves", "plot_predictions", "plot_weights", "save_figure"]
 
 _AXES = ("x", "y", "z")
 
 
-def _save(fig: plt.Figure, path: str | Path) -> Path:
+def save_figure(fig: plt.Figure, path: str | Path) -> Path:
+    """Lay out, save (creating parent folders) and close a figure; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -45,7 +46,7 @@ def plot_demos(demos: Sequence[KeypointTrajectory], path: str | Path, title: str
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, ncol=2)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_learning_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], path: str | Path,
@@ -62,7 +63,7 @@ def plot_learning_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], pa
         ax.grid(alpha=0.3, which="both")
     axes[1].legend()
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_predictions(z_demo: np.ndarray, predictions: Mapping[str, np.ndarray], path: str | Path,
@@ -84,7 +85,7 @@ def plot_predictions(z_demo: np.ndarray, predictions: Mapping[str, np.ndarray], 
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_weights(weights: Mapping[str, np.ndarray], path: str | Path, n_keypoints: int) -> Path:
@@ -103,4 +104,4 @@ def plot_weights(weights: Mapping[str, np.ndarray], path: str | Path, n_keypoint
             ax.set_ylabel("time step")
             fig.colorbar(im, ax=ax)
         ax.set_title(name)
-    return _save(fig, path)
+    return save_figure(fig, path)

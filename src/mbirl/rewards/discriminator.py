@@ -22,17 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from mbirl.errors import InputError
+from mbirl.nets import mlp
 
 __all__ = ["AIRLDiscriminator", "Discriminator", "GAILDiscriminator", "make_discriminator"]
 
 
-def _mlp(sizes: list[int]) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
 
 
 class Discriminator(nn.Module, ABC):
@@ -117,8 +111,8 @@ class AIRLDiscriminator(Discriminator):
         if not 0.0 < gamma <= 1.0:
             raise InputError(f"gamma must be in (0, 1], got {gamma}", field="gamma")
         self.gamma, self.state_only = gamma, state_only
-        self.g_net = _mlp([obs_dim + (0 if state_only else act_dim), *hidden, 1])
-        self.h_net = _mlp([obs_dim, *hidden, 1])
+        self.g_net = mlp([obs_dim + (0 if state_only else act_dim), *hidden, 1])
+        self.h_net = mlp([obs_dim, *hidden, 1])
 
     def g(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         """The reward term (transferable when ``state_only``), shape ``(B,)``."""
@@ -148,7 +142,7 @@ class GAILDiscriminator(Discriminator):
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (200, 100)) -> None:
         super().__init__(obs_dim, act_dim)
-        self.net = _mlp([obs_dim + act_dim, *hidden, 1])
+        self.net = mlp([obs_dim + act_dim, *hidden, 1])
 
     def logits(self, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor, done: torch.Tensor,
                log_pi: torch.Tensor) -> torch.Tensor:
