@@ -89,12 +89,11 @@ def _check_value(value: Any, annotation: Any, key: str, source: str) -> Any:
     """Check one config value against a dataclass field annotation (the simple types configs use)."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for option in typing.get_args(annotation):
             try:
                 return _check_value(value, option, key, source)
-            except InputError as exc:
-                errors.append(str(exc))
+            except InputError:
+                continue
         raise InputError(f"expected {annotation}, got {value!r}", source=source, field=key)
     if annotation is type(None):
         if value is not None:
