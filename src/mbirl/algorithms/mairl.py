@@ -601,11 +601,7 @@ class MAIRL:
         self.disc.load_state_dict(state["disc"])
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.policy.load_state_dict(state["policy"])
-        if self.policy_ema is not None:
-            self.policy_ema.load_state_dict(state["policy_ema"])
-        self.model.load_state_dict(state["model"])
-        self.disc.load_state_dict(state["disc"])
+        self.load_policy(state)
         self.opt_policy.load_state_dict(state["opt_policy"])
         self.opt_model.load_state_dict(state["opt_model"])
         self.opt_disc.load_state_dict(state["opt_disc"])
