@@ -150,6 +150,67 @@ def test_original_urdf_three_links_via_options(fixture_urdf):
         mbirl.envs.robot_from_options(None, "kp_link_1")
 
 
+_SLIDER_URDF = """<?xml version="1.0"?>
+<robot name="slider">
+  <link name="base"/><link name="l1"/><link name="l2"/><link name="l3"/><link name="tool"/>
+  <joint name="j1" type="revolute"><parent link="base"/><child link="l1"/>
+    <origin xyz="0 0 0.3" rpy="0 0 0"/><axis xyz="0 0 1"/><limit lower="-3" upper="3" effort="1" velocity="1"/></joint>
+  <joint name="j2" type="prismatic"><parent link="l1"/><child link="l2"/>
+    <origin xyz="0.1 0 0" rpy="0.3 0 0"/><axis xyz="1 0 0"/>
+    <limit lower="-1" upper="1" effort="1" velocity="1"/></joint>
+  <joint name="j3" type="revolute"><parent link="l2"/><child link="l3"/>
+    <origin xyz="0 0.2 0.05" rpy="0 0.4 0"/><axis xyz="0 1 0"/>
+    <limit lower="-3" upper="3" effort="1" velocity="1"/></joint>
+  <joint name="fixed" type="fixed"><parent link="l3"/><child link="tool"/><origin xyz="0.05 0 0.1"/></joint>
+</robot>
+"""
+
+
+@pytest.fixture(scope="module", params=["kuka", "slider"])
+def robot64(request, tmp_path_factory) -> KeypointRobot:
+    """The default KUKA and a revolute-prismatic-revolute arm, in float64."""
+    if request.param == "kuka":
+        return mbirl.envs.default_kuka().double()
+    path = tmp_path_factory.mktemp("urdf") / "slider.urdf"
+    path.write_text(_SLIDER_URDF)
+    return KeypointRobot(path, [KeypointSpec("tool"), KeypointSpec("tool", (0.0, 0.05, 0.0)),
+                                KeypointSpec("l3", (0.02, 0.0, 0.0))]).double()
+
+
+def test_large_batch_forward_equals_tree_fk(robot64):
+    """Above BATCH_LAST_MIN states the lean FK switches to its batch-last chain: same keypoints as
+    pytorch-kinematics' tree traversal, and as the small-batch path."""
+    assert robot64.serial_fk is not None
+    n = robot64.serial_fk.BATCH_LAST_MIN + 44
+    q = torch.rand(n, robot64.n_joints, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        big = robot64.keypoints(q)
+        torch.testing.assert_close(big, robot64.tree_keypoints(q), rtol=0, atol=1e-9)
+        torch.testing.assert_close(big[:7], robot64.keypoints(q[:7]), rtol=0, atol=1e-9)
+
+
+def test_jacobian_and_vjp_match_autograd(robot64):
+    """The geometric Jacobian equals autograd's; ``J^T dz`` (never forming J) equals the product with it and
+    is itself differentiable in q with the right derivative (the bi-level loop needs that)."""
+    g = torch.Generator().manual_seed(1)
+    q = torch.rand(5, robot64.n_joints, dtype=torch.float64, generator=g) * 2 - 1
+    kp, jac = robot64.keypoints_and_jacobian(q)
+    ref = torch.stack([torch.autograd.functional.jacobian(robot64.tree_keypoints, qi) for qi in q])
+    # 1e-5 cm: the URDF constants are folded in float32 before the chain is cast to float64.
+    torch.testing.assert_close(jac, ref, rtol=0, atol=1e-5)
+    dz = torch.randn(5, robot64.n_keypoints, 3, dtype=torch.float64, generator=g)
+    kp2, vjp = robot64.keypoints_and_vjp(q)
+    torch.testing.assert_close(kp2, kp)
+    torch.testing.assert_close(vjp(dz), torch.einsum("nkdj,nkd->nj", jac, dz), rtol=0, atol=1e-9)
+
+    def f(qq: torch.Tensor) -> torch.Tensor:
+        out = robot64.keypoints_and_vjp(qq)
+        assert out is not None
+        return out[1](dz)
+
+    assert torch.autograd.gradcheck(f, (q.clone().requires_grad_(True),))
+
+
 # --------------------------------------------------------------------------- demo generation
 
 

@@ -50,7 +50,8 @@ class KinematicKeypointDynamics(KeypointDynamics):
                         *, create_graph: bool) -> torch.Tensor | None:
         """``d sum(cost_fn(z)) / d actions`` by the chain rule with the analytic keypoint Jacobian.
 
-        ``dC/du_s = sum_{t > s} J(q_t)^T dC/dz_t`` while no joint limit is active (then ``q`` is a cumulative
+        ``dC/du_s = sum_{t > s} J(q_t)^T dC/dz_t`` (``J^T dz`` from the joint axes and origins, see
+        :meth:`KeypointRobot.keypoints_and_vjp`) while no joint limit is active (then ``q`` is a cumulative
         sum of the actions). This replaces a backward pass through the forward kinematics, so the bi-level
         gradient needs first derivatives of the Jacobian only. Returns None where it does not apply (a limit
         is active, or the robot has no serial keypoint chain); callers then use autograd.
@@ -58,20 +59,20 @@ class KinematicKeypointDynamics(KeypointDynamics):
         q = self.joint_rollout(q0, actions)
         if not create_graph:
             q = q.detach()
-        out = self.robot.keypoints_and_jacobian(q)
+        out = self.robot.keypoints_and_vjp(q)
         if out is None or actions.shape[1] == 0:
             return None
         with torch.no_grad():
             if not bool(((q > self.robot.lower) & (q < self.robot.upper)).all()):
                 return None
-        z, jac = out
+        z, vjp = out
         z_flat = z.flatten(-2)
         if not create_graph or not z_flat.requires_grad:  # e.g. the first step, from constant actions
             z_flat = z_flat.detach().requires_grad_(True)
         with torch.enable_grad():
             (dz,) = torch.autograd.grad(cost_fn(z_flat).sum(), z_flat, create_graph=create_graph)
+        dq = vjp(dz)  # (B, T, n_joints)
         if not create_graph:
-            jac = jac.detach()
-        dq = torch.einsum("btdj,btd->btj", jac.flatten(2, 3), dz)  # (B, T, n_joints)
+            dq = dq.detach()
         # u_s moves every later state: reverse cumulative sum over t = s + 1 .. T - 1.
         return torch.flip(torch.cumsum(torch.flip(dq[:, 1:], dims=(1,)), dim=1), dims=(1,))

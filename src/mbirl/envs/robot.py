@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +70,10 @@ class _SerialKeypointFK(torch.nn.Module):
     eye4: torch.Tensor
     tails: torch.Tensor
 
+    BATCH_LAST_MIN = 256
+    """From this many states on, :meth:`forward` uses the batch-last chain (3.7x faster fwd+bwd at 2560 states);
+    below it the log-depth tree of 4x4 products has less per-call overhead."""
+
     def __init__(self, segments: list[tuple[int, str, torch.Tensor, torch.Tensor]], head: torch.Tensor,
                  tails: torch.Tensor) -> None:
         super().__init__()
@@ -127,8 +131,10 @@ class _SerialKeypointFK(torch.nn.Module):
         return torch.einsum("nij,kj->nki", T[:, :3, :3], self.tails) + T[:, None, :3, 3]
 
     def forward(self, q: torch.Tensor) -> torch.Tensor:
-        M = self._joint_transforms(q)
         N = q.shape[0]
+        if N >= self.BATCH_LAST_MIN:
+            return self.chain_last(q, frames=False)[0].permute(2, 0, 1)
+        M = self._joint_transforms(q)
         # [head, joint_1, ..., joint_J, identity padding] multiplied pairwise in a tree (log2 depth):
         # a few batched products instead of J sequential ones.
         parts = [self.head.expand(N, 1, 4, 4), M]
@@ -139,31 +145,67 @@ class _SerialKeypointFK(torch.nn.Module):
             M = M[:, 0::2] @ M[:, 1::2]
         return self._keypoints_from(M[:, 0])
 
-    def forward_with_jacobian(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keypoints ``(N, k, 3)`` and their geometric Jacobian ``(N, k, 3, J)`` in the chain's joints.
+    def chain_last(self, q: torch.Tensor, frames: bool = True
+                   ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Keypoints ``(k, 3, N)`` and, with ``frames``, every joint's world axis and origin ``(J, 3, N)``.
 
-        Joint j turns about its axis ``a_j`` through ``o_j`` (both in world coordinates, from the frame
-        before the joint), so ``dp/dq_j = a_j x (p - o_j)`` (revolute) or ``a_j`` (prismatic). The result is
-        ordinary autograd in ``q``: differentiating it gives the second derivatives the bi-level loop needs.
+        Batch-last layout: each 3x3 product is a few element-wise operations over all N states at once,
+        several times faster on a CPU than ``bmm`` over N tiny matrices, and so is its backward. Plain
+        (twice-differentiable) autograd throughout.
         """
-        # Rotation and translation kept apart (3x3 products, half the work of 4x4 ones).
-        A, b = self._joint_motion(q)
-        R = self.head[:3, :3].expand(q.shape[0], 3, 3)
-        p = self.head[:3, 3].expand(q.shape[0], 3)
-        rotations, origins_list = [], []
-        for A_j, b_j in zip(A.unbind(1), b.unbind(1), strict=True):
-            rotations.append(R)
-            origins_list.append(p)
-            p = p + (R @ b_j.unsqueeze(-1)).squeeze(-1)
-            R = R @ A_j
-        kp = torch.einsum("nij,kj->nki", R, self.tails) + p.unsqueeze(1)
-        axes = (torch.stack(rotations, dim=1) * self.axis_local[:, None, :]).sum(-1)  # R_before @ a: (N, J, 3)
-        origins = torch.stack(origins_list, dim=1)
-        jac = torch.cross(axes.unsqueeze(1).expand(-1, kp.shape[1], -1, -1),
-                          kp.unsqueeze(2) - origins.unsqueeze(1), dim=-1)  # (N, k, J, 3)
+        theta = q[:, self.joint_index].T  # (J, N)
+        s, c1 = torch.sin(theta), 1.0 - torch.cos(theta)
+        A = (self.rot_c.unsqueeze(-1) + s[:, None, None] * self.rot_s.unsqueeze(-1)
+             + c1[:, None, None] * self.rot_1c.unsqueeze(-1))  # (J, 3, 3, N)
+        b = self.pos_c.unsqueeze(-1) + s[:, None] * self.pos_s.unsqueeze(-1) + c1[:, None] * self.pos_1c.unsqueeze(-1)
         if self.has_prismatic:
-            jac = torch.where(self.is_prismatic[:, None], axes.unsqueeze(1), jac)
-        return kp, jac.transpose(-1, -2)
+            b = b + theta[:, None] * self.lin.unsqueeze(-1)
+        R = self.head[:3, :3].unsqueeze(-1)  # (3, 3, 1): broadcasts over N until the first joint
+        p = self.head[:3, 3].unsqueeze(-1)  # (3, 1)
+        axes, origins = [], []
+        for j in range(A.shape[0]):
+            if frames:
+                axes.append((R * self.axis_local[j, None, :, None]).sum(1))
+                origins.append(p)
+            p = p + (R * b[j].unsqueeze(0)).sum(1)
+            R = (R.unsqueeze(2) * A[j].unsqueeze(0)).sum(1)
+        kp = (R.unsqueeze(0) * self.tails[:, None, :, None]).sum(2) + p.unsqueeze(0)  # (k, 3, N)
+        if not frames:
+            return kp, None, None
+        N = q.shape[0]
+        return kp, torch.stack([a.expand(3, N) for a in axes]), torch.stack([o.expand(3, N) for o in origins])
+
+    def jacobian_transpose(self, kp: torch.Tensor, axes: torch.Tensor, origins: torch.Tensor,
+                           dz: torch.Tensor) -> torch.Tensor:
+        """``J(q)^T dz`` ``(J, N)`` for keypoint cotangents ``dz`` ``(k, 3, N)``, from :meth:`chain_last`'s output.
+
+        Joint j moves keypoint k by ``a_j x (p_k - o_j)`` (revolute) or ``a_j`` (prismatic), so with the scalar
+        triple product ``sum_k dz_k . (a_j x (p_k - o_j)) = a_j . (sum_k p_k x dz_k - o_j x sum_k dz_k)``:
+        the Jacobian itself is never formed.
+        """
+        D = dz.sum(0)  # (3, N)
+        M = _cross(kp, dz).sum(0)  # (3, N)
+        dq = (axes * (M.unsqueeze(0) - _cross(origins, D.unsqueeze(0)))).sum(1)
+        if self.has_prismatic:
+            dq = torch.where(self.is_prismatic[:, None], (axes * D.unsqueeze(0)).sum(1), dq)
+        return dq
+
+    def forward_with_jacobian(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keypoints ``(N, k, 3)`` and their geometric Jacobian ``(N, k, 3, J)`` in the chain's joints
+        (``dp/dq_j = a_j x (p - o_j)`` revolute, ``a_j`` prismatic); differentiable."""
+        kp, axes, origins = self.chain_last(q)
+        assert axes is not None and origins is not None
+        jac = _cross(axes.unsqueeze(0), kp.unsqueeze(1) - origins.unsqueeze(0))  # (k, J, 3, N)
+        if self.has_prismatic:
+            jac = torch.where(self.is_prismatic[None, :, None, None], axes.unsqueeze(0).expand_as(jac), jac)
+        return kp.permute(2, 0, 1), jac.permute(3, 0, 2, 1)
+
+
+def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cross product along dimension -2 (the xyz axis of batch-last tensors), broadcasting the rest."""
+    a0, a1, a2 = a.unbind(-2)
+    b0, b1, b2 = b.unbind(-2)
+    return torch.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], dim=-2)
 
 
 def _serial_fk(chain, frames: list[int], offsets: torch.Tensor) -> _SerialKeypointFK | None:  # type: ignore[no-untyped-def]
@@ -286,6 +328,33 @@ class KeypointRobot(torch.nn.Module):
             jac = full
         k = self.n_keypoints
         return (kp * self.scale).reshape(*batch, k, 3), (jac * self.scale).reshape(*batch, k, 3, self.n_joints)
+
+    def keypoints_and_vjp(self, q: torch.Tensor
+                          ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]] | None:
+        """Keypoints ``(..., k, 3)`` and a function ``dz (..., k, 3) -> J(q)^T dz (..., n_joints)``.
+
+        Both are differentiable (the bi-level gradient differentiates through them). Cheaper than
+        :meth:`keypoints_and_jacobian` followed by a product: the Jacobian is never formed. None when the
+        robot has no serial keypoint chain.
+        """
+        fk = self.serial_fk
+        if fk is None:
+            return None
+        batch, k = q.shape[:-1], self.n_keypoints
+        kp, axes, origins = fk.chain_last(q.reshape(-1, self.n_joints))
+        assert axes is not None and origins is not None
+        N = kp.shape[-1]
+
+        def vjp(dz: torch.Tensor) -> torch.Tensor:
+            dz_last = dz.reshape(N, k, 3).permute(1, 2, 0)
+            dq = fk.jacobian_transpose(kp, axes, origins, dz_last).T * self.scale  # (N, J)
+            if fk.joint_index != list(range(self.n_joints)):
+                full = dq.new_zeros(N, self.n_joints)
+                full[:, fk.joint_index] = dq
+                dq = full
+            return dq.reshape(*batch, self.n_joints)
+
+        return (kp.permute(2, 0, 1) * self.scale).reshape(*batch, k, 3), vjp
 
     def tree_keypoints(self, q: torch.Tensor) -> torch.Tensor:
         """Keypoints via pytorch-kinematics' general tree FK (the reference for the lean serial path)."""

@@ -32,10 +32,13 @@ class ExpertPolicy(nn.Module):
         activation: ``relu`` or ``tanh`` between hidden layers.
         mode: see :data:`OutputMode`.
         low, high: the action box (continuous modes), shape ``(act_dim,)``.
+        obs_norm: optional observation normalisation baked in from SB3's ``VecNormalize``:
+            ``{"mean": [...], "var": [...], "clip": c, "eps": e}``; the network then sees
+            ``clip((obs - mean) / sqrt(var + eps), -c, c)`` exactly as during training.
     """
 
     def __init__(self, sizes: list[int], activation: str, mode: OutputMode, low: list[float] | None = None,
-                 high: list[float] | None = None) -> None:
+                 high: list[float] | None = None, obs_norm: dict[str, Any] | None = None) -> None:
         super().__init__()
         if activation not in _ACTIVATIONS:
             raise InputError(f"unknown activation '{activation}'", field="activation")
@@ -50,8 +53,24 @@ class ExpertPolicy(nn.Module):
         self.sizes, self.activation, self.mode = list(sizes), activation, mode
         self.low = None if low is None else list(map(float, low))
         self.high = None if high is None else list(map(float, high))
+        self.obs_norm: dict[str, Any] | None = None
+        if obs_norm is not None:
+            try:
+                mean = [float(v) for v in obs_norm["mean"]]
+                var = [float(v) for v in obs_norm["var"]]
+                clip, eps = float(obs_norm["clip"]), float(obs_norm["eps"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise InputError(f"malformed observation normalisation ({exc})", field="obs_norm") from None
+            if len(mean) != sizes[0] or len(var) != sizes[0] or min(var) < 0 or clip <= 0 or eps < 0:
+                raise InputError(f"observation normalisation does not fit obs_dim {sizes[0]}", field="obs_norm")
+            self.obs_norm = {"mean": mean, "var": var, "clip": clip, "eps": eps}
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        if self.obs_norm is not None:
+            mean = torch.as_tensor(self.obs_norm["mean"], dtype=obs.dtype)
+            std = torch.sqrt(torch.as_tensor(self.obs_norm["var"], dtype=obs.dtype) + self.obs_norm["eps"])
+            clip = self.obs_norm["clip"]
+            obs = ((obs - mean) / std).clamp(-clip, clip)
         out = self.net(obs)
         if self.mode == "argmax":
             return out.argmax(-1)
@@ -70,7 +89,7 @@ class ExpertPolicy(nn.Module):
 
     def config(self) -> dict[str, Any]:
         return {"sizes": self.sizes, "activation": self.activation, "mode": self.mode, "low": self.low,
-                "high": self.high}
+                "high": self.high, "obs_norm": self.obs_norm}
 
     def save(self, stem: str | Path, extra: dict[str, Any] | None = None) -> None:
         """Write ``stem.safetensors`` + ``stem.json`` (architecture, weights and ``extra`` metadata)."""
@@ -83,7 +102,8 @@ class ExpertPolicy(nn.Module):
         state = load_checkpoint(stem)
         try:
             cfg = state["config"]
-            policy = cls(list(cfg["sizes"]), cfg["activation"], cfg["mode"], cfg.get("low"), cfg.get("high"))
+            policy = cls(list(cfg["sizes"]), cfg["activation"], cfg["mode"], cfg.get("low"), cfg.get("high"),
+                         cfg.get("obs_norm"))
             policy.load_state_dict(state["state_dict"])
         except (KeyError, TypeError, RuntimeError) as exc:
             raise InputError(f"not an exported expert policy ({exc})", source=str(stem)) from None
@@ -99,8 +119,11 @@ def _linear_layers(seq: nn.Module) -> tuple[list[nn.Linear], str]:
     return linears, (acts.pop() if acts else "relu")
 
 
-def export_sb3_policy(model: Any) -> ExpertPolicy:
-    """Copy the deterministic action path of an SB3 SAC/TQC or PPO (Box or Discrete) model into an ExpertPolicy."""
+def export_sb3_policy(model: Any, obs_rms: Any = None, clip_obs: float = 10.0, epsilon: float = 1e-8) -> ExpertPolicy:
+    """Copy the deterministic action path of an SB3 SAC/TQC or PPO (Box or Discrete) model into an ExpertPolicy.
+
+    ``obs_rms`` (a ``VecNormalize.obs_rms`` with ``mean``/``var``) and its ``clip_obs``/``epsilon`` bake the
+    training-time observation normalisation into the exported policy."""
     import gymnasium as gym
 
     policy = model.policy
@@ -119,7 +142,11 @@ def export_sb3_policy(model: Any) -> ExpertPolicy:
     low = high = None
     if mode != "argmax":
         low, high = np.asarray(space.low).tolist(), np.asarray(space.high).tolist()
-    out = ExpertPolicy(sizes, activation, mode, low, high)  # type: ignore[arg-type]
+    obs_norm = None
+    if obs_rms is not None:
+        obs_norm = {"mean": np.asarray(obs_rms.mean).tolist(), "var": np.asarray(obs_rms.var).tolist(),
+                    "clip": float(clip_obs), "eps": float(epsilon)}
+    out = ExpertPolicy(sizes, activation, mode, low, high, obs_norm)  # type: ignore[arg-type]
     targets = [m for m in out.net if isinstance(m, nn.Linear)]
     with torch.no_grad():
         for dst, src in zip(targets, layers, strict=True):
