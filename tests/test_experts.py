@@ -40,6 +40,35 @@ def test_export_matches_sb3_deterministic_actions(algo, env_id, tmp_path):
     np.testing.assert_allclose(loaded(torch.as_tensor(obs)).detach().numpy(), ours)
 
 
+def test_export_bakes_in_vecnormalize_statistics(tmp_path):
+    """A PPO trained on VecNormalize-d observations (the Hopper preset) exports a policy that acts on raw
+    observations exactly as SB3 does on normalised ones, including the clipping; the statistics survive a
+    save/load round trip."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    venv = VecNormalize(make_vec_env("Pendulum-v1", n_envs=1, seed=0), clip_obs=2.0)
+    model = PPO("MlpPolicy", venv, n_steps=64, batch_size=32, n_epochs=1, seed=0, device="cpu")
+    model.learn(128)  # moves the running mean/var away from 0/1
+    assert not np.allclose(venv.obs_rms.mean, 0.0)
+    policy = export_sb3_policy(model, venv.obs_rms, venv.clip_obs, venv.epsilon)
+    obs = np.random.default_rng(0).uniform(-8, 8, size=(50, 3)).astype(np.float32)  # some beyond the clip
+    ref, _ = model.predict(venv.normalize_obs(obs), deterministic=True)
+    with torch.no_grad():
+        ours = policy(torch.as_tensor(obs)).numpy()
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+    plain = export_sb3_policy(model)
+    with torch.no_grad():
+        assert not np.allclose(plain(torch.as_tensor(obs)).numpy(), ref, atol=1e-3)
+    policy.save(tmp_path / "p")
+    loaded, _ = ExpertPolicy.load(tmp_path / "p")
+    np.testing.assert_allclose(loaded(torch.as_tensor(obs)).detach().numpy(), ours)
+    with pytest.raises(InputError):
+        ExpertPolicy([3, 4, 1], "relu", "clip_box", [-2.0], [2.0], {"mean": [0.0], "var": [1.0], "clip": 1,
+                                                                    "eps": 0})
+
+
 def test_demos_carry_expert_and_random_returns(tmp_path):
     policy = ExpertPolicy([4, 8, 2], "tanh", "argmax")
     meta = generate_expert_demos("CartPole-v1", policy, 2, tmp_path / "d.npz", seed=3)
