@@ -100,6 +100,7 @@ BAD_INPUTS = {
                                  "--keypoint-links", "kp_link_1,kp_link_2,kp_link_3", "--run-dir", "r"],
                                 ["2 keypoints", "has 3"]),
     "unknown_task": (["kuka", "demos", "--task", "flying", "--out", "x.npz"], ["flying"]),
+    "zero_threads": (["--threads", "0", "kuka", "demos", "--out", "x.npz"], ["threads", ">= 1"]),
 }
 
 
@@ -117,6 +118,24 @@ def test_bad_input_one_line_error_exit_2(case, tmp_path, demos_npz, request):
     assert_one_line_error(result, *needles)
     assert _tree(tmp_path) == before, "a failed command left files behind"
     assert not (tmp_path / "r").exists()
+
+
+def test_threads_option_sets_torch_threads():
+    """Every command runs with one torch thread unless ``mbirl --threads N`` says otherwise."""
+    import torch
+    from typer.testing import CliRunner
+
+    from mbirl.cli import app
+
+    before = torch.get_num_threads()
+    try:
+        for args, expected in ((["kuka", "--help"], 1), (["--threads", "2", "kuka", "--help"], 2)):
+            torch.set_num_threads(3)
+            result = CliRunner().invoke(app, args)
+            assert result.exit_code == 0, result.output
+            assert torch.get_num_threads() == expected
+    finally:
+        torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------- training runs

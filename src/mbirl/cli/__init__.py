@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import Annotated
 
 import typer
 
@@ -21,6 +22,22 @@ __all__ = ["app", "main"]
 
 app = typer.Typer(name="mbirl", help="Model-based inverse reinforcement learning from (visual) demonstrations.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+
+
+@app.callback()
+def _global(
+    threads: Annotated[int, typer.Option(help="torch CPU threads for every command (mbirl --threads 2 ...). The "
+                                              "networks and batches are small: on a busy 2-core machine a second "
+                                              "OpenMP thread made runs up to 20x slower")] = 1,
+) -> None:
+    """Model-based inverse reinforcement learning from (visual) demonstrations."""
+    import torch
+
+    if threads < 1:
+        raise InputError(f"must be >= 1, got {threads}", field="threads")
+    torch.set_num_threads(threads)
+
+
 app.add_typer(kuka_app, name="kuka")
 app.add_typer(mbirl_app, name="mbirl")
 app.add_typer(expert_app, name="expert")

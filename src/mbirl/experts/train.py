@@ -105,8 +105,8 @@ def _make_model(env_id: str, preset: ExpertPreset, seed: int) -> Any:
 def train_expert(env_id: str, out_dir: str | Path, *, seed: int = 0, steps: int | None = None,
                  max_minutes: float | None = None, eval_every: int = 10_000, eval_episodes: int = 5,
                  progress: bool = True, preset: ExpertPreset | None = None) -> ExpertResult:
-    """Train the preset expert of ``env_id`` (or ``preset``); writes ``out_dir/expert.{safetensors,json}`` (best export),
-    ``out_dir/last.{safetensors,json}``, ``metrics.jsonl`` and ``summary.json``."""
+    """Train the preset expert of ``env_id`` (or ``preset``); writes ``out_dir/expert.{safetensors,json}``
+    (best export), ``out_dir/last.{safetensors,json}``, ``metrics.jsonl`` and ``summary.json``."""
     from stable_baselines3.common.callbacks import BaseCallback
 
     if preset is None:
