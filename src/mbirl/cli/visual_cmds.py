@@ -21,20 +21,6 @@ SeedOpt = Annotated[int, typer.Option(help="random seed")]
 ResolutionOpt = Annotated[int, typer.Option(help="square image size in pixels")]
 
 
-@visual_app.callback()
-def _threads(
-    threads: Annotated[int, typer.Option(help="torch CPU threads (before the command: mbirl visual --threads 2 ...). "
-                                              "The models are small; on a busy 2-core machine the quick pipeline took "
-                                              "405 s with 2 threads (OpenMP spin-waiting) and 20 s with 1")] = 1,
-) -> None:
-    """MBIRL from visual demonstrations."""
-    import torch
-
-    if threads < 1:
-        raise InputError(f"must be >= 1, got {threads}", field="threads")
-    torch.set_num_threads(threads)
-
-
 def _methods(costs: str) -> tuple[str, ...]:
     from mbirl.experiments.kuka_irl import METHODS
 
