@@ -21,11 +21,11 @@ from mbirl.experts import (
 
 
 @pytest.mark.parametrize(("algo", "env_id"), [("sac", "Pendulum-v1"), ("ppo", "CartPole-v1"),
-                                              ("ppo", "Pendulum-v1")])
+                                              ("ppo", "Pendulum-v1"), ("td3", "Pendulum-v1")])
 def test_export_matches_sb3_deterministic_actions(algo, env_id, tmp_path):
-    from stable_baselines3 import PPO, SAC
+    from stable_baselines3 import PPO, SAC, TD3
 
-    cls = SAC if algo == "sac" else PPO
+    cls = {"sac": SAC, "ppo": PPO, "td3": TD3}[algo]
     model = cls("MlpPolicy", env_id, seed=0, device="cpu")
     policy = export_sb3_policy(model)
     env = make_env(env_id)

@@ -120,7 +120,7 @@ def _linear_layers(seq: nn.Module) -> tuple[list[nn.Linear], str]:
 
 
 def export_sb3_policy(model: Any, obs_rms: Any = None, clip_obs: float = 10.0, epsilon: float = 1e-8) -> ExpertPolicy:
-    """Copy the deterministic action path of an SB3 SAC/TQC or PPO (Box or Discrete) model into an ExpertPolicy.
+    """Copy the deterministic action path of an SB3 SAC/TQC, TD3 or PPO (Box or Discrete) model into an ExpertPolicy.
 
     ``obs_rms`` (a ``VecNormalize.obs_rms`` with ``mean``/``var``) and its ``clip_obs``/``epsilon`` bake the
     training-time observation normalisation into the exported policy."""
@@ -131,6 +131,11 @@ def export_sb3_policy(model: Any, obs_rms: Any = None, clip_obs: float = 10.0, e
     if hasattr(policy, "actor") and hasattr(policy.actor, "latent_pi"):  # SAC / TQC
         hidden, activation = _linear_layers(policy.actor.latent_pi)
         head, mode = policy.actor.mu, "tanh_box"
+    elif hasattr(policy, "actor") and isinstance(getattr(policy.actor, "mu", None), nn.Sequential):  # TD3 / DDPG
+        if not isinstance(policy.actor.mu[-1], nn.Tanh):
+            raise InputError("expected a tanh-squashed deterministic actor", field="policy")
+        linears, activation = _linear_layers(policy.actor.mu[:-1])  # hidden layers and output layer
+        hidden, head, mode = linears[:-1], linears[-1], "tanh_box"
     elif hasattr(policy, "mlp_extractor") and hasattr(policy, "action_net"):  # PPO / A2C
         hidden, activation = _linear_layers(policy.mlp_extractor.policy_net)
         head = policy.action_net

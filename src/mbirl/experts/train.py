@@ -29,7 +29,7 @@ class ExpertPreset:
     """How to train the expert of one environment.
 
     Attributes:
-        algo: ``sac``, ``ppo`` or ``tqc`` (sb3-contrib).
+        algo: ``sac``, ``td3``, ``ppo`` or ``tqc`` (sb3-contrib).
         steps: default environment-step budget.
         kwargs: keyword arguments of the SB3 constructor.
         n_envs: parallel environments (PPO).
@@ -95,6 +95,16 @@ def _make_model(env_id: str, preset: ExpertPreset, seed: int) -> Any:
         from stable_baselines3 import SAC
 
         return SAC("MlpPolicy", make_env(env_id), seed=seed, verbose=0, device="cpu", **preset.kwargs)
+    if preset.algo == "td3":
+        from stable_baselines3 import TD3
+        from stable_baselines3.common.noise import NormalActionNoise
+
+        env = make_env(env_id)
+        kwargs = dict(preset.kwargs)
+        sigma = kwargs.pop("noise_std", 0.1)
+        n = env.action_space.shape[0]
+        noise = NormalActionNoise(np.zeros(n), sigma * np.ones(n))
+        return TD3("MlpPolicy", env, seed=seed, verbose=0, device="cpu", action_noise=noise, **kwargs)
     if preset.algo == "tqc":
         from sb3_contrib import TQC
 
