@@ -83,12 +83,13 @@ def test_shipped_demo_files_are_small_and_complete():
     from pathlib import Path
 
     files = sorted(Path("data/demos").glob("*.npz"))
-    assert files, "no shipped demonstrations"
+    assert {f.stem for f in files} >= {"Pendulum-v1", "CartPole-v1", "InvertedPendulum-v5", "Hopper-v5"}
     for f in files:
         assert f.stat().st_size <= 5 * 1024 * 1024
         d = demo_stats(f)
         assert d.expert_return > d.random_return
         assert "command" in d.meta
+    assert demo_stats("data/demos/Hopper-v5.npz").expert_return >= 2500  # the bar for the Hopper expert
 
 
 def test_run_episodes_and_normalisation():
