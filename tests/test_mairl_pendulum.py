@@ -12,13 +12,16 @@ DEMOS = "data/demos/Pendulum-v1.npz"
 
 
 def test_short_pendulum_run_beats_random_and_reward_prefers_expert(tmp_path):
-    m = run_mairl(MAIRLRunConfig(demos=DEMOS, env_steps=6_000, eval_every=6_000, eval_episodes=5, seed=0),
+    m = run_mairl(MAIRLRunConfig(demos=DEMOS, env_steps=20_000, eval_every=20_000, seed=1),
                   tmp_path / "run", progress=False)
-    # beats the uniformly random policy (normalised 0); swinging up takes ~20-40k steps (the slow test below)
+    # The untrained policy (action ~0) already scores ~0.15 (hanging still beats random torques), so the test
+    # asks for a clear gain over it as well as over random. With this seed the default configuration reads
+    # 0.84 at 20k steps (it crosses 0.9 at 20-35k steps over seeds 0-5).
     assert m["final_mean_return"] > m["random_return"]
-    assert m["final_normalized_return"] > 0.05
+    first, last = m["eval"][0]["normalized_return"], m["final_normalized_return"]
+    assert last >= 0.5 and last - first >= 0.3, m["eval"]
 
-    trainer, demos = build_trainer(MAIRLRunConfig(demos=DEMOS, seed=0))
+    trainer, demos = build_trainer(MAIRLRunConfig(demos=DEMOS, seed=1))
     from mbirl.reporting.checkpoint import load_checkpoint
     from mbirl.reporting.runs import checkpoint_stem
 

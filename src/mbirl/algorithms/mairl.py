@@ -310,7 +310,7 @@ class MAIRL:
 
     def __init__(self, demos: DemoStats, *, dynamics: str = "attention", variant: str = "mairl",
                  gamma: float = 0.99, horizon: int = 20, n_rollouts: int = 4, alpha: float = 1.0,
-                 sigma_scale: float = 1 / 6, sigma_floor: float = 0.25, gumbel_tau: float = 1.0,
+                 sigma_scale: float = 1 / 6, sigma_floor: float = 0.35, gumbel_tau: float = 1.0,
                  policy_hidden: Sequence[int] = (100, 50), disc_hidden: Sequence[int] = (200, 100),
                  state_only: bool = False, lr_policy: float = 1e-3, lr_disc: float = 1e-3, lr_model: float = 1e-3,
                  grad_clip: float = 10.0, policy_reg: float = 0.1, batch_size: int = 512, replay_size: int = 50_000,

@@ -85,7 +85,7 @@ class MAIRLRunConfig:
     gamma: float = 0.99
     alpha: float = 1.0
     sigma_scale: float = 1 / 6
-    sigma_floor: float = 0.25
+    sigma_floor: float = 0.35
     gumbel_tau: float = 1.0
     lr_policy: float = 1e-3
     lr_disc: float = 1e-3
