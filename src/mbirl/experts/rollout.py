@@ -17,12 +17,13 @@ __all__ = ["EpisodeResult", "make_env", "random_policy", "record_video", "run_ep
 Policy = Callable[[np.ndarray], Any]
 
 
-def make_env(env_id: str, render_mode: str | None = None) -> Any:
-    """``gymnasium.make`` with an InputError (not a traceback) for an unknown id."""
+def make_env(env_id: str, render_mode: str | None = None, **kwargs: Any) -> Any:
+    """``gymnasium.make`` (extra keyword arguments go to the environment) with an InputError, not a traceback, for
+    an unknown id."""
     import gymnasium as gym
 
     try:
-        return gym.make(env_id, render_mode=render_mode)
+        return gym.make(env_id, render_mode=render_mode, **kwargs)
     except (gym.error.Error, ModuleNotFoundError, ImportError) as exc:
         raise InputError(f"cannot make environment ({type(exc).__name__}: {exc})", field="env",
                          source=env_id) from None
@@ -109,6 +110,9 @@ def _draw_classic(env_id: str, obs: np.ndarray, size: int = 240) -> np.ndarray:
     return img
 
 
+_LOCOMOTION = ("Hopper", "HalfCheetah", "Walker2d", "Ant", "Swimmer", "Humanoid")
+
+
 def record_video(policy: Policy, env_id: str, path: str | Path, *, seed: int = 0, episodes: int = 1,
                  fps: int = 30, max_frames: int = 1000) -> Path:
     """Write an ``.mp4`` of ``episodes`` deterministic episodes (MuJoCo offscreen via EGL unless ``MUJOCO_GL`` is
@@ -122,7 +126,13 @@ def record_video(policy: Policy, env_id: str, path: str | Path, *, seed: int = 0
     if path.suffix != ".mp4":
         raise InputError(f"video must end in .mp4, got '{path}'", field="video")
     classic = env_id.startswith(("Pendulum", "CartPole"))
-    env = make_env(env_id, render_mode=None if classic else "rgb_array")
+    extra: dict[str, Any] = {}
+    if env_id.startswith(_LOCOMOTION):
+        # the model's own "track" camera follows the robot; gymnasium's default free camera stays put (it resets
+        # the camera type on every frame, so default_camera_config's trackbodyid has no effect) and the robot
+        # walks out of view
+        extra["camera_name"] = "track"
+    env = make_env(env_id, render_mode=None if classic else "rgb_array", **extra)
     frames: list[np.ndarray] = []
     try:
         for ep in range(episodes):
