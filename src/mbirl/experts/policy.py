@@ -37,6 +37,11 @@ class ExpertPolicy(nn.Module):
             ``clip((obs - mean) / sqrt(var + eps), -c, c)`` exactly as during training.
     """
 
+    obs_mean: torch.Tensor
+    obs_std: torch.Tensor
+    act_low: torch.Tensor
+    act_high: torch.Tensor
+
     def __init__(self, sizes: list[int], activation: str, mode: OutputMode, low: list[float] | None = None,
                  high: list[float] | None = None, obs_norm: dict[str, Any] | None = None) -> None:
         super().__init__()
@@ -64,19 +69,23 @@ class ExpertPolicy(nn.Module):
             if len(mean) != sizes[0] or len(var) != sizes[0] or min(var) < 0 or clip <= 0 or eps < 0:
                 raise InputError(f"observation normalisation does not fit obs_dim {sizes[0]}", field="obs_norm")
             self.obs_norm = {"mean": mean, "var": var, "clip": clip, "eps": eps}
+            # tensors built once (not saved: the JSON config above is the stored form)
+            self.register_buffer("obs_mean", torch.tensor(mean), persistent=False)
+            self.register_buffer("obs_std", (torch.tensor(var) + eps).sqrt(), persistent=False)
+        if mode != "argmax":
+            if self.low is None or self.high is None:
+                raise InputError(f"output mode '{mode}' needs the action box (low, high)", field="mode")
+            self.register_buffer("act_low", torch.tensor(self.low), persistent=False)
+            self.register_buffer("act_high", torch.tensor(self.high), persistent=False)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         if self.obs_norm is not None:
-            mean = torch.as_tensor(self.obs_norm["mean"], dtype=obs.dtype)
-            std = torch.sqrt(torch.as_tensor(self.obs_norm["var"], dtype=obs.dtype) + self.obs_norm["eps"])
             clip = self.obs_norm["clip"]
-            obs = ((obs - mean) / std).clamp(-clip, clip)
+            obs = ((obs - self.obs_mean) / self.obs_std).clamp(-clip, clip)
         out = self.net(obs)
         if self.mode == "argmax":
             return out.argmax(-1)
-        assert self.low is not None and self.high is not None
-        low = torch.as_tensor(self.low, dtype=out.dtype)
-        high = torch.as_tensor(self.high, dtype=out.dtype)
+        low, high = self.act_low, self.act_high
         if self.mode == "tanh_box":
             return low + 0.5 * (torch.tanh(out) + 1.0) * (high - low)
         return torch.maximum(torch.minimum(out, high), low)
