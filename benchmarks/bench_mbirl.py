@@ -120,6 +120,23 @@ def main() -> None:
     for T, K, r in ratios_64:
         print(f"  64 demos / 1 demo, T={T:>2}, K={K:>2}: {r:5.2f}x (target <= 3x)")
 
+    # 4. Why large batches scale: the keypoint FK (forward + backward) as a log-depth tree of batched 4x4
+    # products vs the batch-last chain that KeypointRobot switches to from BATCH_LAST_MIN states on.
+    fk = dyn.robot.serial_fk
+    assert fk is not None
+    print("\n== keypoint FK forward + backward: tree of bmm products / batch-last chain (timed alternately)")
+    for n in (40, 640, 2560):
+        q = torch.rand(n, dyn.n_joints, generator=torch.Generator().manual_seed(n)).requires_grad_(True)
+
+        def tree(q: torch.Tensor = q) -> None:
+            fk.tree_forward(q).sum().backward()
+
+        def last(q: torch.Tensor = q) -> None:
+            fk.chain_last(q, frames=False)[0].sum().backward()
+
+        t_tree, t_last = paired(tree, last, reps * 5)
+        print(f"  {n:5d} states: {t_tree * 1e6:7.0f} us / {t_last * 1e6:7.0f} us = {t_tree / t_last:4.2f}x")
+
 
 if __name__ == "__main__":
     main()

@@ -71,8 +71,8 @@ class _SerialKeypointFK(torch.nn.Module):
     tails: torch.Tensor
 
     BATCH_LAST_MIN = 256
-    """From this many states on, :meth:`forward` uses the batch-last chain (3.7x faster fwd+bwd at 2560 states);
-    below it the log-depth tree of 4x4 products has less per-call overhead."""
+    """From this many states on, :meth:`forward` uses the batch-last chain (fwd+bwd 2.2x faster at 640 states,
+    3.6x at 2560; ``make bench``); below it the log-depth tree of 4x4 products has less per-call overhead."""
 
     def __init__(self, segments: list[tuple[int, str, torch.Tensor, torch.Tensor]], head: torch.Tensor,
                  tails: torch.Tensor) -> None:
@@ -131,9 +131,14 @@ class _SerialKeypointFK(torch.nn.Module):
         return torch.einsum("nij,kj->nki", T[:, :3, :3], self.tails) + T[:, None, :3, 3]
 
     def forward(self, q: torch.Tensor) -> torch.Tensor:
-        N = q.shape[0]
-        if N >= self.BATCH_LAST_MIN:
+        if q.shape[0] >= self.BATCH_LAST_MIN:
             return self.chain_last(q, frames=False)[0].permute(2, 0, 1)
+        return self.tree_forward(q)
+
+    def tree_forward(self, q: torch.Tensor) -> torch.Tensor:
+        """Keypoints ``(N, k, 3)`` from the joint transforms multiplied as a log-depth tree of batched 4x4
+        products (less per-call overhead than :meth:`chain_last` for small N)."""
+        N = q.shape[0]
         M = self._joint_transforms(q)
         # [head, joint_1, ..., joint_J, identity padding] multiplied pairwise in a tree (log2 depth):
         # a few batched products instead of J sequential ones.
