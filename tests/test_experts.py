@@ -69,6 +69,17 @@ def test_export_bakes_in_vecnormalize_statistics(tmp_path):
                                                                     "eps": 0})
 
 
+def test_normalize_preset_needs_ppo(tmp_path):
+    """VecNormalize is wired into PPO only; another algorithm with ``normalize`` is refused before training, not
+    exported without its statistics."""
+    from mbirl.experts.train import ExpertPreset, train_expert
+
+    with pytest.raises(InputError) as excinfo:
+        train_expert("Pendulum-v1", tmp_path / "e", steps=10, preset=ExpertPreset("sac", 10, normalize=True))
+    assert "normalize" in str(excinfo.value)
+    assert not (tmp_path / "e").exists()
+
+
 def test_demos_carry_expert_and_random_returns(tmp_path):
     policy = ExpertPolicy([4, 8, 2], "tanh", "argmax")
     meta = generate_expert_demos("CartPole-v1", policy, 2, tmp_path / "d.npz", seed=3)

@@ -123,6 +123,8 @@ def train_expert(env_id: str, out_dir: str | Path, *, seed: int = 0, steps: int 
         if env_id not in EXPERT_PRESETS:
             raise InputError(f"no expert preset for '{env_id}' (known: {', '.join(EXPERT_PRESETS)})", field="env")
         preset = EXPERT_PRESETS[env_id]
+    if preset.normalize and preset.algo != "ppo":
+        raise InputError(f"normalize is only supported with ppo, not {preset.algo}", field="normalize")
     total = preset.steps if steps is None else steps
     if total < 1 or eval_every < 1:
         raise InputError("steps and eval_every must be >= 1", field="steps")
@@ -137,8 +139,8 @@ def train_expert(env_id: str, out_dir: str | Path, *, seed: int = 0, steps: int 
     with MetricsLogger(out, tensorboard=False) as log:
 
         def export() -> ExpertPolicy:
-            venv = model.get_env()
             if preset.normalize:
+                venv = model.get_env()
                 return export_sb3_policy(model, venv.obs_rms, venv.clip_obs, venv.epsilon)
             return export_sb3_policy(model)
 
