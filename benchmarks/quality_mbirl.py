@@ -6,6 +6,8 @@ Prints the zero-action train loss (the original's "before training" figure), eac
 IRL loss per seed, and mean / median over seeds, next to the original code's single-run figures.
 
     python benchmarks/quality_mbirl.py [--seeds 0 1 2 3 4] [--outer-iters 100]
+    python benchmarks/quality_mbirl.py --style original --urdf ../shared/fixtures/iiwa7_keypoints.urdf \
+        --keypoint-links kp_link_1,kp_link_2      # the official code's demos and robot (seed 0 = its own run)
     python benchmarks/quality_mbirl.py --task reaching --n-demos 15 --train 0:1 --test 10:15 --seeds 0 1 2
 """
 
@@ -19,7 +21,7 @@ from pathlib import Path
 import torch
 
 from mbirl.data import save_keypoint_demos
-from mbirl.envs import generate_demos, robot_from_options
+from mbirl.envs import generate_demos, generate_original_placing, robot_from_options
 from mbirl.experiments import METHODS, MBIRLRunConfig, run_mbirl
 from mbirl.experiments.kuka_irl import parse_split
 
@@ -36,10 +38,15 @@ def main() -> None:
     parser.add_argument("--test", default="3:5", help="test range START:STOP")
     parser.add_argument("--inner-steps", type=int, default=1)
     parser.add_argument("--inner-lr", type=float, default=1e-3)
-    parser.add_argument("--noise", type=float, default=0.3, help="per-step demo noise [cm]")
+    parser.add_argument("--noise", type=float, default=0.3, help="per-step demo noise [cm] (reachable style)")
+    parser.add_argument("--style", choices=["reachable", "original"], default="reachable",
+                        help="demo generator: this project's reachable demos or the official code's placing demos")
+    parser.add_argument("--rbf-original", action="store_true", help="rbf cost in the official code's formulation")
     parser.add_argument("--urdf", default=None, help="robot URDF (default: PyBullet's KUKA + held object)")
     parser.add_argument("--keypoint-links", default=None, help="comma-separated keypoint links of --urdf")
     args = parser.parse_args()
+    if args.style == "original" and args.task != "placing":
+        parser.error("--style original exists for --task placing only")
     torch.set_num_threads(1)
     results: dict[str, list[float]] = {m: [] for m in METHODS}
     rel: dict[str, list[float]] = {m: [] for m in METHODS}
@@ -48,20 +55,25 @@ def main() -> None:
         for seed in args.seeds:
             demos = Path(tmp) / f"{args.task}_{seed}.npz"
             robot = robot_from_options(args.urdf, args.keypoint_links)
-            save_keypoint_demos(demos, generate_demos(args.task, args.n_demos, seed=seed, robot=robot,
-                                                       noise=args.noise))
+            if args.style == "original":
+                trajs = generate_original_placing(args.n_demos, seed=seed, robot=robot)
+            else:
+                trajs = generate_demos(args.task, args.n_demos, seed=seed, robot=robot, noise=args.noise)
+            save_keypoint_demos(demos, trajs)
             for m in METHODS:
                 cfg = MBIRLRunConfig(demos=str(demos), method=m, outer_iters=args.outer_iters, seed=seed,
                                      urdf=args.urdf, keypoint_links=args.keypoint_links,
                                      inner_steps=args.inner_steps, inner_lr=args.inner_lr,
-                                     train=parse_split(args.train, "train"), test=parse_split(args.test, "test"))
+                                     train=parse_split(args.train, "train"), test=parse_split(args.test, "test"),
+                                     rbf_original=args.rbf_original and m == "rbf")
                 out = run_mbirl(cfg, Path(tmp) / f"{seed}_{m}", progress=False, figures=False)
                 results[m].append(out["final_test_irl_loss"])
                 rel[m].append(out["test_relative_goal_distance"])
             zero.append(out["zero_action_irl_loss_train"])
             print(f"seed {seed}: zero-action train loss {zero[-1]:.1f}; final test IRL loss "
                   + ", ".join(f"{m} {results[m][-1]:.1f}" for m in METHODS), flush=True)
-    print(f"\n{args.task}, train {args.train}, test {args.test}, K={args.inner_steps}, inner lr {args.inner_lr}")
+    print(f"\n{args.task} ({args.style} demos, robot {args.urdf or 'default'}), train {args.train}, test {args.test}, "
+          f"K={args.inner_steps}, inner lr {args.inner_lr}{', rbf original formulation' if args.rbf_original else ''}")
     print(f"zero-action train IRL loss: mean {statistics.mean(zero):.1f} (original placing demos: 1552.7)")
     print("| method | final test IRL loss mean | median | min | max | rel. goal distance mean | original (placing) |")
     print("|---|---|---|---|---|---|---|")

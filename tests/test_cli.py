@@ -101,6 +101,13 @@ BAD_INPUTS = {
                                 ["2 keypoints", "has 3"]),
     "unknown_task": (["kuka", "demos", "--task", "flying", "--out", "x.npz"], ["flying"]),
     "zero_threads": (["--threads", "0", "kuka", "demos", "--out", "x.npz"], ["threads", ">= 1"]),
+    "unknown_style": (["kuka", "demos", "--style", "fancy", "--out", "x.npz"], ["fancy", "reachable or original"]),
+    "original_style_reaching": (["kuka", "demos", "--task", "reaching", "--style", "original", "--out", "x.npz"],
+                                ["placing only"]),
+    "original_style_noise": (["kuka", "demos", "--style", "original", "--noise", "1", "--out", "x.npz"],
+                             ["--noise", "reachable style only"]),
+    "rbf_original_other_cost": (["mbirl", "train", "--demos", "{demos}", "--cost", "timedep", "--rbf-original",
+                                 "--run-dir", "r"], ["--rbf-original", "'timedep'"]),
 }
 
 
@@ -118,6 +125,24 @@ def test_bad_input_one_line_error_exit_2(case, tmp_path, demos_npz, request):
     assert_one_line_error(result, *needles)
     assert _tree(tmp_path) == before, "a failed command left files behind"
     assert not (tmp_path / "r").exists()
+
+
+def test_original_style_demos_and_rbf_formulation_reproduce_the_original(tmp_path, fixture_urdf):
+    """``--style original`` on the original robot, seed 0, then ``--cost rbf --rbf-original``: 144.7 as published."""
+    links = "kp_link_1,kp_link_2"
+    result = run_cli(tmp_path, "kuka", "demos", "--style", "original", "--seed", "0", "--urdf", fixture_urdf,
+                     "--keypoint-links", links, "--out", "orig.npz")
+    assert result.returncode == 0, result.stderr
+    loaded = load_keypoint_demos(tmp_path / "orig.npz")
+    assert loaded.meta["style"] == "original" and "--style original" in loaded.meta["command"]
+    assert all(d.q is None for d in loaded.demos)
+    result = run_cli(tmp_path, "mbirl", "train", "--demos", "orig.npz", "--urdf", fixture_urdf, "--keypoint-links",
+                     links, "--cost", "rbf", "--rbf-original", "--run-dir", "r", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("rbf: test IRL loss")
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["final_test_irl_loss"] == pytest.approx(144.7, abs=0.3)
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["rbf_original"] is True
 
 
 def test_threads_option_sets_torch_threads():

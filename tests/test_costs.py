@@ -56,3 +56,20 @@ def test_cost_is_per_demo_and_batch_independent():
 def test_unknown_cost_is_an_input_error():
     with pytest.raises(InputError, match="unknown cost 'nope'"):
         make_cost("nope", horizon=10, dim=6)
+
+
+def test_rbf_original_formulation_sums_over_time_with_integer_centres():
+    """The official code's RBF cost: centres ``int(linspace(0, T-1, 5))`` and a sum over time."""
+    basis = rbf_basis(10, integer_centres=True)
+    t = torch.arange(10.0)[:, None]
+    torch.testing.assert_close(basis, torch.exp(-((t - torch.tensor([0.0, 2.0, 4.0, 6.0, 9.0])) ** 2) / 2.0))
+    assert not torch.allclose(basis, rbf_basis(10))  # 2.25, 4.5, 6.75 are not integers
+    z, goal = torch.randn(3, 10, 6), torch.randn(3, 6)
+    orig = make_cost("rbf", horizon=10, dim=6, rbf_original=True)
+    with torch.no_grad():
+        orig.theta.copy_(torch.rand(5, 6))
+    e = (z - goal[:, None]) ** 2
+    torch.testing.assert_close(orig(z, goal), (orig.time_weights() * e).sum(1).mean(-1))
+    # With integral centres (T=9: 0, 2, 4, 6, 8) the two formulations differ by exactly the factor T.
+    ours, theirs = RBFWeightedCost(9, 6), RBFWeightedCost(9, 6, original=True)
+    torch.testing.assert_close(theirs(z[:, :9], goal), 9 * ours(z[:, :9], goal))

@@ -16,29 +16,50 @@ kuka_app = typer.Typer(help="KUKA iiwa keypoint tasks: generate and plot demonst
 
 @kuka_app.command("demos")
 def demos(
+    ctx: typer.Context,
     task: Annotated[str, typer.Option(help="placing or reaching")] = "placing",
+    style: Annotated[str, typer.Option(
+        help="reachable (IK-tracked paths with noise) or original (the official code's placing demos: desired "
+             "keypoints, offsets from torch's seeded stream; --seed 0 on its robot is its traj_data_placing.pt)"
+    )] = "reachable",
     n: Annotated[int, typer.Option(help="number of demonstrations")] = 6,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     out: Annotated[Path, typer.Option(help="output .npz file (a .png plot is written beside it)")] = Path(
         "demos.npz"),
     horizon: Annotated[int, typer.Option(help="time steps per demonstration (states, incl. the start)")] = 10,
-    noise: Annotated[float, typer.Option(help="per-step noise on the desired path [cm]")] = 0.3,
+    noise: Annotated[float, typer.Option(help="per-step noise on the desired path [cm] (reachable style)")] = 0.3,
     urdf: Annotated[str | None, typer.Option(help="robot URDF (default: PyBullet's kuka_iiwa/model.urdf)")] = None,
     keypoint_links: Annotated[str | None, typer.Option(help="comma-separated keypoint link names of --urdf")] = None,
 ) -> None:
-    """Generate seeded, reachable demonstrations and save them as .npz (plus a plot)."""
+    """Generate seeded demonstrations and save them as .npz (plus a plot)."""
     from mbirl.data.demos import save_keypoint_demos
-    from mbirl.envs.kuka import generate_demos, robot_from_options
+    from mbirl.envs.kuka import generate_demos, generate_original_placing, robot_from_options
     from mbirl.reporting.plots import plot_demos
 
     if out.suffix != ".npz":
         raise InputError(f"output must end in .npz, got '{out}'", field="out")
     if noise < 0:
         raise InputError(f"must be >= 0, got {noise}", field="noise")
+    if style not in ("reachable", "original"):
+        raise InputError(f"unknown style '{style}' (expected reachable or original)", field="style")
+    if style == "original":
+        if task != "placing":
+            raise InputError("the original style exists for --task placing only", field="style")
+        if getattr(ctx.get_parameter_source("noise"), "name", None) == "COMMANDLINE":
+            raise InputError("--noise applies to the reachable style only (the original has no per-step noise)",
+                             field="noise")
     robot = robot_from_options(urdf, keypoint_links)
-    trajs = generate_demos(task, n, seed=seed, horizon=horizon, robot=robot, noise=noise)  # type: ignore[arg-type]
-    meta = {"task": task, "seed": seed, "noise_cm": noise, "robot": robot.describe(),
-            "command": f"mbirl kuka demos --task {task} --n {n} --seed {seed} --horizon {horizon} --noise {noise}"}
+    command = f"mbirl kuka demos --task {task} --n {n} --seed {seed} --horizon {horizon}"
+    if urdf is not None:
+        command += f" --urdf {urdf} --keypoint-links {keypoint_links}"
+    if style == "original":
+        trajs = generate_original_placing(n, seed=seed, horizon=horizon, robot=robot)
+        meta = {"task": task, "style": style, "seed": seed, "robot": robot.describe(),
+                "command": f"{command} --style original"}
+    else:
+        trajs = generate_demos(task, n, seed=seed, horizon=horizon, robot=robot, noise=noise)  # type: ignore[arg-type]
+        meta = {"task": task, "style": style, "seed": seed, "noise_cm": noise, "robot": robot.describe(),
+                "command": f"{command} --noise {noise}"}
     save_keypoint_demos(out, trajs, meta)
-    plot_demos(trajs, out.with_suffix(".png"), title=f"{task}: {n} demonstrations (seed {seed})")
-    typer.echo(f"wrote {n} {task} demonstrations to {out} (plot: {out.with_suffix('.png')})")
+    plot_demos(trajs, out.with_suffix(".png"), title=f"{task} ({style}): {n} demonstrations (seed {seed})")
+    typer.echo(f"wrote {n} {task} demonstrations ({style}) to {out} (plot: {out.with_suffix('.png')})")

@@ -32,6 +32,8 @@ SeedOpt = Annotated[int, typer.Option(help="random seed")]
 RunDirOpt = Annotated[Path, typer.Option(help="run directory for metrics, checkpoints and figures")]
 ResumeOpt = Annotated[bool, typer.Option(help="continue the run in --run-dir from its last checkpoint")]
 ProgressOpt = Annotated[bool, typer.Option(help="show a progress bar")]
+RbfOriginalOpt = Annotated[bool, typer.Option(
+    "--rbf-original", help="the rbf cost in the official code's formulation (sum over time, integer centres)")]
 
 
 ConfigOpt = Annotated[Path | None, typer.Option(
@@ -58,13 +60,13 @@ def _merge_config(ctx: typer.Context, cfg: MBIRLRunConfig, config: Path | None) 
 
 def _config(demos: Path | None, method: str, urdf: str | None, keypoint_links: str | None, train: str, test: str,
             outer_iters: int, inner_steps: int, inner_lr: float, outer_lr: float, inner_optimizer: str, update: str,
-            grad_mode: str, grad_clip: float | None, seed: int) -> MBIRLRunConfig:
+            grad_mode: str, grad_clip: float | None, seed: int, rbf_original: bool = False) -> MBIRLRunConfig:
 
     return MBIRLRunConfig(
         demos="" if demos is None else str(demos), method=method, urdf=urdf, keypoint_links=keypoint_links,
         train=parse_split(train, "train"), test=parse_split(test, "test"), outer_iters=outer_iters,
         inner_steps=inner_steps, inner_lr=inner_lr, outer_lr=outer_lr, inner_optimizer=inner_optimizer,
-        update=update, grad_mode=grad_mode, grad_clip=grad_clip, seed=seed,
+        update=update, grad_mode=grad_mode, grad_clip=grad_clip, rbf_original=rbf_original, seed=seed,
     )
 
 
@@ -85,6 +87,7 @@ def train(
     update: UpdateOpt = "per_demo",
     grad_mode: GradModeOpt = "unrolled",
     grad_clip: ClipOpt = None,
+    rbf_original: RbfOriginalOpt = False,
     seed: SeedOpt = 0,
     run_dir: RunDirOpt = Path("runs/mbirl"),
     resume: ResumeOpt = False,
@@ -96,13 +99,15 @@ def train(
     from mbirl.experiments.kuka_irl import run_mbirl
 
     cfg = _config(demos, cost, urdf, keypoint_links, train, test, outer_iters, inner_steps, inner_lr, outer_lr,
-                  inner_optimizer, update, grad_mode, grad_clip, seed)
+                  inner_optimizer, update, grad_mode, grad_clip, seed, rbf_original)
     cfg.checkpoint_every = checkpoint_every
     cfg = _merge_config(ctx, cfg, config)
     if not cfg.demos:
         raise InputError("no demonstrations: pass --demos FILE or set 'demos' in --config", field="demos")
+    if cfg.rbf_original and cfg.method != "rbf":
+        raise InputError(f"--rbf-original applies to --cost rbf only, not '{cfg.method}'", field="rbf_original")
     m = run_mbirl(cfg, run_dir, resume=resume, progress=progress)
-    typer.echo(f"{cost}: test IRL loss {m['irl_loss_test'][0]:.1f} -> {m['final_test_irl_loss']:.1f}, "
+    typer.echo(f"{cfg.method}: test IRL loss {m['irl_loss_test'][0]:.1f} -> {m['final_test_irl_loss']:.1f}, "
                f"relative goal distance {m['test_relative_goal_distance']:.3f}, "
                f"{m['seconds_per_outer_iter'] * 1000:.1f} ms / outer iteration; outputs in {run_dir}")
 
@@ -123,6 +128,7 @@ def compare(
     inner_optimizer: InnerOptimOpt = "sgd",
     update: UpdateOpt = "per_demo",
     grad_mode: GradModeOpt = "unrolled",
+    rbf_original: RbfOriginalOpt = False,
     seed: SeedOpt = 0,
     run_dir: RunDirOpt = Path("runs/compare"),
     resume: ResumeOpt = False,
@@ -134,7 +140,7 @@ def compare(
 
     methods = list(METHODS) if costs == "all" else [c.strip() for c in costs.split(",") if c.strip()]
     cfg = _config(demos, methods[0] if methods else "", urdf, keypoint_links, train, test, outer_iters, inner_steps,
-                  inner_lr, outer_lr, inner_optimizer, update, grad_mode, None, seed)
+                  inner_lr, outer_lr, inner_optimizer, update, grad_mode, None, seed, rbf_original)
     cfg = _merge_config(ctx, cfg, config)
     if not cfg.demos:
         raise InputError("no demonstrations: pass --demos FILE or set 'demos' in --config", field="demos")

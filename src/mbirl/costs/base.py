@@ -17,8 +17,9 @@ class KeypointCost(torch.nn.Module, ABC):
     """A cost over a predicted keypoint trajectory and a goal.
 
     ``forward(z, goal)`` takes ``z`` of shape ``(B, T, D)`` (``D = 3k`` flattened keypoints) and ``goal``
-    of shape ``(B, D)`` and returns one cost per demonstration, shape ``(B,)``. Per-demonstration costs
-    are means over time and dimensions, so batching never rescales a demonstration's inner step.
+    of shape ``(B, D)`` and returns one cost per demonstration, shape ``(B,)``. Each demonstration's cost is
+    reduced over its own time steps and dimensions only (a mean over both, except the original-formulation
+    RBF cost), so batching never rescales a demonstration's inner step.
     """
 
     def __init__(self, dim: int) -> None:
@@ -37,8 +38,11 @@ class KeypointCost(torch.nn.Module, ABC):
         return None
 
 
-def make_cost(name: str, *, horizon: int, dim: int, seed: int = 0) -> KeypointCost:
-    """Build a cost by name: one of ``default``, ``weighted``, ``timedep``, ``rbf``, ``neural``."""
+def make_cost(name: str, *, horizon: int, dim: int, seed: int = 0, rbf_original: bool = False) -> KeypointCost:
+    """Build a cost by name: one of ``default``, ``weighted``, ``timedep``, ``rbf``, ``neural``.
+
+    ``rbf_original`` selects the official code's RBF formulation (see :class:`RBFWeightedCost`).
+    """
     from mbirl.costs.linear import DefaultCost, RBFWeightedCost, TimeDependentCost, WeightedCost
     from mbirl.costs.neural import NeuralCost
 
@@ -49,7 +53,7 @@ def make_cost(name: str, *, horizon: int, dim: int, seed: int = 0) -> KeypointCo
     if name == "timedep":
         return TimeDependentCost(horizon, dim)
     if name == "rbf":
-        return RBFWeightedCost(horizon, dim)
+        return RBFWeightedCost(horizon, dim, original=rbf_original)
     if name == "neural":
         return NeuralCost(horizon, dim, generator=torch.Generator().manual_seed(seed))
     raise InputError(f"unknown cost '{name}' (expected one of {', '.join(COST_NAMES)})", field="cost")

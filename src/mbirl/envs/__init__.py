@@ -1,7 +1,14 @@
 """Environments: the URDF keypoint robot and the KUKA iiwa keypoint tasks."""
 
-from mbirl.envs.kuka import REST_POSE, default_kuka, generate_demos, original_kuka, robot_from_options
+from mbirl.envs.kuka import (
+    REST_POSE,
+    default_kuka,
+    generate_demos,
+    generate_original_placing,
+    original_kuka,
+    robot_from_options,
+)
 from mbirl.envs.robot import KeypointRobot, KeypointSpec
 
-__all__ = ["REST_POSE", "KeypointRobot", "KeypointSpec", "default_kuka", "generate_demos", "original_kuka",
-           "robot_from_options"]
+__all__ = ["REST_POSE", "KeypointRobot", "KeypointSpec", "default_kuka", "generate_demos",
+           "generate_original_placing", "original_kuka", "robot_from_options"]

@@ -1,8 +1,10 @@
 """The KUKA iiwa keypoint tasks of MBIRL (Das et al., CoRL 2020): robots and seeded demo generators.
 
-Demonstrations are *reachable*: a desired keypoint path (a rigid translation of the held object,
-with noise) is tracked by batched inverse kinematics, and the demonstration stores the joint states
-and the keypoints the robot really reaches, ``keypoints = FK(q)``.
+Demonstrations of :func:`generate_demos` are *reachable*: a desired keypoint path (a rigid translation of
+the held object, with noise) is tracked by batched inverse kinematics, and the demonstration stores the
+joint states and the keypoints the robot really reaches, ``keypoints = FK(q)``.
+:func:`generate_original_placing` regenerates the official code's placing demonstrations instead (desired
+keypoints, drawn from torch's random stream exactly as the original draws them).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from mbirl.envs.robot import KeypointRobot, KeypointSpec
 from mbirl.errors import InputError
 from mbirl.types import KeypointTrajectory
 
-__all__ = ["DEFAULT_KEYPOINTS", "REST_POSE", "default_kuka", "generate_demos", "original_kuka", "solve_ik",
-           "robot_from_options"]
+__all__ = ["DEFAULT_KEYPOINTS", "REST_POSE", "default_kuka", "generate_demos", "generate_original_placing",
+           "original_kuka", "robot_from_options", "solve_ik"]
 
 REST_POSE = (0.0, 0.0, 0.0, 1.57079633, 0.0, 1.03672558, 0.0)
 """Rest pose of the original experiment (radians)."""
@@ -138,3 +140,38 @@ def generate_demos(task: Task, n: int, *, seed: int = 0, horizon: int = 10, robo
         KeypointTrajectory(start_q=q0.numpy().copy(), keypoints=keypoints[i].numpy(), q=q[i].numpy())
         for i in range(n)
     ]
+
+
+def generate_original_placing(n: int, *, seed: int = 0, horizon: int = 10, robot: KeypointRobot | None = None,
+                              start_q: tuple[float, ...] = REST_POSE) -> list[KeypointTrajectory]:
+    """The official MBIRL code's placing demonstrations (its ``generate_expert_demo.py``), regenerated.
+
+    Every keypoint is translated by ``dx = -20 + N(0, 1)`` cm in x along the first half of the horizon
+    (``linspace`` from the start, the start included), then held there while it moves ``dz = -30 + N(0, 1)`` cm
+    in z along the second half. ``dx`` and ``dz`` come from ``torch.randn`` on a generator seeded with
+    ``seed``, in the original's order (dx, then dz, per demonstration), in float32: with the original's robot
+    (``../shared/fixtures/iiwa7_keypoints.urdf``, links ``kp_link_1,kp_link_2``) and ``seed=0`` this is its
+    ``traj_data_placing.pt``. The keypoints are the desired ones, not tracked by IK (they are a rigid
+    translation of the start keypoints, which both bundled robots reach to within 0.6 cm), and no joint states
+    are stored. There is no per-step noise: all randomness is in the two offsets.
+    """
+    if n < 1 or horizon < 2:
+        raise InputError(f"need n >= 1 and horizon >= 2, got n={n}, horizon={horizon}", field="n")
+    robot = robot if robot is not None else default_kuka()
+    if len(start_q) != robot.n_joints:
+        raise InputError(f"start pose has {len(start_q)} joints, robot has {robot.n_joints}", field="start_q")
+    q0 = torch.tensor(start_q, dtype=torch.float32)
+    with torch.no_grad():
+        z0 = robot.keypoints(q0)  # (k, 3)
+    gen = torch.Generator().manual_seed(seed)
+    h = horizon // 2
+    demos = []
+    for _ in range(n):
+        dx = -20.0 + torch.randn(1, generator=gen)[0]
+        dz = -30.0 + torch.randn(1, generator=gen)[0]
+        z = z0.expand(horizon, -1, -1).clone()
+        z[:h, :, 0] = z0[:, 0] + torch.linspace(0.0, 1.0, h)[:, None] * dx
+        z[h:, :, 0] = z0[:, 0] + dx
+        z[h:, :, 2] = z0[:, 2] + torch.linspace(0.0, 1.0, horizon - h)[:, None] * dz
+        demos.append(KeypointTrajectory(start_q=q0.numpy().copy(), keypoints=z.numpy()))
+    return demos

@@ -67,6 +67,7 @@ class MBIRLRunConfig:
         update: ``per_demo`` (one cost update per training demo, as the original) or ``batched``.
         grad_mode: ``unrolled`` or ``truncated`` (last inner step only).
         grad_clip: optional gradient-norm clip on the cost update.
+        rbf_original: the ``rbf`` cost in the official code's formulation (sum over time, integer centres).
         seed: seeds python, numpy and torch (the neural cost's initialisation).
         checkpoint_every: outer iterations between checkpoints (the last one is always saved).
     """
@@ -85,6 +86,7 @@ class MBIRLRunConfig:
     update: str = "per_demo"
     grad_mode: str = "unrolled"
     grad_clip: float | None = None
+    rbf_original: bool = False
     seed: int = 0
     checkpoint_every: int = 10
     extra: dict[str, Any] = field(default_factory=dict)
@@ -146,7 +148,8 @@ def prepare_run(cfg: MBIRLRunConfig, demo_set: KeypointDemoSet | None = None,
     if cfg.method == "abbeel":
         learner = FeatureMatchingIRL(dynamics, train, test, **inner)  # type: ignore[arg-type]
     else:
-        cost = make_cost(cfg.method, horizon=first.horizon, dim=3 * first.n_keypoints, seed=cfg.seed)
+        cost = make_cost(cfg.method, horizon=first.horizon, dim=3 * first.n_keypoints, seed=cfg.seed,
+                         rbf_original=cfg.rbf_original)
         learner = MBIRL(cost, dynamics, train, test, outer_lr=cfg.outer_lr, update=cfg.update,
                         grad_mode=GradientMode(cfg.grad_mode), grad_clip=cfg.grad_clip, **inner)  # type: ignore[arg-type]
     return Prepared(cfg, demo_set, dynamics, train, test, learner)
@@ -274,7 +277,8 @@ def run_compare(base: MBIRLRunConfig, methods: Sequence[str], run_dir: str | Pat
         raise InputError(f"unknown method(s) {unknown} (expected some of {', '.join(METHODS)})", field="costs")
     demo_set = load_keypoint_demos(base.demos)
     dynamics = KinematicKeypointDynamics(robot_from_options(base.urdf, base.keypoint_links))
-    configs = {m: MBIRLRunConfig(**{**base.to_json(), "method": m, "train": base.train, "test": base.test})
+    configs = {m: MBIRLRunConfig(**{**base.to_json(), "method": m, "train": base.train, "test": base.test,
+                                    "rbf_original": base.rbf_original and m == "rbf"})
                for m in methods}
     prepared = {m: prepare_run(c, demo_set, dynamics) for m, c in configs.items()}  # validate all first
     results = {}

@@ -1,0 +1,72 @@
+"""Parity with the official MBIRL code: its placing demonstrations, regenerated, give its published figures.
+
+The official ``run_model_based_irl.py`` (placing, 3 train / 2 test, 100 outer iterations, K=1, inner SGD lr 1e-3,
+outer Adam lr 1e-2, one cost update per demo) reports a train IRL loss of 1552.7 before training and final test
+IRL losses of 247.5 (weighted), 123.8 (time-dependent) and 144.7 (RBF) on its own demos (torch seed 0, its iiwa7
+URDF with keypoint links). Those demos are regenerated here bit for bit, and the defaults reproduce the figures.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mbirl.data import save_keypoint_demos
+from mbirl.envs import REST_POSE, default_kuka, generate_original_placing, original_kuka
+from mbirl.experiments import MBIRLRunConfig, run_mbirl
+
+FIXTURE_URDF = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "iiwa7_keypoints.urdf"
+
+
+def test_original_placing_follows_the_original_recipe():
+    robot = default_kuka()
+    demos = generate_original_placing(4, seed=3, robot=robot)
+    with torch.no_grad():
+        z0 = robot.keypoints(torch.tensor(REST_POSE)).numpy()
+    gen = torch.Generator().manual_seed(3)
+    for d in demos:
+        dx = -20.0 + float(torch.randn(1, generator=gen)[0])
+        dz = -30.0 + float(torch.randn(1, generator=gen)[0])
+        assert d.q is None and d.keypoints.shape == (10, 2, 3)
+        np.testing.assert_allclose(d.start_q, REST_POSE, atol=1e-6)
+        off = d.keypoints - z0[None]
+        # Both keypoints move together: x over the first five states, then z over the last five.
+        np.testing.assert_allclose(off[:, 0], off[:, 1], atol=1e-4)
+        np.testing.assert_allclose(off[:5, 0, 0], np.linspace(0, dx, 5), atol=1e-4)
+        np.testing.assert_allclose(off[5:, 0, 0], dx, atol=1e-4)
+        np.testing.assert_allclose(off[5:, 0, 2], np.linspace(0, dz, 5), atol=1e-4)
+        np.testing.assert_allclose(off[:5, 0, 2], 0.0, atol=1e-4)
+        np.testing.assert_allclose(off[:, 0, 1], 0.0, atol=1e-4)
+    assert not np.allclose(demos[0].keypoints, demos[1].keypoints)
+    again = generate_original_placing(4, seed=3, robot=robot)
+    assert all(np.array_equal(a.keypoints, b.keypoints) for a, b in zip(demos, again, strict=True))
+
+
+@pytest.fixture(scope="module")
+def original_demos(tmp_path_factory):
+    if not FIXTURE_URDF.is_file():
+        pytest.skip(f"fixture URDF not found at {FIXTURE_URDF}")
+    path = tmp_path_factory.mktemp("parity") / "placing_original.npz"
+    save_keypoint_demos(path, generate_original_placing(6, seed=0, robot=original_kuka(FIXTURE_URDF)))
+    return path, str(FIXTURE_URDF)
+
+
+@pytest.mark.parametrize(("method", "rbf_original", "published"),
+                         [("weighted", False, 247.5), ("timedep", False, 123.8), ("rbf", True, 144.7)])
+def test_original_demos_reproduce_the_published_figures(tmp_path, original_demos, method, rbf_original, published):
+    demos, urdf = original_demos
+    cfg = MBIRLRunConfig(demos=str(demos), method=method, urdf=urdf, keypoint_links="kp_link_1,kp_link_2",
+                         rbf_original=rbf_original)
+    out = run_mbirl(cfg, tmp_path / method, progress=False, figures=False)
+    assert out["zero_action_irl_loss_train"] == pytest.approx(1552.7, abs=0.1)
+    assert out["final_test_irl_loss"] == pytest.approx(published, abs=0.3)
+
+
+def test_default_rbf_beats_the_original_formulation(tmp_path, original_demos):
+    demos, urdf = original_demos
+    cfg = MBIRLRunConfig(demos=str(demos), method="rbf", urdf=urdf, keypoint_links="kp_link_1,kp_link_2")
+    out = run_mbirl(cfg, tmp_path / "rbf", progress=False, figures=False)
+    assert out["final_test_irl_loss"] < 135.0  # 128.5 measured; the original formulation ends at 144.7
