@@ -70,3 +70,14 @@ def test_default_rbf_beats_the_original_formulation(tmp_path, original_demos):
     cfg = MBIRLRunConfig(demos=str(demos), method="rbf", urdf=urdf, keypoint_links="kp_link_1,kp_link_2")
     out = run_mbirl(cfg, tmp_path / "rbf", progress=False, figures=False)
     assert out["final_test_irl_loss"] < 135.0  # 128.5 measured; the original formulation ends at 144.7
+
+
+def test_original_placing_is_reachable_by_both_robots(original_demos):
+    """The desired keypoints are not IK-tracked, but both bundled robots reach them to within 1 cm."""
+    from mbirl.envs.kuka import solve_ik
+
+    for robot in (default_kuka(), original_kuka(FIXTURE_URDF)):
+        demos = generate_original_placing(6, seed=0, robot=robot)
+        targets = torch.as_tensor(np.stack([d.keypoints for d in demos]))
+        _, residual = solve_ik(robot, targets, torch.tensor(REST_POSE))
+        assert float(residual.max()) < 1.0, robot.name

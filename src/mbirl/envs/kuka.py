@@ -152,7 +152,7 @@ def generate_original_placing(n: int, *, seed: int = 0, horizon: int = 10, robot
     ``seed``, in the original's order (dx, then dz, per demonstration), in float32: with the original's robot
     (``../shared/fixtures/iiwa7_keypoints.urdf``, links ``kp_link_1,kp_link_2``) and ``seed=0`` this is its
     ``traj_data_placing.pt``. The keypoints are the desired ones, not tracked by IK (they are a rigid
-    translation of the start keypoints, which both bundled robots reach to within 0.6 cm), and no joint states
+    translation of the start keypoints, which both bundled robots reach to within 1 cm), and no joint states
     are stored. There is no per-step noise: all randomness is in the two offsets.
     """
     if n < 1 or horizon < 2:
