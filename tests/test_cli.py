@@ -108,6 +108,8 @@ BAD_INPUTS = {
                              ["--noise", "reachable style only"]),
     "rbf_original_other_cost": (["mbirl", "train", "--demos", "{demos}", "--cost", "timedep", "--rbf-original",
                                  "--run-dir", "r"], ["--rbf-original", "'timedep'"]),
+    "rbf_original_without_rbf": (["mbirl", "compare", "--demos", "{demos}", "--costs", "weighted,timedep",
+                                  "--rbf-original", "--run-dir", "r"], ["--rbf-original", "not among"]),
 }
 
 

@@ -104,8 +104,6 @@ def train(
     cfg = _merge_config(ctx, cfg, config)
     if not cfg.demos:
         raise InputError("no demonstrations: pass --demos FILE or set 'demos' in --config", field="demos")
-    if cfg.rbf_original and cfg.method != "rbf":
-        raise InputError(f"--rbf-original applies to --cost rbf only, not '{cfg.method}'", field="rbf_original")
     m = run_mbirl(cfg, run_dir, resume=resume, progress=progress)
     typer.echo(f"{cfg.method}: test IRL loss {m['irl_loss_test'][0]:.1f} -> {m['final_test_irl_loss']:.1f}, "
                f"relative goal distance {m['test_relative_goal_distance']:.3f}, "

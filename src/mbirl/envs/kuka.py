@@ -106,6 +106,20 @@ def _reaching_offsets(T: int, rng: np.random.Generator, noise: float) -> np.ndar
     return off
 
 
+def _start(n: int, horizon: int, robot: KeypointRobot | None, start_q: tuple[float, ...]
+           ) -> tuple[KeypointRobot, torch.Tensor, torch.Tensor]:
+    """Validate a generator's sizes and start pose; return the robot, ``q0`` and its keypoints ``(k, 3)``."""
+    if n < 1 or horizon < 2:
+        raise InputError(f"need n >= 1 and horizon >= 2, got n={n}, horizon={horizon}", field="n")
+    robot = robot if robot is not None else default_kuka()
+    if len(start_q) != robot.n_joints:
+        raise InputError(f"start pose has {len(start_q)} joints, robot has {robot.n_joints}", field="start_q")
+    q0 = torch.tensor(start_q, dtype=torch.float32)
+    with torch.no_grad():
+        z0 = robot.keypoints(q0)
+    return robot, q0, z0
+
+
 def generate_demos(task: Task, n: int, *, seed: int = 0, horizon: int = 10, robot: KeypointRobot | None = None,
                    start_q: tuple[float, ...] = REST_POSE, noise: float = 0.3, max_residual: float = 2.0
                    ) -> list[KeypointTrajectory]:
@@ -117,17 +131,10 @@ def generate_demos(task: Task, n: int, *, seed: int = 0, horizon: int = 10, robo
     """
     if task not in ("placing", "reaching"):
         raise InputError(f"unknown task '{task}' (expected placing or reaching)", field="task")
-    if n < 1 or horizon < 2:
-        raise InputError(f"need n >= 1 and horizon >= 2, got n={n}, horizon={horizon}", field="n")
-    robot = robot if robot is not None else default_kuka()
-    if len(start_q) != robot.n_joints:
-        raise InputError(f"start pose has {len(start_q)} joints, robot has {robot.n_joints}", field="start_q")
+    robot, q0, z0 = _start(n, horizon, robot, start_q)
     rng = np.random.default_rng(seed)
     make = _placing_offsets if task == "placing" else _reaching_offsets
     offsets = np.stack([make(horizon, rng, noise) for _ in range(n)])  # (n, T, 3)
-    q0 = torch.tensor(start_q, dtype=torch.float32)
-    with torch.no_grad():
-        z0 = robot.keypoints(q0)  # (k, 3)
     targets = z0[None, None] + torch.as_tensor(offsets, dtype=torch.float32)[:, :, None, :]
     q, residual = solve_ik(robot, targets, q0)
     q[:, 0] = q0
@@ -155,14 +162,7 @@ def generate_original_placing(n: int, *, seed: int = 0, horizon: int = 10, robot
     translation of the start keypoints, which both bundled robots reach to within 1 cm), and no joint states
     are stored. There is no per-step noise: all randomness is in the two offsets.
     """
-    if n < 1 or horizon < 2:
-        raise InputError(f"need n >= 1 and horizon >= 2, got n={n}, horizon={horizon}", field="n")
-    robot = robot if robot is not None else default_kuka()
-    if len(start_q) != robot.n_joints:
-        raise InputError(f"start pose has {len(start_q)} joints, robot has {robot.n_joints}", field="start_q")
-    q0 = torch.tensor(start_q, dtype=torch.float32)
-    with torch.no_grad():
-        z0 = robot.keypoints(q0)  # (k, 3)
+    _, q0, z0 = _start(n, horizon, robot, start_q)
     gen = torch.Generator().manual_seed(seed)
     h = horizon // 2
     demos = []

@@ -127,6 +127,8 @@ def prepare_run(cfg: MBIRLRunConfig, demo_set: KeypointDemoSet | None = None,
     for lr_name, lr in (("inner_lr", cfg.inner_lr), ("outer_lr", cfg.outer_lr)):
         if not np.isfinite(lr) or lr <= 0:
             raise InputError(f"must be a positive finite number, got {lr}", field=lr_name)
+    if cfg.rbf_original and cfg.method != "rbf":
+        raise InputError(f"--rbf-original applies to --cost rbf only, not '{cfg.method}'", field="rbf_original")
     if cfg.grad_mode not in ("unrolled", "truncated"):
         raise InputError(f"unknown gradient mode '{cfg.grad_mode}' (expected unrolled or truncated)",
                          field="grad_mode")
@@ -275,6 +277,9 @@ def run_compare(base: MBIRLRunConfig, methods: Sequence[str], run_dir: str | Pat
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise InputError(f"unknown method(s) {unknown} (expected some of {', '.join(METHODS)})", field="costs")
+    if base.rbf_original and "rbf" not in methods:
+        raise InputError("--rbf-original applies to the rbf cost, which is not among the methods",
+                         field="rbf_original")
     demo_set = load_keypoint_demos(base.demos)
     dynamics = KinematicKeypointDynamics(robot_from_options(base.urdf, base.keypoint_links))
     configs = {m: MBIRLRunConfig(**{**base.to_json(), "method": m, "train": base.train, "test": base.test,
