@@ -47,7 +47,11 @@ def test_run_writes_metrics_and_resume_is_exact(tmp_path):
 
     out = evaluate_run(tmp_path / "full", 1, video=tmp_path / "v.mp4")
     assert (tmp_path / "v.mp4").stat().st_size > 1000
-    assert out["episodes"] == 1
+    assert out["episodes"] == 1 and out["seed"] == 2_000_000
+    # Episode i resets with seed + i: two episodes from seed 5 are episode 1 from 5 and episode 1 from 6.
+    two = evaluate_run(tmp_path / "full", 2, seed=5)["returns"]
+    assert two == [evaluate_run(tmp_path / "full", 1, seed=s)["returns"][0] for s in (5, 6)]
+    assert two[0] != two[1]
 
 
 def test_cli_mairl_and_expert_errors(tmp_path, capsys):
@@ -63,6 +67,8 @@ def test_cli_mairl_and_expert_errors(tmp_path, capsys):
     assert run("mairl", "train", "--demos", DEMOS, "--env-steps", "0", "--run-dir", str(tmp_path / "r")) == 2
     assert not (tmp_path / "r").exists()
     assert run("mairl", "eval", "--run-dir", str(tmp_path / "nothing")) == 2
+    assert run("mairl", "eval", "--run-dir", str(tmp_path / "nothing"), "--seed", "-1") == 2
+    assert "field 'seed'" in capsys.readouterr().err
     assert run("expert", "train", "--env", "NoSuchEnv-v0", "--out", str(tmp_path / "e")) == 2
     assert run("expert", "demos", "--env", "Pendulum-v1", "--expert", str(tmp_path / "missing")) == 2
     err = capsys.readouterr().err

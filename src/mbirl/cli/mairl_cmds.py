@@ -115,11 +115,13 @@ def mairl_eval(
     run_dir: Annotated[Path, typer.Option(help="run directory of `mbirl mairl train`")],
     episodes: Annotated[int, typer.Option(help="deterministic episodes")] = 10,
     video: Annotated[Path | None, typer.Option(help="write an .mp4 of one episode")] = None,
+    seed: Annotated[int, typer.Option(
+        help="reset seed of the first episode (then seed+1, ...); training's evaluations use 1000000+")] = 2_000_000,
 ) -> None:
     """Evaluate a run's policy on the true reward (and optionally record a video)."""
     from mbirl.experiments.mairl_run import evaluate_run
 
-    out = evaluate_run(run_dir, episodes, video=video)
+    out = evaluate_run(run_dir, episodes, video=video, seed=seed)
     typer.echo(json.dumps({k: v for k, v in out.items() if k != "returns"}))
 
 

@@ -234,9 +234,18 @@ def run_mairl(cfg: MAIRLRunConfig, run_dir: str | Path, *, resume: bool = False,
 
 def evaluate_run(run_dir: str | Path, episodes: int = 10, *, video: str | Path | None = None, seed: int = 2_000_000
                  ) -> dict[str, Any]:
-    """Deterministic episodes of a run's last checkpointed policy; optionally an ``.mp4`` of the first episodes."""
+    """Deterministic episodes of a run's last checkpointed policy; optionally an ``.mp4`` of the first episodes.
+
+    Episode ``i`` resets with seed ``seed + i``; the default keeps clear of training's evaluations (1,000,000+).
+    """
     import json
 
+    if episodes < 1:
+        raise InputError(f"must be >= 1, got {episodes}", field="episodes")
+    if seed < 0:
+        raise InputError(f"must be >= 0, got {seed}", field="seed")
+    if video is not None and Path(video).suffix != ".mp4":
+        raise InputError(f"video must end in .mp4, got '{video}'", field="video")
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
@@ -245,16 +254,12 @@ def evaluate_run(run_dir: str | Path, episodes: int = 10, *, video: str | Path |
         cfg = MAIRLRunConfig.from_json(json.loads(cfg_path.read_text()))
     except (json.JSONDecodeError, TypeError) as exc:
         raise InputError(f"invalid config ({exc})", source=str(cfg_path)) from None
-    if episodes < 1:
-        raise InputError(f"must be >= 1, got {episodes}", field="episodes")
-    if video is not None and Path(video).suffix != ".mp4":
-        raise InputError(f"video must end in .mp4, got '{video}'", field="video")
     trainer, demos = build_trainer(cfg)
     state = load_checkpoint(checkpoint_stem(run_dir))
     trainer.load_policy(state["trainer"])
     result = trainer.evaluate(episodes, seed=seed)
     out: dict[str, Any] = {
-        "env_id": demos.env_id, "episodes": episodes, "returns": result.returns.tolist(),
+        "env_id": demos.env_id, "episodes": episodes, "seed": seed, "returns": result.returns.tolist(),
         "mean_return": result.mean_return,
         "normalized_return": normalized_return(result.mean_return, demos.expert_return, demos.random_return),
         "env_steps_trained": int(state["trainer"]["env_steps"]),
