@@ -65,6 +65,21 @@ def test_original_demos_reproduce_the_published_figures(tmp_path, original_demos
     assert out["final_test_irl_loss"] == pytest.approx(published, abs=0.3)
 
 
+def test_original_pt_file_gives_the_same_figures(tmp_path, original_demos):
+    """The same demos written as the official code writes them (``torch.save`` of a list of dicts) load and train
+    to the same figure as the ``.npz``."""
+    from mbirl.data import load_keypoint_demos
+
+    demos, urdf = original_demos
+    raw = [{"start_joint_config": torch.tensor(d.start_q)[None], "desired_keypoints": torch.tensor(d.keypoints)}
+           for d in load_keypoint_demos(demos).demos]
+    pt = tmp_path / "traj_data_placing.pt"
+    torch.save(raw, pt)
+    cfg = MBIRLRunConfig(demos=str(pt), method="timedep", urdf=urdf, keypoint_links="kp_link_1,kp_link_2")
+    out = run_mbirl(cfg, tmp_path / "timedep", progress=False, figures=False)
+    assert out["final_test_irl_loss"] == pytest.approx(123.8, abs=0.3)
+
+
 def test_default_rbf_beats_the_original_formulation(tmp_path, original_demos):
     demos, urdf = original_demos
     cfg = MBIRLRunConfig(demos=str(demos), method="rbf", urdf=urdf, keypoint_links="kp_link_1,kp_link_2")
