@@ -20,7 +20,7 @@ def placing_demos():
     return mbirl.envs.generate_demos("placing", 6, seed=0)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def fixture_urdf() -> Path:
     """The original MBIRL iiwa7 URDF with keypoint links ``kp_link_1..3``."""
     if not FIXTURE_URDF.is_file():

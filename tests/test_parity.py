@@ -8,8 +8,6 @@ URDF with keypoint links). Those demos are regenerated here bit for bit, and the
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -17,8 +15,6 @@ import torch
 from mbirl.data import save_keypoint_demos
 from mbirl.envs import REST_POSE, default_kuka, generate_original_placing, original_kuka
 from mbirl.experiments import MBIRLRunConfig, run_mbirl
-
-FIXTURE_URDF = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "iiwa7_keypoints.urdf"
 
 
 def test_original_placing_follows_the_original_recipe():
@@ -46,12 +42,10 @@ def test_original_placing_follows_the_original_recipe():
 
 
 @pytest.fixture(scope="module")
-def original_demos(tmp_path_factory):
-    if not FIXTURE_URDF.is_file():
-        pytest.skip(f"fixture URDF not found at {FIXTURE_URDF}")
+def original_demos(tmp_path_factory, fixture_urdf):
     path = tmp_path_factory.mktemp("parity") / "placing_original.npz"
-    save_keypoint_demos(path, generate_original_placing(6, seed=0, robot=original_kuka(FIXTURE_URDF)))
-    return path, str(FIXTURE_URDF)
+    save_keypoint_demos(path, generate_original_placing(6, seed=0, robot=original_kuka(fixture_urdf)))
+    return path, str(fixture_urdf)
 
 
 @pytest.mark.parametrize(("method", "rbf_original", "published"),
@@ -87,11 +81,11 @@ def test_default_rbf_beats_the_original_formulation(tmp_path, original_demos):
     assert out["final_test_irl_loss"] < 135.0  # 128.5 measured; the original formulation ends at 144.7
 
 
-def test_original_placing_is_reachable_by_both_robots(original_demos):
+def test_original_placing_is_reachable_by_both_robots(fixture_urdf):
     """The desired keypoints are not IK-tracked, but both bundled robots reach them to within 1 cm."""
     from mbirl.envs.kuka import solve_ik
 
-    for robot in (default_kuka(), original_kuka(FIXTURE_URDF)):
+    for robot in (default_kuka(), original_kuka(fixture_urdf)):
         demos = generate_original_placing(6, seed=0, robot=robot)
         targets = torch.as_tensor(np.stack([d.keypoints for d in demos]))
         _, residual = solve_ik(robot, targets, torch.tensor(REST_POSE))
