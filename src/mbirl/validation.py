@@ -8,14 +8,19 @@ import dataclasses
 import math
 import types
 import typing
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from mbirl.errors import InputError
 
-__all__ = ["MAX_FILE_BYTES", "check_array", "check_file", "load_config"]
+__all__ = ["MAX_FILE_BYTES", "apply_overrides", "check_array", "check_file", "check_overrides", "config_from_dict",
+           "config_to_dict", "field_default", "flatten_config", "load_config",
+           "read_json"]
+
+T = TypeVar("T")
 
 MAX_FILE_BYTES = 8 * 1024**3
 """Refuse larger inputs outright (guards against decompression bombs and absurd headers)."""
@@ -85,58 +90,214 @@ def check_array(
     return value
 
 
-def _check_value(value: Any, annotation: Any, key: str, source: str) -> Any:
-    """Check one config value against a dataclass field annotation (the simple types configs use)."""
+def read_json(path: str | Path, *, what: str = "JSON file", max_bytes: int = 256 * 1024**2) -> Any:
+    """Parse a JSON file (e.g. a run's ``config.json``); InputError when missing, oversized or malformed."""
+    import json
+
+    path = check_file(path, what=what, max_bytes=max_bytes)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise InputError(f"invalid JSON ({type(exc).__name__})", source=str(path)) from None
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a rejected value may be huge)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_value(value: Any, annotation: Any, key: str, source: str, *, legacy: bool = True) -> Any:
+    """Check one config value against a dataclass field annotation (the simple types configs use).
+
+    A nested config dataclass takes a mapping and returns the validated (partial) mapping of its overrides.
+    """
+    if dataclasses.is_dataclass(annotation) and isinstance(annotation, type):
+        if not isinstance(value, dict):
+            raise InputError(f"expected a mapping of {annotation.__name__} options, got {_short(value)}",
+                             source=source, field=key)
+        return check_overrides(value, annotation, source=source, prefix=f"{key}.", legacy=legacy)
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(annotation):
             try:
-                return _check_value(value, option, key, source)
+                return _check_value(value, option, key, source, legacy=legacy)
             except InputError:
                 continue
-        raise InputError(f"expected {annotation}, got {value!r}", source=source, field=key)
+        raise InputError(f"expected {annotation}, got {_short(value)}", source=source, field=key)
     if annotation is type(None):
         if value is not None:
-            raise InputError(f"expected null, got {value!r}", source=source, field=key)
+            raise InputError(f"expected null, got {_short(value)}", source=source, field=key)
         return None
     if annotation is bool:
         if not isinstance(value, bool):
-            raise InputError(f"expected true/false, got {value!r}", source=source, field=key)
+            raise InputError(f"expected true/false, got {_short(value)}", source=source, field=key)
         return value
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise InputError(f"expected an integer, got {value!r}", source=source, field=key)
+            raise InputError(f"expected an integer, got {_short(value)}", source=source, field=key)
         if abs(value) > 2**31:
-            raise InputError(f"integer out of range: {value}", source=source, field=key)
+            raise InputError(f"integer out of range: {_short(value)}", source=source, field=key)
         return value
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise InputError(f"expected a finite number, got {value!r}", source=source, field=key)
+            raise InputError(f"expected a finite number, got {_short(value)}", source=source, field=key)
         return float(value)
     if annotation is str:
         if not isinstance(value, str) or "\x00" in value:
-            raise InputError(f"expected a string, got {value!r}", source=source, field=key)
+            raise InputError(f"expected a string, got {_short(value)}", source=source, field=key)
         return value
     if origin is tuple:
         args = typing.get_args(annotation)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]
+            if not isinstance(value, (list, tuple)):
+                raise InputError(f"expected a list, got {_short(value)}", source=source, field=key)
+            return tuple(_check_value(v, args[0], key, source) for v in value)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise InputError(f"expected a list of {len(args)} values, got {value!r}", source=source, field=key)
+            raise InputError(f"expected a list of {len(args)} values, got {_short(value)}", source=source, field=key)
         return tuple(_check_value(v, a, key, source) for v, a in zip(value, args, strict=True))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise InputError(f"expected a mapping, got {value!r}", source=source, field=key)
-        return value
     raise InputError(f"unsupported config type {annotation}", source=source, field=key)
 
 
-def load_config(path: str | Path, cls: type, *, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Read a YAML config (``yaml.safe_load`` only) whose keys are fields of dataclass ``cls``.
+def _nested_fields(cls: type) -> dict[str, type]:
+    """The fields of config dataclass ``cls`` that are config dataclasses themselves."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)
+            if dataclasses.is_dataclass(hints[f.name]) and isinstance(hints[f.name], type)}
 
-    Returns the validated key/value overrides; unknown keys, wrong types and non-mappings are InputErrors.
+
+def check_overrides(raw: dict[Any, Any], cls: type, *, source: str, prefix: str = "", legacy: bool = True
+                    ) -> dict[str, Any]:
+    """Validate a (nested) mapping of option overrides against config dataclass ``cls``.
+
+    Keys nest as the dataclasses do (``trainer: {horizon: 10}``). With ``legacy``, a flat key that belongs to
+    exactly one nested config (the layout before configs were nested, e.g. ``horizon`` for ``trainer.horizon``)
+    is moved there with a deprecation warning. Returns the validated overrides, nested the same way.
+    """
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    nested = _nested_fields(cls)
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(key, str) and key in names:
+            checked = _check_value(value, hints[key], prefix + key, source, legacy=legacy)
+            if key in nested:
+                out[key] = {**out.get(key, {}), **checked}
+            else:
+                out[key] = checked
+            continue
+        owners = [n for n, sub in nested.items() if isinstance(key, str) and _has_field(sub, key)]
+        if legacy and len(owners) == 1:
+            owner = owners[0]
+            warnings.warn(f"{source}: option '{prefix}{key}' is deprecated at this level; write it as "
+                          f"'{prefix}{owner}.{key}' (nested under '{owner}:')", FutureWarning, stacklevel=2)
+            checked = check_overrides({key: value}, nested[owner], source=source, prefix=f"{prefix}{owner}.",
+                                      legacy=legacy)
+            out[owner] = {**out.get(owner, {}), **checked}
+            continue
+        expected = ", ".join(sorted(names))
+        raise InputError(f"unknown option (expected some of {expected})", source=source,
+                         field=_short(f"{prefix}{key}" if isinstance(key, str) else key, 80).strip("'"))
+    return out
+
+
+def _has_field(cls: type, name: str) -> bool:
+    return any(f.name == name for f in dataclasses.fields(cls))
+
+
+def apply_overrides(config: T, overrides: dict[str, Any]) -> T:
+    """A copy of dataclass ``config`` with validated (nested) ``overrides`` applied; nested configs are merged."""
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        current = getattr(config, key)
+        if dataclasses.is_dataclass(current) and not isinstance(current, type) and isinstance(value, dict):
+            changes[key] = apply_overrides(current, value)
+        else:
+            changes[key] = value
+    return dataclasses.replace(config, **changes)  # type: ignore[type-var]
+
+
+def config_from_dict(cls: type[T], data: Any, *, source: str, legacy: bool = True) -> T:
+    """Build config dataclass ``cls`` from a (nested) mapping, e.g. a run's ``config.json``: types are checked,
+    unknown keys refused, missing keys take their defaults; required fields must be present."""
+    if not isinstance(data, dict):
+        raise InputError(f"expected a mapping of options, got {type(data).__name__}", source=source)
+    overrides = check_overrides(data, cls, source=source, legacy=legacy)
+    return _build(cls, overrides, source=source)
+
+
+def _build(cls: type[T], overrides: dict[str, Any], *, source: str, prefix: str = "") -> T:
+    nested = _nested_fields(cls)
+    kw = {k: (_build(nested[k], v, source=source, prefix=f"{prefix}{k}.") if k in nested else v)
+          for k, v in overrides.items()}
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in kw  # type: ignore[arg-type]
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise InputError(f"missing required option(s) {', '.join(prefix + m for m in missing)}", source=source)
+    try:
+        return cls(**kw)
+    except TypeError as exc:
+        raise InputError(f"invalid configuration ({exc})", source=source) from None
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A config dataclass as a JSON-ready nested mapping (tuples become lists)."""
+    out = _plain(config)
+    assert isinstance(out, dict)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def flatten_config(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config mapping as ``{"trainer.horizon": 20, ...}``."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def field_default(cls: type, dotted: str) -> Any:
+    """The default of the (possibly nested, ``a.b``) field of config dataclass ``cls``; ``MISSING`` if none."""
+    head, _, rest = dotted.partition(".")
+    for f in dataclasses.fields(cls):
+        if f.name != head:
+            continue
+        if rest:
+            sub = typing.get_type_hints(cls)[head]
+            return field_default(sub, rest) if isinstance(sub, type) and dataclasses.is_dataclass(sub) \
+                else dataclasses.MISSING
+        if f.default is not dataclasses.MISSING:
+            return _plain(f.default)
+        if f.default_factory is not dataclasses.MISSING:
+            return _plain(f.default_factory())
+    return dataclasses.MISSING
+
+
+MAX_CONFIG_BYTES = 1024**2
+"""YAML configs are a few hundred bytes; refusing larger ones bounds what parsing them can cost."""
+
+
+def load_config(path: str | Path, cls: type, *, legacy: bool = True) -> dict[str, Any]:
+    """Read a YAML config (``yaml.safe_load`` only) whose keys are the fields of config dataclass ``cls``,
+    nested as its config dataclasses nest.
+
+    Returns the validated overrides (nested mappings); unknown keys, wrong types and non-mappings are InputErrors.
     """
     import yaml
 
-    path = check_file(path, what="config file", max_bytes=1024**2)
+    path = check_file(path, what="config file", max_bytes=MAX_CONFIG_BYTES)
     src = str(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -149,12 +310,4 @@ def load_config(path: str | Path, cls: type, *, exclude: tuple[str, ...] = ()) -
         raise InputError("invalid YAML (nesting too deep)", source=src) from None
     if not isinstance(raw, dict):
         raise InputError(f"expected a mapping of options, got {type(raw).__name__}", source=src)
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)} - set(exclude)
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        if not isinstance(key, str) or key not in fields:
-            raise InputError(f"unknown option (expected some of {', '.join(sorted(fields))})", source=src,
-                             field=str(key))
-        out[key] = _check_value(value, hints[key], key, src)
-    return out
+    return check_overrides(raw, cls, source=src, legacy=legacy)

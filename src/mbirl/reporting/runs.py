@@ -1,15 +1,22 @@
-"""Shared run-directory mechanics: resuming from the last checkpoint and the RNG states it carries.
+"""The run-directory driver: every long-running command (MBIRL, MAIRL, expert training, each visual stage) opens
+its output directory through :class:`RunDir`, so each gets the same guarantees.
 
-Every long-running command uses these, so each gets the same guarantees: a run directory is never
-silently overwritten, ``--resume`` refuses a changed configuration, and python/numpy/torch RNG states
-travel with the checkpoint so a resumed run continues exactly as an uninterrupted one.
+A run directory holds ``config.json`` (the run's config dataclass as JSON), ``checkpoints/last`` (safetensors +
+JSON, written crash-safely), ``metrics.jsonl`` + TensorBoard events in ``tb/``, ``figures/`` and, when the run
+finishes, ``metrics.json`` (and optionally ``summary.md``), each written atomically. A directory that holds a run is
+never silently overwritten. ``--resume`` follows one rule everywhere: the fields a config class lists in its
+``RESUMABLE`` class variable (how long the run goes, how often it reports) may change; any other difference is
+refused. Python/numpy/torch RNG states travel with checkpoints so a resumed run continues exactly.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import random
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +24,14 @@ import numpy as np
 import torch
 
 from mbirl.errors import InputError
-from mbirl.reporting.checkpoint import load_checkpoint
+from mbirl.fileio import write_json_atomic, write_text_atomic
+from mbirl.reporting.checkpoint import load_checkpoint, save_checkpoint
+from mbirl.reporting.logger import MetricsLogger
+from mbirl.validation import check_overrides, config_to_dict, field_default, flatten_config, read_json
 
-__all__ = ["checkpoint_stem", "open_for_resume", "rng_state", "set_rng_state"]
+__all__ = ["ALREADY_HOLDS_A_RUN", "RunDir", "checkpoint_stem", "rng_state", "set_rng_state"]
+
+ALREADY_HOLDS_A_RUN = "run directory already holds a run; pass --resume to continue it or choose another --run-dir"
 
 
 def checkpoint_stem(run_dir: str | Path) -> Path:
@@ -27,33 +39,109 @@ def checkpoint_stem(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints" / "last"
 
 
-def open_for_resume(run_dir: str | Path, config: dict[str, Any], *, resume: bool,
-                    may_change: Iterable[str] = (), defaults: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """The state to resume from, or None for a fresh run.
+class RunDir:
+    """One run's output directory.
 
-    Raises InputError when ``run_dir`` already holds a run and ``resume`` is false (nothing is lost), or when
-    the saved configuration differs from ``config`` in a key outside ``may_change`` (e.g. the iteration count).
-    A key the saved run predates (added to the configuration later) counts as its value in ``defaults``.
+    Opening validates and reads, and writes nothing: it raises :class:`InputError` when ``path`` already holds a
+    run and ``resume`` is false, or when the saved configuration differs from ``config`` outside the config
+    class's ``RESUMABLE`` fields. :attr:`state` is then the last checkpoint to continue from (None for a fresh
+    run). Call :meth:`start` once everything else is validated; it creates the directory and writes
+    ``config.json``.
+
+    Args:
+        path: the run directory.
+        config: the run's config dataclass (its ``RESUMABLE`` class variable names the fields that may change
+            on resume, dotted for nested configs, e.g. ``"env_steps"``).
+        resume: continue the run that ``path`` holds (a directory without one starts fresh).
     """
-    stem = checkpoint_stem(run_dir)
-    if not stem.with_suffix(".json").exists():
-        return None
-    if not resume:
-        raise InputError("run directory already holds a run; pass --resume to continue it or choose another "
-                         "--run-dir", source=str(run_dir))
-    state = load_checkpoint(stem)
-    saved = state.get("config", {})
-    if not isinstance(saved, dict):
-        raise InputError("checkpoint has no configuration", source=str(stem.with_suffix(".json")), field="config")
-    allowed = set(may_change)
-    missing = object()
-    fallback = defaults or {}
-    mismatched = [k for k, v in config.items()
-                  if k not in allowed and saved.get(k, fallback.get(k, missing)) != v]
-    if mismatched:
-        raise InputError(f"--resume with a different configuration ({', '.join(mismatched)})",
-                         source=str(stem.with_suffix(".json")))
-    return state
+
+    def __init__(self, path: str | Path, config: Any, *, resume: bool = False) -> None:
+        if not dataclasses.is_dataclass(config) or isinstance(config, type):
+            raise TypeError("RunDir needs a config dataclass instance")
+        self.path = Path(path)
+        self.config = config
+        self.config_json = config_to_dict(config)
+        self.checkpoint = checkpoint_stem(self.path)
+        self.state: dict[str, Any] | None = None
+        config_path = self.path / "config.json"
+        holds_run = config_path.exists() or self.checkpoint.with_suffix(".json").exists()
+        if not holds_run:
+            return
+        if not resume:
+            raise InputError(ALREADY_HOLDS_A_RUN, source=str(self.path))
+        if self.checkpoint.with_suffix(".json").exists():
+            self.state = load_checkpoint(self.checkpoint)
+            saved = self.state.get("config")
+            where = self.checkpoint.with_suffix(".json")
+        else:
+            saved = read_json(config_path)
+            where = config_path
+        if not isinstance(saved, dict):
+            raise InputError("the saved run has no configuration", source=str(where), field="config")
+        self._check_unchanged(saved, where)
+
+    @property
+    def resumed(self) -> bool:
+        """Whether a checkpoint was found to continue from."""
+        return self.state is not None
+
+    @property
+    def figures(self) -> Path:
+        return self.path / "figures"
+
+    def _check_unchanged(self, saved: dict[str, Any], where: Path) -> None:
+        cls = type(self.config)
+        allowed = set(getattr(cls, "RESUMABLE", ()))
+        try:  # a run saved before its config was nested: move its flat keys where they belong now
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                saved = check_overrides(saved, cls, source=str(where))
+        except InputError:
+            pass  # compared as saved; a removed or mistyped key shows as a difference below
+        old, new = flatten_config(saved), flatten_config(self.config_json)
+        # a key the saved run predates (added to the config later) counts as its default
+        mismatched = [k for k, v in new.items()
+                      if k not in allowed and old.get(k, field_default(cls, k)) != v]
+        if mismatched:
+            raise InputError(f"--resume with a different configuration ({', '.join(mismatched)})", source=str(where))
+
+    def start(self) -> None:
+        """Create the directory and write ``config.json`` (after all validation, before the work)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path / "config.json", self.config_json)
+
+    def save(self, state: dict[str, Any]) -> None:
+        """Checkpoint ``state`` (tensors + JSON values; the config is added) crash-safely."""
+        save_checkpoint(self.checkpoint, {**state, "config": self.config_json})
+
+    def logger(self, *, resume_from_step: int | None = None, tensorboard: bool = True) -> MetricsLogger:
+        """The run's JSONL + TensorBoard log; on resume, rows at or after ``resume_from_step`` are dropped."""
+        return MetricsLogger(self.path, tensorboard=tensorboard, resume_from_step=resume_from_step)
+
+    @contextmanager
+    def progress(self, label: str, total: int, completed: int = 0, *, enabled: bool = True, **fields: Any
+                 ) -> Iterator[Any]:
+        """A Rich progress bar for this run; yields ``update(completed=..., **fields)``. The bar's text shows
+        ``info`` (a string field)."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        fields.setdefault("info", "")
+        bar = Progress(TextColumn(f"[bold]{label}[/]"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=not enabled,
+                       transient=False)
+        task = bar.add_task(label, total=total, completed=completed, **fields)
+
+        def update(**kw: Any) -> None:
+            bar.update(task, **kw)
+
+        with bar:
+            yield update
+
+    def finish(self, metrics: dict[str, Any], *, summary: str | None = None) -> None:
+        """Write the final ``metrics.json`` (and ``summary.md``), atomically."""
+        write_json_atomic(self.path / "metrics.json", metrics)
+        if summary is not None:
+            write_text_atomic(self.path / "summary.md", summary)
 
 
 def rng_state() -> dict[str, Any]:
