@@ -278,19 +278,3 @@ def test_resume_accepts_runs_that_predate_a_new_config_field(tmp_path, placing_d
     changed = MBIRLRunConfig(**{**cfg.to_json(), "outer_iters": 4, "grad_clip": 1.0, "train": (0, 3), "test": (3, 5)})
     with pytest.raises(InputError, match="grad_clip"):
         run_mbirl(changed, tmp_path / "r", resume=True, progress=False, figures=False)
-
-
-def test_legacy_v1_checkpoints_still_load(tmp_path):
-    from safetensors.torch import save
-
-    from mbirl.reporting.checkpoint import LEGACY_FORMAT, flatten_state
-
-    tensors, skeleton = flatten_state({"w": torch.arange(3.0), "it": 5})
-    blob = save(tensors)
-    (tmp_path / "last.safetensors").write_bytes(blob)
-    import hashlib
-
-    meta = {"format": LEGACY_FORMAT, "sha256": hashlib.sha256(blob).hexdigest(), "state": skeleton}
-    (tmp_path / "last.json").write_text(json.dumps(meta))
-    state = load_checkpoint(tmp_path / "last")
-    assert state["it"] == 5 and torch.equal(state["w"], torch.arange(3.0))

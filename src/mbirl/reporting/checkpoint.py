@@ -21,7 +21,6 @@ from mbirl.fileio import write_bytes_atomic, write_json_atomic
 from mbirl.validation import check_file
 
 FORMAT = "mbirl.checkpoint/v2"
-LEGACY_FORMAT = "mbirl.checkpoint/v1"  # tensors in <stem>.safetensors; still readable
 
 __all__ = ["FORMAT", "flatten_state", "load_checkpoint", "save_checkpoint", "unflatten_state"]
 
@@ -83,11 +82,9 @@ def load_checkpoint(stem: str | Path) -> dict[str, Any]:
         meta = json.loads(json_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise InputError(f"invalid checkpoint JSON ({type(exc).__name__})", source=str(json_path)) from None
-    if not isinstance(meta, dict) or meta.get("format") not in (FORMAT, LEGACY_FORMAT) or "state" not in meta:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "state" not in meta:
         raise InputError(f"not an mbirl checkpoint (expected format '{FORMAT}')", source=str(json_path),
                          field="format")
-    if meta["format"] == LEGACY_FORMAT:
-        meta["tensors"] = stem.with_suffix(".safetensors").name
     name = meta.get("tensors")
     if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
         raise InputError("invalid tensor file name", source=str(json_path), field="tensors")
