@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mbirl.costs import COST_NAMES, RBFWeightedCost, make_cost
+from mbirl.costs import COSTS, RBFWeightedCost, make_cost
 from mbirl.costs.linear import rbf_basis
 from mbirl.errors import InputError
 
@@ -47,15 +47,36 @@ def test_neural_cost_nonnegative_and_seeded():
 
 
 def test_cost_is_per_demo_and_batch_independent():
-    for name in COST_NAMES:
+    for name in COSTS.names:
         cost = make_cost(name, horizon=10, dim=6)
         z, goal = torch.randn(4, 10, 6), torch.randn(4, 6)
         torch.testing.assert_close(cost(z, goal)[1:2], cost(z[1:2], goal[1:2]))
 
 
 def test_unknown_cost_is_an_input_error():
-    with pytest.raises(InputError, match="unknown cost 'nope'"):
+    with pytest.raises(InputError, match="unknown cost 'nope'") as excinfo:
         make_cost("nope", horizon=10, dim=6)
+    assert "default, weighted, timedep, rbf, neural" in str(excinfo.value)
+    assert excinfo.value.field == "cost"
+
+
+def test_registry_lists_every_cost_once_in_order():
+    assert COSTS.names == ("default", "weighted", "timedep", "rbf", "neural")
+    for name in COSTS.names:
+        assert make_cost(name, horizon=10, dim=6).dim == 6
+
+
+def test_cost_base_does_not_import_the_concrete_costs():
+    """``costs/base.py`` defines the interface and the registry only; the concrete costs register themselves."""
+    import ast
+    import inspect
+
+    import mbirl.costs.base
+
+    tree = ast.parse(inspect.getsource(mbirl.costs.base))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not any(m and m.startswith(("mbirl.costs.linear", "mbirl.costs.neural")) for m in imported), imported
 
 
 def test_rbf_original_formulation_sums_over_time_with_integer_centres():

@@ -1,11 +1,11 @@
-"""Learnable keypoint costs c_psi(z, g): one interface, siblings for each parameterisation."""
+"""Learnable keypoint costs c_psi(z, g): one interface, siblings for each parameterisation, one registry."""
 
-from mbirl.costs.base import COST_NAMES, KeypointCost, make_cost
+from mbirl.costs.base import COSTS, KeypointCost, make_cost
 from mbirl.costs.linear import DefaultCost, RBFWeightedCost, TimeDependentCost, WeightedCost
 from mbirl.costs.neural import NeuralCost
 
 __all__ = [
-    "COST_NAMES",
+    "COSTS",
     "DefaultCost",
     "KeypointCost",
     "NeuralCost",

@@ -1,4 +1,8 @@
-"""The cost interface and factory."""
+"""The cost interface and the registry of cost parameterisations.
+
+Concrete costs register themselves in :data:`COSTS` where they are defined (:mod:`mbirl.costs.linear`,
+:mod:`mbirl.costs.neural`); importing :mod:`mbirl.costs` registers them all.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,9 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from mbirl.errors import InputError
+from mbirl.registry import Registry
 
-__all__ = ["COST_NAMES", "KeypointCost", "make_cost"]
-
-COST_NAMES = ("default", "weighted", "timedep", "rbf", "neural")
+__all__ = ["COSTS", "KeypointCost", "make_cost"]
 
 
 class KeypointCost(torch.nn.Module, ABC):
@@ -29,31 +31,16 @@ class KeypointCost(torch.nn.Module, ABC):
     @abstractmethod
     def forward(self, z: torch.Tensor, goal: torch.Tensor) -> torch.Tensor: ...
 
-    @property
-    def learnable(self) -> bool:
-        return any(p.requires_grad for p in self.parameters())
-
     def weights_table(self) -> torch.Tensor | None:
         """The effective weights (``(D,)`` or ``(T, D)``) for figures, or None when not a weighted cost."""
         return None
 
 
+COSTS = Registry[KeypointCost]("cost")
+"""Cost factories by name. Each is called with keywords ``horizon``, ``dim``, ``seed`` (initialisation of
+random parameters) and ``rbf_original`` (the official code's RBF formulation) and ignores what it does not use."""
+
+
 def make_cost(name: str, *, horizon: int, dim: int, seed: int = 0, rbf_original: bool = False) -> KeypointCost:
-    """Build a cost by name: one of ``default``, ``weighted``, ``timedep``, ``rbf``, ``neural``.
-
-    ``rbf_original`` selects the official code's RBF formulation (see :class:`RBFWeightedCost`).
-    """
-    from mbirl.costs.linear import DefaultCost, RBFWeightedCost, TimeDependentCost, WeightedCost
-    from mbirl.costs.neural import NeuralCost
-
-    if name == "default":
-        return DefaultCost(dim)
-    if name == "weighted":
-        return WeightedCost(dim)
-    if name == "timedep":
-        return TimeDependentCost(horizon, dim)
-    if name == "rbf":
-        return RBFWeightedCost(horizon, dim, original=rbf_original)
-    if name == "neural":
-        return NeuralCost(horizon, dim, generator=torch.Generator().manual_seed(seed))
-    raise InputError(f"unknown cost '{name}' (expected one of {', '.join(COST_NAMES)})", field="cost")
+    """Build the cost registered as ``name`` (one of ``COSTS.names``); InputError for an unknown name."""
+    return COSTS.make(name, horizon=horizon, dim=dim, seed=seed, rbf_original=rbf_original)

@@ -13,9 +13,11 @@ and truncates the centres to integers.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from mbirl.costs.base import KeypointCost
+from mbirl.costs.base import COSTS, KeypointCost
 
 __all__ = ["DefaultCost", "RBFWeightedCost", "TimeDependentCost", "WeightedCost", "rbf_basis"]
 
@@ -105,3 +107,23 @@ class RBFWeightedCost(KeypointCost):
 
     def weights_table(self) -> torch.Tensor:
         return self.time_weights().detach()
+
+
+@COSTS.register("default")
+def _default(*, dim: int, **_: Any) -> KeypointCost:
+    return DefaultCost(dim)
+
+
+@COSTS.register("weighted")
+def _weighted(*, dim: int, **_: Any) -> KeypointCost:
+    return WeightedCost(dim)
+
+
+@COSTS.register("timedep")
+def _timedep(*, horizon: int, dim: int, **_: Any) -> KeypointCost:
+    return TimeDependentCost(horizon, dim)
+
+
+@COSTS.register("rbf")
+def _rbf(*, horizon: int, dim: int, rbf_original: bool = False, **_: Any) -> KeypointCost:
+    return RBFWeightedCost(horizon, dim, original=rbf_original)

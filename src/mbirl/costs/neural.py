@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from mbirl.costs.base import KeypointCost
+from mbirl.costs.base import COSTS, KeypointCost
 
 __all__ = ["NeuralCost"]
 
@@ -40,3 +42,8 @@ class NeuralCost(KeypointCost):
         out = torch.nn.functional.softplus(self.net(torch.cat([err / self.scale, t], dim=-1))).squeeze(-1)
         quad = torch.nn.functional.softplus(self.quad_weight) * err.pow(2).sum(-1)
         return (out + quad).mean(-1)
+
+
+@COSTS.register("neural")
+def _neural(*, horizon: int, dim: int, seed: int = 0, **_: Any) -> KeypointCost:
+    return NeuralCost(horizon, dim, generator=torch.Generator().manual_seed(seed))
