@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from mbirl.algorithms import MBIRL, DemoBatch
+from mbirl.algorithms.mbirl import MBIRLConfig
 from mbirl.costs import KeypointCost, make_cost
 from mbirl.dynamics import KeypointDynamics, KeypointMLPDynamics
-from mbirl.dynamics.keypoint_mlp import DynamicsTrainConfig, dynamics_errors, fit_keypoint_dynamics
+from mbirl.dynamics.keypoint_mlp import DynamicsTrainConfig, KeypointMLPConfig, dynamics_errors, fit_keypoint_dynamics
 from mbirl.errors import InputError
 from mbirl.planning.gradient_mpc import GradientMode, optimize_actions
 
@@ -33,14 +34,14 @@ def _toy_system(n: int, T: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.n
 def trained():
     torch.manual_seed(0)
     q, z, u = _toy_system(300, 6, seed=0)
-    model = KeypointMLPDynamics(J, K, hidden=64, layers=2, seed=0)
+    model = KeypointMLPDynamics(J, K, KeypointMLPConfig(hidden=64, layers=2), seed=0)
     fit_keypoint_dynamics(model, q, z, u, DynamicsTrainConfig(steps=400, batch_size=32, lr=3e-3),
                           generator=torch.Generator().manual_seed(0))
     return model
 
 
 def test_interface_shapes_and_start_keypoints():
-    model = KeypointMLPDynamics(J, K, hidden=16, layers=1)
+    model = KeypointMLPDynamics(J, K, KeypointMLPConfig(hidden=16, layers=1))
     assert isinstance(model, KeypointDynamics)
     q0, u = torch.zeros(4, J), torch.zeros(4, 5, J)
     q, z = model.rollout(q0, u)
@@ -49,7 +50,9 @@ def test_interface_shapes_and_start_keypoints():
     _, z = model.rollout(q0, u, z0)
     torch.testing.assert_close(z[:, 0], z0)
     with pytest.raises(InputError, match="invalid model sizes"):
-        KeypointMLPDynamics(J, K, ensemble=0)
+        KeypointMLPConfig(ensemble=0)
+    with pytest.raises(InputError, match="invalid model sizes"):
+        KeypointMLPDynamics(0, K)
 
 
 def test_learns_a_known_system_open_loop(trained):
@@ -71,7 +74,7 @@ def test_rollout_is_twice_differentiable_in_the_actions(trained):
 
 
 def test_ensemble_members_differ_and_state_round_trips():
-    model = KeypointMLPDynamics(J, K, hidden=16, layers=1, ensemble=3, seed=2)
+    model = KeypointMLPDynamics(J, K, KeypointMLPConfig(hidden=16, layers=1, ensemble=3), seed=2)
     q, z, u = torch.zeros(2, J), torch.ones(2, K * 3), torch.full((2, J), 0.1)
     # untrained members differ in their last layer only through initialisation; make them differ visibly
     with torch.no_grad():
@@ -88,8 +91,36 @@ def test_ensemble_members_differ_and_state_round_trips():
         KeypointMLPDynamics.from_description({"kind": "other"})
 
 
+def test_saved_model_loads_back_and_bad_model_files_are_input_errors(tmp_path):
+    from mbirl.reporting.checkpoint import save_checkpoint
+
+    model = KeypointMLPDynamics(J, K, KeypointMLPConfig(hidden=8, layers=1, ensemble=2), seed=3)
+    model.save(tmp_path / "run")
+    loaded = KeypointMLPDynamics.load(tmp_path / "run")
+    assert not loaded.training and loaded.config == model.config
+    q, z, u = torch.zeros(2, J), torch.ones(2, K * 3), torch.full((2, J), 0.1)
+    torch.testing.assert_close(loaded.step(q, z, u), model.step(q, z, u), rtol=0, atol=0)
+    with pytest.raises(InputError, match="no trained dynamics model"):
+        KeypointMLPDynamics.load(tmp_path / "empty")
+    save_checkpoint(tmp_path / "other" / "model", {"model": model.state_dict(), "description": {"kind": "other"}})
+    with pytest.raises(InputError, match="not a keypoint MLP"):
+        KeypointMLPDynamics.load(tmp_path / "other")
+    save_checkpoint(tmp_path / "sizes" / "model", {"model": model.state_dict(),
+                                                   "description": {**model.describe(), "hidden": 0}})
+    with pytest.raises(InputError, match="invalid description"):
+        KeypointMLPDynamics.load(tmp_path / "sizes")
+    save_checkpoint(tmp_path / "weights" / "model", {"model": model.state_dict(),
+                                                     "description": {**model.describe(), "hidden": 16}})
+    with pytest.raises(InputError, match="inconsistent dynamics file"):
+        KeypointMLPDynamics.load(tmp_path / "weights")
+    save_checkpoint(tmp_path / "nodesc" / "model", {"model": model.state_dict()})
+    with pytest.raises(InputError, match="inconsistent dynamics file"):
+        KeypointMLPDynamics.load(tmp_path / "nodesc")
+
+
 def test_joint_limits_are_applied():
-    model = KeypointMLPDynamics(J, K, hidden=8, layers=1, lower=torch.full((J,), -0.1), upper=torch.full((J,), 0.1))
+    model = KeypointMLPDynamics(J, K, KeypointMLPConfig(hidden=8, layers=1), lower=torch.full((J,), -0.1),
+                                upper=torch.full((J,), 0.1))
     q, _ = model.rollout(torch.zeros(1, J), torch.full((1, 4, J), 0.5))
     assert q.max() <= 0.1 + 1e-6
 
@@ -98,20 +129,22 @@ def test_mbirl_learner_and_planner_run_unchanged_on_the_learned_model(trained):
     q, z, _ = _toy_system(5, 6, seed=3)
     demos = DemoBatch(q0=torch.as_tensor(q[:, 0]), z=torch.as_tensor(z).flatten(-2))
     cost = make_cost("weighted", horizon=7, dim=K * 3)
-    learner = MBIRL(cost, trained, demos.select(slice(0, 3)), demos.select(slice(3, 5)), inner_lr=1e-2)
+    learner = MBIRL(cost, trained, demos.select(slice(0, 3)), demos.select(slice(3, 5)),
+                    MBIRLConfig(inner_lr=1e-2))
     before = learner.evaluate(learner.test).irl_loss.mean()
     weights0 = cost.weights.detach().clone()
     for _ in range(5):
         loss = learner.outer_iteration()
     assert np.isfinite(loss) and not torch.allclose(cost.weights, weights0)
     assert np.isfinite(float(before))
-    u, _ = optimize_actions(trained, cost, demos.q0, demos.goal, 7, grad_mode=GradientMode.NONE)
+    u, _ = optimize_actions(trained, cost, demos.q0, demos.goal, 7, grad_mode=GradientMode.NONE,
+                            **MBIRLConfig().inner_kwargs())
     assert u.shape == (5, 6, J) and torch.isfinite(u).all()
 
 
 def test_bilevel_gradient_through_the_learned_model_matches_finite_differences():
     torch.manual_seed(0)
-    model = KeypointMLPDynamics(J, K, hidden=8, layers=2, seed=1).double()
+    model = KeypointMLPDynamics(J, K, KeypointMLPConfig(hidden=8, layers=2), seed=1).double()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.3)
@@ -129,7 +162,7 @@ def test_bilevel_gradient_through_the_learned_model_matches_finite_differences()
 
     def outer(weights: torch.Tensor) -> torch.Tensor:
         cost = Weighted(weights)
-        u, _ = optimize_actions(model, cost, q0, z_demo[:, -1], 4, n_steps=2, lr=0.05)
+        u, _ = optimize_actions(model, cost, q0, z_demo[:, -1], 4, n_steps=2, lr=0.05, optimizer="sgd")
         _, z = model.rollout(q0, u)
         return (z.flatten(-2) - z_demo).pow(2).sum(1).mean()
 

@@ -86,7 +86,7 @@ def _toy_images(n: int, size: int = 16, seed: int = 0) -> tuple[np.ndarray, np.n
 def test_detector_learns_to_track_a_moving_object():
     torch.manual_seed(0)
     images, centres = _toy_images(400)
-    model = KeypointAutoencoder(DetectorConfig(n_keypoints=2, image_size=16, width=16, sigma=1.0))
+    model = KeypointAutoencoder(DetectorConfig(n_keypoints=2, width=16, sigma=1.0), image_size=16)
     init_background(model, images)
     fit_detector(model, images[:300], DetectorTrainConfig(steps=300, batch_size=16, lr=3e-3, saliency_weight=5.0),
                  generator=torch.Generator().manual_seed(0))
@@ -98,7 +98,7 @@ def test_detector_learns_to_track_a_moving_object():
 
 
 def test_detector_shapes_and_input_validation():
-    model = KeypointAutoencoder(DetectorConfig(n_keypoints=3, image_size=16, width=8))
+    model = KeypointAutoencoder(DetectorConfig(n_keypoints=3, width=8), image_size=16)
     x = torch.rand(4, 3, 16, 16) - 0.5
     kp, recon, probs = model(x)
     assert kp.shape == (4, 3, 2) and recon.shape == (4, 3, 16, 16) and probs.shape == (4, 3, 8, 8)
@@ -110,7 +110,7 @@ def test_detector_shapes_and_input_validation():
         fit_detector(model, np.zeros((2, 32, 32, 3), dtype=np.uint8), DetectorTrainConfig(steps=1),
                      generator=torch.Generator())
     with pytest.raises(InputError, match="even"):
-        DetectorConfig(image_size=15)
+        KeypointAutoencoder(image_size=15)
     with pytest.raises(InputError, match="keypoint"):
         DetectorConfig(n_keypoints=0)
 
@@ -142,7 +142,7 @@ def test_interrupted_detector_training_resumes_to_the_same_model():
 
     def fresh() -> KeypointAutoencoder:
         torch.manual_seed(0)
-        model = KeypointAutoencoder(DetectorConfig(n_keypoints=2, image_size=16, width=8))
+        model = KeypointAutoencoder(DetectorConfig(n_keypoints=2, width=8), image_size=16)
         init_background(model, images)
         return model
 

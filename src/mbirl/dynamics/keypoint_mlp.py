@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,28 @@ from torch import nn
 from mbirl.dynamics.base import KeypointDynamics
 from mbirl.errors import InputError, check_finite
 
-__all__ = ["DynamicsTrainConfig", "KeypointMLPDynamics", "dynamics_errors", "fit_keypoint_dynamics"]
+__all__ = ["MODEL_FILE", "DynamicsTrainConfig", "KeypointMLPConfig", "KeypointMLPDynamics", "dynamics_errors",
+           "fit_keypoint_dynamics"]
+
+MODEL_FILE = "model"
+"""Checkpoint stem of a trained model inside its run directory (:meth:`KeypointMLPDynamics.save`)."""
+
+
+@dataclass(frozen=True)
+class KeypointMLPConfig:
+    """Size of :class:`KeypointMLPDynamics` (each ensemble member is an MLP of this shape)."""
+
+    hidden: int = 256
+    """hidden units per layer"""
+    layers: int = 3
+    """hidden layers per member"""
+    ensemble: int = 1
+    """ensemble members (their own initialisation; predictions average them)"""
+
+    def __post_init__(self) -> None:
+        if self.hidden < 1 or self.layers < 1 or self.ensemble < 1:
+            raise InputError(f"invalid model sizes (hidden {self.hidden}, layers {self.layers}, ensemble "
+                             f"{self.ensemble})", field="dynamics")
 
 
 class _EnsembleLinear(nn.Module):
@@ -71,8 +93,7 @@ class KeypointMLPDynamics(KeypointDynamics):
 
     Args:
         n_joints, n_keypoints: state sizes (``z`` has ``3 * n_keypoints`` entries).
-        hidden, layers: width and number of hidden layers of each member.
-        ensemble: number of members.
+        config: the members' size (default: :class:`KeypointMLPConfig`'s defaults).
         lower, upper: optional joint limits applied to predicted joint states (as the robot does).
         seed: initialisation seed.
     """
@@ -81,12 +102,14 @@ class KeypointMLPDynamics(KeypointDynamics):
     lower: torch.Tensor
     upper: torch.Tensor
 
-    def __init__(self, n_joints: int, n_keypoints: int, *, hidden: int = 256, layers: int = 3, ensemble: int = 1,
+    def __init__(self, n_joints: int, n_keypoints: int, config: KeypointMLPConfig | None = None, *,
                  lower: torch.Tensor | None = None, upper: torch.Tensor | None = None, seed: int = 0) -> None:
         super().__init__()
-        if n_joints < 1 or n_keypoints < 1 or hidden < 1 or layers < 1 or ensemble < 1:
-            raise InputError(f"invalid model sizes (joints {n_joints}, keypoints {n_keypoints}, hidden {hidden}, "
-                             f"layers {layers}, ensemble {ensemble})", field="dynamics")
+        config = config if config is not None else KeypointMLPConfig()
+        hidden, layers, ensemble = config.hidden, config.layers, config.ensemble
+        if n_joints < 1 or n_keypoints < 1:
+            raise InputError(f"invalid model sizes (joints {n_joints}, keypoints {n_keypoints})", field="dynamics")
+        self.config = config
         self.n_joints = n_joints
         self.n_keypoints = n_keypoints
         self.hparams = {"n_joints": n_joints, "n_keypoints": n_keypoints, "hidden": hidden, "layers": layers,
@@ -162,37 +185,71 @@ class KeypointMLPDynamics(KeypointDynamics):
         return {"kind": "keypoint_mlp", **self.hparams}
 
     @classmethod
-    def from_description(cls, desc: dict[str, Any]) -> KeypointMLPDynamics:
+    def from_description(cls, desc: Any, source: str | None = None) -> KeypointMLPDynamics:
+        """A fresh (untrained) model of the kind :meth:`describe` describes; InputError for anything else."""
         keys = ("n_joints", "n_keypoints", "hidden", "layers", "ensemble", "seed")
-        if desc.get("kind") != "keypoint_mlp" or any(k not in desc for k in keys):
-            raise InputError("not a keypoint MLP dynamics description", field="dynamics")
-        return cls(int(desc["n_joints"]), int(desc["n_keypoints"]), hidden=int(desc["hidden"]),
-                   layers=int(desc["layers"]), ensemble=int(desc["ensemble"]), seed=int(desc["seed"]))
+        if not isinstance(desc, dict) or desc.get("kind") != "keypoint_mlp" or any(k not in desc for k in keys):
+            raise InputError("not a keypoint MLP dynamics description", source=source, field="dynamics")
+        try:
+            config = KeypointMLPConfig(hidden=int(desc["hidden"]), layers=int(desc["layers"]),
+                                       ensemble=int(desc["ensemble"]))
+            return cls(int(desc["n_joints"]), int(desc["n_keypoints"]), config, seed=int(desc["seed"]))
+        except (InputError, TypeError, ValueError) as exc:
+            raise InputError(f"invalid description ({exc})", source=source, field="dynamics") from None
+
+    def save(self, run_dir: str | Path) -> None:
+        """Write ``RUN_DIR/model.{json,safetensors}`` (crash-safe; read back with :meth:`load`)."""
+        from mbirl.reporting.checkpoint import save_checkpoint
+
+        save_checkpoint(Path(run_dir) / MODEL_FILE, {"model": self.state_dict(), "description": self.describe()})
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> KeypointMLPDynamics:
+        """Read the model that :meth:`save` (``mbirl visual train-dynamics``) wrote into ``run_dir``, in eval mode.
+
+        Raises InputError when ``run_dir`` holds no model or an inconsistent one.
+        """
+        from mbirl.reporting.checkpoint import load_checkpoint
+
+        run_dir = Path(run_dir)
+        where = str(run_dir / f"{MODEL_FILE}.json")
+        if not (run_dir / f"{MODEL_FILE}.json").is_file():
+            raise InputError("no trained dynamics model here (run `mbirl visual train-dynamics` first)",
+                             source=str(run_dir))
+        state = load_checkpoint(run_dir / MODEL_FILE)
+        try:
+            model = cls.from_description(state["description"], source=where)
+            model.load_state_dict(state["model"])
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+            raise InputError(f"inconsistent dynamics file ({str(exc).splitlines()[0]})", source=where) from None
+        model.eval()
+        return model
 
 
 @dataclass
 class DynamicsTrainConfig:
-    """Training of :class:`KeypointMLPDynamics`.
+    """Training of :class:`KeypointMLPDynamics` (the minibatch order comes from the caller's generator)."""
 
-    Attributes:
-        steps: gradient steps. batch_size: trajectories per step. lr: Adam learning rate (cosine-decayed).
-        weight_decay: AdamW weight decay. one_step_weight: weight of the teacher-forced one-step loss next to the
-            open-loop rollout loss. huber_delta: None for squared errors, else a Huber loss with this threshold
-            (standardised units) so the few badly detected keypoints do not dominate. seed: minibatch order and
-            initialisation.
-    """
-
-    steps: int = 3000
+    steps: int = 2000
+    """gradient steps"""
     batch_size: int = 64
+    """trajectories per step"""
     lr: float = 2e-3
+    """AdamW learning rate (cosine-decayed)"""
     weight_decay: float = 1e-5
+    """AdamW weight decay"""
     one_step_weight: float = 0.5
+    """weight of the teacher-forced one-step loss next to the open-loop rollout loss"""
     huber_delta: float | None = 0.05
-    seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    """None for squared errors, else a Huber loss with this threshold (standardised units) so the few badly
+    detected keypoints do not dominate"""
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch_size < 1 or not (math.isfinite(self.lr) and self.lr > 0):
+            raise InputError(f"invalid dynamics training settings (steps {self.steps}, batch {self.batch_size}, "
+                             f"lr {self.lr})", field="dynamics")
+        if self.huber_delta is not None and not (math.isfinite(self.huber_delta) and self.huber_delta > 0):
+            raise InputError(f"must be a positive number or null, got {self.huber_delta}", field="huber_delta")
 
 
 def _penalty(err: torch.Tensor, delta: float | None) -> torch.Tensor:

@@ -13,7 +13,8 @@ convention of :class:`mbirl.envs.render.Camera`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,35 +22,33 @@ from torch import nn
 
 from mbirl.errors import InputError
 
-__all__ = ["DetectorConfig", "KeypointAutoencoder", "SpatialSoftmax", "gaussian_maps", "images_to_tensor"]
+__all__ = ["DetectorConfig", "KeypointAutoencoder", "SpatialSoftmax", "check_image_size", "gaussian_maps",
+           "images_to_tensor"]
 
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    """Architecture of :class:`KeypointAutoencoder`.
-
-    Attributes:
-        n_keypoints: number of learned keypoints K.
-        image_size: input images are ``image_size x image_size`` RGB.
-        width: channels of the encoder/decoder convolutions.
-        sigma: standard deviation of the decoder's Gaussian blobs, in feature-map pixels (half resolution).
-    """
+    """Architecture of :class:`KeypointAutoencoder` (the image size comes from the data it is trained on)."""
 
     n_keypoints: int = 16
-    image_size: int = 64
+    """number of learned keypoints K (at least the number of object keypoints to track)"""
     width: int = 32
+    """channels of the encoder and decoder convolutions"""
     sigma: float = 1.0
+    """standard deviation of the decoder's Gaussian blobs, in feature-map pixels (half the image resolution)"""
 
     def __post_init__(self) -> None:
         if self.n_keypoints < 1:
             raise InputError(f"need at least one keypoint, got {self.n_keypoints}", field="n_keypoints")
-        if self.image_size < 8 or self.image_size % 2:
-            raise InputError(f"image size must be an even number >= 8, got {self.image_size}", field="resolution")
-        if self.width < 4 or self.sigma <= 0:
+        if self.width < 4 or not (math.isfinite(self.sigma) and self.sigma > 0):
             raise InputError(f"invalid width {self.width} or sigma {self.sigma}", field="detector")
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+
+def check_image_size(image_size: int) -> int:
+    """``image_size`` after checking that the detector can take square images of that size (even, >= 8)."""
+    if image_size < 8 or image_size % 2:
+        raise InputError(f"image size must be an even number >= 8, got {image_size}", field="resolution")
+    return image_size
 
 
 def images_to_tensor(images: Any) -> torch.Tensor:
@@ -99,14 +98,19 @@ class KeypointAutoencoder(nn.Module):
 
     ``encode(x)`` gives keypoints ``(B, K, 2)`` in *image* pixels; ``forward(x)`` also returns the
     reconstruction ``(B, 3, H, W)`` in ``[-0.5, 0.5]`` and the heat-map probabilities.
+
+    Args:
+        config: the architecture (default: :class:`DetectorConfig`'s defaults).
+        image_size: input images are ``image_size x image_size`` RGB (even, >= 8).
     """
 
     background: nn.Parameter
 
-    def __init__(self, config: DetectorConfig | None = None) -> None:
+    def __init__(self, config: DetectorConfig | None = None, *, image_size: int) -> None:
         super().__init__()
         self.config = config if config is not None else DetectorConfig()
-        c, K, S = self.config.width, self.config.n_keypoints, self.config.image_size
+        self.image_size = check_image_size(image_size)
+        c, K, S = self.config.width, self.config.n_keypoints, self.image_size
         self.feat = S // 2
         # Coordinate channels (CoordConv) make absolute position easy to encode for a small network.
         self.encoder = nn.Sequential(
@@ -125,7 +129,7 @@ class KeypointAutoencoder(nn.Module):
         self.background = nn.Parameter(torch.zeros(3, S, S))
 
     def _check(self, x: torch.Tensor) -> None:
-        S = self.config.image_size
+        S = self.image_size
         if x.ndim != 4 or x.shape[1:] != (3, S, S):
             raise InputError(f"expected images (B, 3, {S}, {S}), got {tuple(x.shape)}", field="images")
 
@@ -138,7 +142,7 @@ class KeypointAutoencoder(nn.Module):
 
     def decode(self, keypoints: torch.Tensor) -> torch.Tensor:
         """Reconstruct images ``(B, 3, S, S)`` from image-pixel keypoints ``(B, K, 2)``."""
-        scale = self.config.image_size / self.feat
+        scale = self.image_size / self.feat
         maps = gaussian_maps(keypoints / scale, self.feat, self.feat, self.config.sigma)
         out = self.shuffle(self.decoder(torch.cat([maps, _coords(self.feat, self.feat, maps)], dim=1)))
         fg, alpha = torch.tanh(out[:, :3]) * 0.5, torch.sigmoid(out[:, 3:4])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,27 +24,22 @@ __all__ = ["DetectorTrainConfig", "fit_detector", "init_background", "median_fra
 
 @dataclass
 class DetectorTrainConfig:
-    """Optimisation of :class:`KeypointAutoencoder`.
+    """Optimisation of :class:`KeypointAutoencoder` (the minibatch order comes from the caller's generator)."""
 
-    Attributes:
-        steps: gradient steps. batch_size: images per step. lr: Adam learning rate (cosine-decayed to 5%).
-        saliency_weight: extra weight of pixels that differ from the static background (see module doc).
-        seed: initialisation and minibatch order.
-    """
-
-    steps: int = 2000
+    steps: int = 3000
+    """gradient steps"""
     batch_size: int = 32
+    """images per step"""
     lr: float = 2e-3
+    """Adam learning rate (cosine-decayed to 5% of it)"""
     saliency_weight: float = 5.0
-    seed: int = 0
+    """extra loss weight of pixels that differ from the static background (see the module docstring)"""
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.batch_size < 1 or not (math.isfinite(self.lr) and self.lr > 0):
+        if self.steps < 0 or self.batch_size < 1 or not (math.isfinite(self.lr) and self.lr > 0) \
+                or not (math.isfinite(self.saliency_weight) and self.saliency_weight >= 0):
             raise InputError(f"invalid detector training settings (steps {self.steps}, batch {self.batch_size}, "
-                             f"lr {self.lr})", field="detector")
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+                             f"lr {self.lr}, saliency weight {self.saliency_weight})", field="detector")
 
 
 def median_frame(images: np.ndarray, max_frames: int = 2000) -> torch.Tensor:
@@ -67,7 +62,7 @@ def fit_detector(model: KeypointAutoencoder, images: np.ndarray, cfg: DetectorTr
     ``state`` carries the optimiser state (``generator`` carries the minibatch order) so a run can resume at
     ``start_step``. Call :func:`init_background` first on a fresh model.
     """
-    S = model.config.image_size
+    S = model.image_size
     if images.ndim != 4 or images.shape[1:] != (S, S, 3) or images.dtype != np.uint8:
         raise InputError(f"expected uint8 images (N, {S}, {S}, 3), got {images.dtype} {images.shape}", field="images")
     data = torch.from_numpy(images)
