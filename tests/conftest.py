@@ -1,4 +1,4 @@
-"""Shared fixtures: single-threaded torch, one session-wide set of placing demos, the original URDF."""
+"""Shared fixtures: single-threaded torch, one session-wide set of placing demos, the original URDF file."""
 
 from __future__ import annotations
 
@@ -21,8 +21,17 @@ def placing_demos():
 
 
 @pytest.fixture(scope="session")
+def original_robot():
+    """The original experiment's iiwa7 with keypoint links ``kp_link_1``, ``kp_link_2`` (built in, no file)."""
+    import mbirl.envs
+
+    return mbirl.envs.original_kuka()
+
+
+@pytest.fixture(scope="session")
 def fixture_urdf() -> Path:
-    """The original MBIRL iiwa7 URDF with keypoint links ``kp_link_1..3``."""
+    """The original MBIRL iiwa7 URDF file (outside this repository: tests that compare against it skip without
+    it; everything else uses the built-in :func:`mbirl.envs.original_kuka`)."""
     if not FIXTURE_URDF.is_file():
         pytest.skip(f"fixture URDF not found at {FIXTURE_URDF}")
     return FIXTURE_URDF

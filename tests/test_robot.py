@@ -125,29 +125,97 @@ def test_missing_or_broken_urdf(tmp_path):
         KeypointRobot(tmp_path / "x.urdf", [])
 
 
-def test_original_urdf_keypoint_links(fixture_urdf):
-    robot = mbirl.envs.original_kuka(fixture_urdf)
-    assert robot.n_joints == 7
-    assert robot.n_keypoints == 2
+def test_original_robot_keypoint_links(original_robot):
+    assert original_robot.n_joints == 7
+    assert original_robot.n_keypoints == 2
+    assert original_robot.joint_names == [f"iiwa_joint_{i}" for i in range(1, 8)]
     with torch.no_grad():
-        kp = robot.keypoints(torch.tensor(REST_POSE, dtype=torch.float32)).numpy()
+        kp = original_robot.keypoints(torch.tensor(REST_POSE, dtype=torch.float32)).numpy()
     np.testing.assert_allclose(kp, [[-48.5, 0.0, 88.4], [-51.0, 0.0, 92.7]], atol=0.1, rtol=0)
 
 
-def test_original_urdf_three_links_via_options(fixture_urdf):
-    robot = mbirl.envs.robot_from_options(str(fixture_urdf), "kp_link_1, kp_link_2,kp_link_3")
+def test_original_robot_three_links_via_options(original_robot):
+    robot = mbirl.envs.robot_from_options("original", None, "kp_link_1, kp_link_2,kp_link_3")
     assert robot.n_keypoints == 3
     with torch.no_grad():
         kp = robot.keypoints(torch.tensor(REST_POSE))
-    two = mbirl.envs.original_kuka(fixture_urdf).keypoints(torch.tensor(REST_POSE)).detach()
+    two = original_robot.keypoints(torch.tensor(REST_POSE)).detach()
     torch.testing.assert_close(kp[:2], two)
     with pytest.raises(InputError) as excinfo:
-        mbirl.envs.robot_from_options(str(fixture_urdf), "kp_link_1,nope")
+        mbirl.envs.robot_from_options("original", None, "kp_link_1,nope")
     assert "'nope'" in str(excinfo.value)
-    with pytest.raises(InputError):
-        mbirl.envs.robot_from_options(str(fixture_urdf), None)
-    with pytest.raises(InputError):
-        mbirl.envs.robot_from_options(None, "kp_link_1")
+
+
+def test_robot_options_are_checked(tmp_path, original_robot):
+    urdf = tmp_path / "iiwa7.urdf"
+    urdf.write_text(mbirl.envs.kuka.original_urdf())
+    from_file = mbirl.envs.robot_from_options("kuka", str(urdf), "kp_link_1,kp_link_2")
+    assert from_file.name == "iiwa7" and from_file.builtin is None
+    with torch.no_grad():
+        torch.testing.assert_close(from_file.keypoints(torch.tensor(REST_POSE)),
+                                   original_robot.keypoints(torch.tensor(REST_POSE)), rtol=0, atol=0)
+    with pytest.raises(InputError, match="--keypoint-links"):
+        mbirl.envs.robot_from_options("kuka", str(urdf), None)
+    with pytest.raises(InputError, match="--robot original") as excinfo:
+        mbirl.envs.robot_from_options("original", str(urdf), "kp_link_1")
+    assert excinfo.value.field == "robot"
+    with pytest.raises(InputError, match="unknown robot 'ur5' \\(expected one of kuka, original\\)"):
+        mbirl.envs.robot_from_options("ur5")
+
+
+@pytest.mark.parametrize("name", ["kuka", "original"])
+def test_builtin_robot_description_round_trips_without_a_path(name):
+    robot = mbirl.envs.ROBOTS.make(name)
+    desc = robot.describe()
+    # The keys old files have are still there (old readers), plus the built-in robot's name.
+    assert {"name", "urdf", "keypoints", "scale", "joint_names"} <= set(desc) and desc["builtin"] == name
+    rebuilt = KeypointRobot.from_description({**desc, "urdf": "/nowhere/robot.urdf"})
+    assert rebuilt.describe() == desc | {"urdf": robot.urdf}
+    q = torch.tensor(REST_POSE)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.keypoints(q), robot.keypoints(q))
+
+
+def test_description_of_a_urdf_robot_and_of_old_files(tmp_path, kuka):
+    """A robot from a URDF file is rebuilt from its path; an old description (no ``builtin`` key) loads too."""
+    old = {k: v for k, v in kuka.describe().items() if k != "builtin"}
+    rebuilt = KeypointRobot.from_description(old)
+    assert rebuilt.builtin is None and rebuilt.specs == kuka.specs and rebuilt.name == "kuka_iiwa"
+    with pytest.raises(InputError, match="robot description") as excinfo:
+        KeypointRobot.from_description({"name": "x"}, source="demos.npz")
+    assert excinfo.value.source == "demos.npz"
+    with pytest.raises(InputError, match="invalid robot description"):
+        KeypointRobot.from_description({**old, "keypoints": [{"link": "a"}]})
+    with pytest.raises(InputError, match="unknown built-in robot"):
+        KeypointRobot.from_description({**old, "builtin": "ur5"})
+
+
+def test_pytorch_kinematics_private_attributes(kuka):
+    """The lean FK (``_serial_fk`` in envs/robot.py) reads private attributes of pytorch-kinematics' chain, which is
+    why pyproject.toml pins its version. If this fails after an upgrade, adapt ``_serial_fk`` to the new layout
+    (or keep the pin)."""
+    chain = kuka.chain
+    missing = [a for a in mbirl.envs.robot.PK_CHAIN_ATTRIBUTES if not hasattr(chain, a)]
+    assert not missing, (f"pytorch-kinematics' Chain no longer has {missing}: envs/robot.py::_serial_fk reads them; "
+                         "adapt it to the new version or restore the pinned version from pyproject.toml")
+    n_frames = len(chain.get_frame_names(exclude_fixed=False))
+    layout = {
+        "_direct_parent_idx": (n_frames,), "_joint_indices_clamped": (n_frames,),
+        "_static_offsets": (n_frames, 4, 4), "joint_type_indices": (n_frames,), "axes": (kuka.n_joints, 3),
+    }
+    changed = {a: tuple(getattr(chain, a).shape) for a, shape in layout.items()
+               if tuple(getattr(chain, a).shape) != shape}
+    assert not changed, (f"pytorch-kinematics' Chain attributes changed shape {changed} (expected {layout}): "
+                         "envs/robot.py::_serial_fk reads them; adapt it or restore the pinned version")
+    parents = chain._direct_parent_idx.tolist()
+    assert parents[0] == -1 and all(p < i for i, p in enumerate(parents)), \
+        "pytorch-kinematics' _direct_parent_idx is no longer a topologically ordered parent index (root -1)"
+    assert set(chain.joint_type_indices.tolist()) <= {0, 1, 2}, \
+        "pytorch-kinematics' joint_type_indices no longer codes fixed/revolute/prismatic as 0/1/2"
+    # And the values they give: the lean FK equals the library's own tree traversal.
+    q = torch.rand(5, kuka.n_joints, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(kuka.keypoints(q), kuka.tree_keypoints(q), rtol=0, atol=1e-4)
 
 
 _SLIDER_URDF = """<?xml version="1.0"?>

@@ -7,11 +7,21 @@ from typing import Annotated
 
 import typer
 
+from mbirl.envs.kuka import DEFAULT_ROBOT, DEMO_HORIZON, DEMO_NOISE_CM
 from mbirl.errors import InputError
 
-__all__ = ["kuka_app"]
+__all__ = ["LinksOpt", "RobotOpt", "UrdfOpt", "kuka_app"]
 
 kuka_app = typer.Typer(help="KUKA iiwa keypoint tasks: generate and plot demonstrations.", no_args_is_help=True)
+
+RobotOpt = Annotated[str, typer.Option(
+    help="built-in robot: kuka (PyBullet's KUKA iiwa, two keypoints on a held object) or original (the original "
+         "experiment's iiwa7 with keypoint links kp_link_1,kp_link_2)")]
+UrdfOpt = Annotated[str | None, typer.Option(
+    help="a robot URDF instead of the built-in robot (needs --keypoint-links)")]
+LinksOpt = Annotated[str | None, typer.Option(
+    help="comma-separated keypoint link names of --urdf (or of the built-in robot, e.g. --robot original "
+         "--keypoint-links kp_link_1,kp_link_2,kp_link_3)")]
 
 
 @kuka_app.command("demos")
@@ -20,16 +30,18 @@ def demos(
     task: Annotated[str, typer.Option(help="placing or reaching")] = "placing",
     style: Annotated[str, typer.Option(
         help="reachable (IK-tracked paths with noise) or original (the official code's placing demos: desired "
-             "keypoints, offsets from torch's seeded stream; --seed 0 on its robot is its traj_data_placing.pt)"
+             "keypoints, offsets from torch's seeded stream; --seed 0 --robot original is its traj_data_placing.pt)"
     )] = "reachable",
     n: Annotated[int, typer.Option(help="number of demonstrations")] = 6,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     out: Annotated[Path, typer.Option(help="output .npz file (a .png plot is written beside it)")] = Path(
         "demos.npz"),
-    horizon: Annotated[int, typer.Option(help="time steps per demonstration (states, incl. the start)")] = 10,
-    noise: Annotated[float, typer.Option(help="per-step noise on the desired path [cm] (reachable style)")] = 0.3,
-    urdf: Annotated[str | None, typer.Option(help="robot URDF (default: PyBullet's kuka_iiwa/model.urdf)")] = None,
-    keypoint_links: Annotated[str | None, typer.Option(help="comma-separated keypoint link names of --urdf")] = None,
+    horizon: Annotated[int, typer.Option(help="time steps per demonstration (states, incl. the start)")] = DEMO_HORIZON,
+    noise: Annotated[float, typer.Option(
+        help="per-step noise on the desired path [cm] (reachable style)")] = DEMO_NOISE_CM,
+    robot: RobotOpt = DEFAULT_ROBOT,
+    urdf: UrdfOpt = None,
+    keypoint_links: LinksOpt = None,
 ) -> None:
     """Generate seeded demonstrations and save them as .npz (plus a plot)."""
     from mbirl.data.demos import save_keypoint_demos
@@ -48,17 +60,22 @@ def demos(
         if getattr(ctx.get_parameter_source("noise"), "name", None) == "COMMANDLINE":
             raise InputError("--noise applies to the reachable style only (the original has no per-step noise)",
                              field="noise")
-    robot = robot_from_options(urdf, keypoint_links)
+    kp_robot = robot_from_options(robot, urdf, keypoint_links)
     command = f"mbirl kuka demos --task {task} --n {n} --seed {seed} --horizon {horizon}"
+    if robot != DEFAULT_ROBOT:
+        command += f" --robot {robot}"
     if urdf is not None:
-        command += f" --urdf {urdf} --keypoint-links {keypoint_links}"
+        command += f" --urdf {urdf}"
+    if keypoint_links:
+        command += f" --keypoint-links {keypoint_links}"
     if style == "original":
-        trajs = generate_original_placing(n, seed=seed, horizon=horizon, robot=robot)
-        meta = {"task": task, "style": style, "seed": seed, "robot": robot.describe(),
+        trajs = generate_original_placing(n, seed=seed, horizon=horizon, robot=kp_robot)
+        meta = {"task": task, "style": style, "seed": seed, "robot": kp_robot.describe(),
                 "command": f"{command} --style original"}
     else:
-        trajs = generate_demos(task, n, seed=seed, horizon=horizon, robot=robot, noise=noise)  # type: ignore[arg-type]
-        meta = {"task": task, "style": style, "seed": seed, "noise_cm": noise, "robot": robot.describe(),
+        trajs = generate_demos(task, n, seed=seed, horizon=horizon, robot=kp_robot,  # type: ignore[arg-type]
+                               noise=noise)
+        meta = {"task": task, "style": style, "seed": seed, "noise_cm": noise, "robot": kp_robot.describe(),
                 "command": f"{command} --noise {noise}"}
     save_keypoint_demos(out, trajs, meta)
     plot_demos(trajs, out.with_suffix(".png"), title=f"{task} ({style}): {n} demonstrations (seed {seed})")

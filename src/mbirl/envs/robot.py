@@ -2,7 +2,8 @@
 
 A keypoint is either a named link of the URDF (e.g. a fixed-joint child of the end effector)
 or a fixed offset expressed in a link's frame. Positions are returned in centimetres by default,
-as in the original MBIRL experiments.
+as in the original MBIRL experiments. :meth:`KeypointRobot.describe` records a robot in data files and
+:meth:`KeypointRobot.from_description` rebuilds it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,13 +31,17 @@ class KeypointSpec:
     offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
-def _build_chain(urdf: str | Path):  # type: ignore[no-untyped-def]
+def _build_chain(urdf: str | Path, text: str | None = None):  # type: ignore[no-untyped-def]
+    """The pytorch-kinematics chain of the URDF file ``urdf``, or of the URDF ``text`` (``urdf`` then names it)."""
     import pytorch_kinematics as pk
 
     path = Path(urdf)
-    if not path.is_file():
+    if text is not None:
+        data: str | bytes = text
+    elif not path.is_file():
         raise InputError("URDF file not found", source=str(path))
-    data = path.read_bytes()
+    else:
+        data = path.read_bytes()
     # The URDF parser prints a warning for every tag it does not know (materials, contacts, ...).
     sink = io.StringIO()
     logging.getLogger("pytorch_kinematics").setLevel(logging.ERROR)
@@ -213,8 +219,18 @@ def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], dim=-2)
 
 
+# pytorch-kinematics attributes that _serial_fk reads. The first three are private, so pyproject.toml pins
+# pytorch-kinematics to an exact version; tests/test_robot.py::test_pytorch_kinematics_private_attributes fails with
+# a clear message if an upgrade renames them or changes their meaning.
+PK_CHAIN_ATTRIBUTES = ("_direct_parent_idx", "_joint_indices_clamped", "_static_offsets", "joint_type_indices", "axes")
+
+
 def _serial_fk(chain, frames: list[int], offsets: torch.Tensor) -> _SerialKeypointFK | None:  # type: ignore[no-untyped-def]
-    """Build the lean FK when all keypoints share their joint sequence; None otherwise."""
+    """Build the lean FK when all keypoints share their joint sequence; None otherwise.
+
+    Reads the chain's flattened tree (:data:`PK_CHAIN_ATTRIBUTES`): per frame its parent frame index, joint type
+    (0 fixed, 1 revolute, 2 prismatic), joint index, constant offset ``(F, 4, 4)`` and joint axis.
+    """
     parents = chain._direct_parent_idx.tolist()
     types = chain.joint_type_indices.tolist()
     joints = chain._joint_indices_clamped.tolist()
@@ -254,10 +270,13 @@ class KeypointRobot(torch.nn.Module):
     """A fixed-base robot whose state is its joint vector and whose observation is k 3-D keypoints.
 
     Args:
-        urdf: path to the URDF file.
+        urdf: path to the URDF file (a label when ``urdf_text`` is given).
         keypoints: the keypoints, as :class:`KeypointSpec` or link names.
         scale: factor applied to positions (100: metres to centimetres).
         name: a short name used in metadata and figures.
+        urdf_text: the URDF itself (then no file is read).
+        builtin: the name of the built-in robot this is (``mbirl.envs.ROBOTS``), recorded by :meth:`describe` so
+            that :meth:`from_description` rebuilds it without a file.
     """
 
     lower: torch.Tensor
@@ -266,14 +285,15 @@ class KeypointRobot(torch.nn.Module):
     serial_fk: _SerialKeypointFK | None
 
     def __init__(self, urdf: str | Path, keypoints: Sequence[KeypointSpec | str], *, scale: float = 100.0,
-                 name: str = "robot") -> None:
+                 name: str = "robot", urdf_text: str | None = None, builtin: str | None = None) -> None:
         super().__init__()
         if not keypoints:
             raise InputError("need at least one keypoint", field="keypoints")
         self.urdf = str(urdf)
         self.name = name
         self.scale = float(scale)
-        self.chain = _build_chain(urdf)
+        self.builtin = builtin
+        self.chain = _build_chain(urdf, urdf_text)
         specs = [KeypointSpec(k) if isinstance(k, str) else k for k in keypoints]
         links = self.chain.get_link_names()
         for spec in specs:
@@ -374,11 +394,44 @@ class KeypointRobot(torch.nn.Module):
         return (pos * self.scale).reshape(*batch, self.n_keypoints, 3)
 
     def describe(self) -> dict[str, object]:
-        """JSON-serialisable description, stored in demo files and run configs."""
-        return {
+        """JSON-serialisable description, stored in demo files and run configs; :meth:`from_description`
+        rebuilds the robot from it. A built-in robot adds ``builtin`` (its name in ``mbirl.envs.ROBOTS``)."""
+        desc: dict[str, object] = {
             "name": self.name,
             "urdf": self.urdf,
             "keypoints": [{"link": s.link, "offset": list(s.offset)} for s in self.specs],
             "scale": self.scale,
             "joint_names": self.joint_names,
         }
+        if self.builtin is not None:
+            desc["builtin"] = self.builtin
+        return desc
+
+    @classmethod
+    def from_description(cls, desc: Any, *, source: str | None = None) -> KeypointRobot:
+        """Rebuild the robot that :meth:`describe` described (e.g. a data file's ``meta["robot"]``).
+
+        A built-in robot is built by name (no file needed), any other from its ``urdf`` path. The keypoints and
+        scale are the description's. InputError (naming ``source``) when the description is incomplete or invalid.
+        """
+        if not isinstance(desc, dict) or "keypoints" not in desc or ("urdf" not in desc and "builtin" not in desc):
+            raise InputError("metadata lacks the robot description", source=source, field="robot")
+        try:
+            specs = [KeypointSpec(str(k["link"]), (float(k["offset"][0]), float(k["offset"][1]), float(k["offset"][2])))
+                     for k in desc["keypoints"]]
+            scale = float(desc.get("scale", 100.0))
+            name = str(desc.get("name", "robot"))
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise InputError(f"invalid robot description ({type(exc).__name__}: {exc})", source=source,
+                             field="robot") from None
+        builtin = desc.get("builtin")
+        if builtin is not None:
+            from mbirl.envs.kuka import ROBOTS
+
+            if not isinstance(builtin, str) or builtin not in ROBOTS:
+                raise InputError(f"unknown built-in robot {builtin!r} (expected one of {', '.join(ROBOTS.names)})",
+                                 source=source, field="robot")
+            robot = ROBOTS.make(builtin, keypoints=specs)
+            robot.scale = scale
+            return robot
+        return cls(str(desc["urdf"]), specs, scale=scale, name=name)
