@@ -66,11 +66,11 @@ def test_inner_step_does_not_depend_on_batch_size(placing_demos):
     batch = DemoBatch.from_demos(placing_demos)
     cost = make_cost("timedep", horizon=batch.horizon, dim=batch.z.shape[-1])
     u_all, _ = optimize_actions(dyn, cost, batch.q0, batch.goal, batch.horizon, n_steps=3, lr=1e-3,
-                                grad_mode=GradientMode.NONE)
+                                optimizer="sgd", grad_mode=GradientMode.NONE)
     for i in (0, 4):
         one = batch.select(i)
         u_one, _ = optimize_actions(dyn, cost, one.q0, one.goal, one.horizon, n_steps=3, lr=1e-3,
-                                    grad_mode=GradientMode.NONE)
+                                    optimizer="sgd", grad_mode=GradientMode.NONE)
         torch.testing.assert_close(u_all[i : i + 1], u_one, rtol=1e-5, atol=1e-7)
 
 
@@ -89,9 +89,10 @@ def test_more_inner_steps_lower_the_inner_cost(placing_demos):
 
 def test_truncated_mode_differs_from_unrolled(dyn64, batch64):
     cost = make_cost("weighted", horizon=batch64.horizon, dim=batch64.z.shape[-1]).double()
-    full = torch.autograd.grad(_outer_loss(dyn64, cost, batch64, n_steps=3, lr=1e-3), cost.weights)[0]
-    trunc = torch.autograd.grad(_outer_loss(dyn64, cost, batch64, n_steps=3, lr=1e-3,
-                                            grad_mode=GradientMode.TRUNCATED, truncate=1), cost.weights)[0]
+    inner = {"n_steps": 3, "lr": 1e-3, "optimizer": "sgd"}
+    full = torch.autograd.grad(_outer_loss(dyn64, cost, batch64, **inner), cost.weights)[0]
+    trunc = torch.autograd.grad(_outer_loss(dyn64, cost, batch64, grad_mode=GradientMode.TRUNCATED, truncate=1,
+                                            **inner), cost.weights)[0]
     assert not torch.allclose(full, trunc)
     assert torch.nn.functional.cosine_similarity(full, trunc, dim=0) > 0  # still a descent-ish direction
 
@@ -114,7 +115,7 @@ def test_jacobian_fast_path_equals_autograd(dyn64, batch64, lr):
     out = {}
     for analytic in (True, False):
         u, _ = optimize_actions(dyn64, cost, batch64.q0, batch64.goal, batch64.horizon, n_steps=3, lr=lr,
-                                analytic=analytic)
+                                optimizer="sgd", analytic=analytic)
         _, z = dyn64.rollout(batch64.q0, u)
         (g,) = torch.autograd.grad(irl_loss(z.flatten(-2), batch64.z).sum(), cost.weights)
         out[analytic] = (u.detach(), g)

@@ -9,7 +9,8 @@ expectations, project, and set the cost weights to ``mu_bar - mu_E`` (cost = min
 keypoint cost) and normalised. Feature matching fixes the weights' direction only; because the inner
 planner is a few gradient steps, not an exact optimiser, the scale matters, so it is chosen on a log
 grid to minimise the feature-expectation distance ``||mu(plan) - mu_E||`` on the training demonstrations
-(the feature-matching objective itself; the IRL loss is never used).
+(the feature-matching objective itself; the IRL loss is never used). The inner loop's settings are
+:class:`~mbirl.algorithms.MBIRLConfig`'s (the outer-loop ones do not apply).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mbirl.algorithms.mbirl import DemoBatch, EvalResult, irl_loss, relative_goal_distance
+from mbirl.algorithms.mbirl import DemoBatch, EvalResult, MBIRLConfig, irl_loss, relative_goal_distance
 from mbirl.costs.linear import WeightedCost
 from mbirl.dynamics.base import KeypointDynamics
 from mbirl.planning.gradient_mpc import GradientMode, optimize_actions
@@ -33,14 +34,21 @@ def feature_expectations(z: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
 
 
 class FeatureMatchingIRL:
-    """Apprenticeship learning by feature matching (projection method) producing a weighted cost."""
+    """Apprenticeship learning by feature matching (projection method) producing a weighted cost.
 
-    def __init__(self, dynamics: KeypointDynamics, train: DemoBatch, test: DemoBatch | None = None, *,
-                 inner_steps: int = 1, inner_lr: float = 1e-3, inner_optimizer: str = "sgd") -> None:
+    Args:
+        dynamics: the keypoint dynamics the plans are made with.
+        train, test: demonstration batches.
+        config: the inner loop's settings are taken from it (default: :class:`MBIRLConfig`'s defaults).
+    """
+
+    def __init__(self, dynamics: KeypointDynamics, train: DemoBatch, test: DemoBatch | None = None,
+                 config: MBIRLConfig | None = None) -> None:
+        self.config = config if config is not None else MBIRLConfig()
         self.dynamics = dynamics
         self.train = train
         self.test = test
-        self.inner = {"n_steps": inner_steps, "lr": inner_lr, "optimizer": inner_optimizer}
+        self.inner = self.config.inner_kwargs()
         self.mu_expert = feature_expectations(train.z, train.goal)
         # pi_0 is the zero-action plan; its features start the projection.
         z0 = self._plan(torch.zeros_like(self.mu_expert), train)
@@ -61,7 +69,7 @@ class FeatureMatchingIRL:
     def _plan(self, weights: torch.Tensor, batch: DemoBatch) -> torch.Tensor:
         cost = WeightedCost(batch.z.shape[-1], weights=weights)
         u, _ = optimize_actions(self.dynamics, cost, batch.q0, batch.goal, batch.horizon,
-                                grad_mode=GradientMode.NONE, **self.inner)  # type: ignore[arg-type]
+                                grad_mode=GradientMode.NONE, **self.inner)
         with torch.no_grad():
             _, z = self.dynamics.rollout(batch.q0, u)
         return z.flatten(-2)

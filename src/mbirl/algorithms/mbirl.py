@@ -4,13 +4,17 @@ Outer loss (the "IRL loss") of one demonstration: ``L = sum_t mean_d (z_t(u_K(ps
 One outer iteration is one pass over the training demonstrations. ``update="per_demo"`` (default, as the
 original code) makes one Adam step on the cost per demonstration; ``update="batched"`` makes one step on the
 mean loss of all training demonstrations, with the inner loop batched over them.
+
+:class:`MBIRLConfig` holds the learner's hyper-parameters (the one place their defaults are written);
+:class:`CostLearner` is the interface that both :class:`MBIRL` and the feature-matching baseline satisfy.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -21,7 +25,50 @@ from mbirl.errors import InputError, NonFiniteError, check_finite
 from mbirl.planning.gradient_mpc import GradientMode, optimize_actions
 from mbirl.types import KeypointTrajectory
 
-__all__ = ["MBIRL", "DemoBatch", "EvalResult", "NonFiniteError", "irl_loss", "relative_goal_distance"]
+__all__ = ["MBIRL", "CostLearner", "DemoBatch", "EvalResult", "MBIRLConfig", "NonFiniteError", "evaluate_on_robot",
+           "irl_loss", "relative_goal_distance"]
+
+
+@dataclass(frozen=True)
+class MBIRLConfig:
+    """Hyper-parameters of the bi-level cost learner (the defaults are the original placing experiment's)."""
+
+    inner_steps: int = 1
+    """inner gradient steps K of the action optimisation (also used to evaluate a cost)"""
+    inner_lr: float = 1e-3
+    """inner (action) step size"""
+    inner_optimizer: str = "sgd"
+    """inner optimiser: ``sgd`` or ``adam`` (functional, differentiable)"""
+    grad_mode: str = "unrolled"
+    """gradient through the inner loop: ``unrolled`` (every step) or ``truncated`` (the last step only)"""
+    outer_lr: float = 1e-2
+    """Adam learning rate on the cost parameters"""
+    update: str = "per_demo"
+    """``per_demo`` (one cost update per training demonstration, as the original code) or ``batched``"""
+    grad_clip: float | None = None
+    """clip the cost gradient norm at this value (None: no clipping; the pre-clip norm is reported either way)"""
+
+    def __post_init__(self) -> None:
+        if self.inner_steps < 1:
+            raise InputError(f"must be >= 1, got {self.inner_steps}", field="inner_steps")
+        for name in ("inner_lr", "outer_lr"):
+            lr = getattr(self, name)
+            if not math.isfinite(lr) or lr <= 0:
+                raise InputError(f"must be a positive finite number, got {lr}", field=name)
+        if self.inner_optimizer not in ("sgd", "adam"):
+            raise InputError(f"unknown inner optimizer '{self.inner_optimizer}' (expected sgd or adam)",
+                             field="inner_optimizer")
+        if self.grad_mode not in (GradientMode.UNROLLED, GradientMode.TRUNCATED):
+            raise InputError(f"unknown gradient mode '{self.grad_mode}' (expected unrolled or truncated)",
+                             field="grad_mode")
+        if self.update not in ("per_demo", "batched"):
+            raise InputError(f"unknown update '{self.update}' (expected per_demo or batched)", field="update")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise InputError(f"must be a positive finite number, got {self.grad_clip}", field="grad_clip")
+
+    def inner_kwargs(self) -> dict[str, Any]:
+        """The inner loop's settings as keyword arguments of :func:`~mbirl.planning.optimize_actions`."""
+        return {"n_steps": self.inner_steps, "lr": self.inner_lr, "optimizer": self.inner_optimizer}
 
 
 @dataclass(frozen=True)
@@ -81,6 +128,64 @@ class EvalResult:
     z_pred: torch.Tensor
 
 
+@runtime_checkable
+class CostLearner(Protocol):
+    """What a run needs from a cost learner (:class:`MBIRL`, :class:`~mbirl.algorithms.FeatureMatchingIRL`).
+
+    ``cost`` is the current cost; ``inner`` the inner-loop settings it is planned with (keyword arguments of
+    :func:`~mbirl.planning.optimize_actions`); ``iteration`` counts outer iterations done.
+    """
+
+    @property
+    def cost(self) -> KeypointCost: ...
+
+    @property
+    def inner(self) -> dict[str, Any]: ...
+
+    @property
+    def dynamics(self) -> KeypointDynamics: ...
+
+    @property
+    def train(self) -> DemoBatch: ...
+
+    @property
+    def test(self) -> DemoBatch | None: ...
+
+    @property
+    def iteration(self) -> int: ...
+
+    def evaluate(self, batch: DemoBatch) -> EvalResult:
+        """Plan with the frozen cost through ``dynamics`` and score the plan against ``batch``."""
+        ...
+
+    def outer_iteration(self) -> float:
+        """One outer iteration; returns the mean training IRL loss measured during it."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue learning (a checkpoint's tensors and JSON values)."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def evaluate_on_robot(learner: CostLearner, model: KeypointDynamics, robot_dynamics: KeypointDynamics,
+                      planned: DemoBatch, truth: DemoBatch) -> dict[str, Any]:
+    """Plan through ``model`` with the learner's frozen cost (its inner-loop settings, goals from ``planned``),
+    execute the actions on the true kinematics ``robot_dynamics`` and score against the ground truth ``truth``.
+
+    Returns per-demonstration ``irl_loss`` and ``relative_goal_distance``, the executed keypoints ``z``
+    ``(B, T, D)`` and the ``actions``.
+    """
+    u, _ = optimize_actions(model, learner.cost, planned.q0, planned.goal, planned.horizon,
+                            grad_mode=GradientMode.NONE, **learner.inner)
+    with torch.no_grad():
+        _, z = robot_dynamics.rollout(truth.q0, u)
+    z = z.flatten(-2)
+    return {"irl_loss": irl_loss(z, truth.z), "relative_goal_distance": relative_goal_distance(z, truth.z),
+            "z": z, "actions": u}
+
+
 class MBIRL:
     """The bi-level cost learner.
 
@@ -88,29 +193,12 @@ class MBIRL:
         cost: the learnable cost (a cost without parameters is evaluated only).
         dynamics: the differentiable keypoint dynamics used by the inner loop.
         train, test: demonstration batches.
-        inner_steps, inner_lr, inner_optimizer, grad_mode: inner-loop settings (also used for evaluation).
-        outer_lr: Adam learning rate on the cost parameters.
-        update: ``"per_demo"`` (one cost update per training demonstration) or ``"batched"``.
-        grad_clip: optional max gradient norm for the cost update (the pre-clip norm is reported).
+        config: the hyper-parameters (default: :class:`MBIRLConfig`'s defaults).
     """
 
-    def __init__(
-        self,
-        cost: KeypointCost,
-        dynamics: KeypointDynamics,
-        train: DemoBatch,
-        test: DemoBatch | None = None,
-        *,
-        inner_steps: int = 1,
-        inner_lr: float = 1e-3,
-        inner_optimizer: str = "sgd",
-        grad_mode: GradientMode = GradientMode.UNROLLED,
-        outer_lr: float = 1e-2,
-        update: str = "per_demo",
-        grad_clip: float | None = None,
-    ) -> None:
-        if update not in ("per_demo", "batched"):
-            raise InputError(f"unknown update '{update}' (expected per_demo or batched)", field="update")
+    def __init__(self, cost: KeypointCost, dynamics: KeypointDynamics, train: DemoBatch,
+                 test: DemoBatch | None = None, config: MBIRLConfig | None = None) -> None:
+        config = config if config is not None else MBIRLConfig()
         D = dynamics.n_keypoints * 3
         for name, batch in (("train", train), ("test", test)):
             if batch is not None and batch.z.shape[-1] != D:
@@ -119,16 +207,15 @@ class MBIRL:
             if batch is not None and batch.q0.shape[-1] != dynamics.n_joints:
                 raise InputError(f"{name} demonstrations have {batch.q0.shape[-1]} joints, the robot has "
                                  f"{dynamics.n_joints}", field="start_q")
+        self.config = config
         self.cost = cost
         self.dynamics = dynamics
         self.train = train
         self.test = test
-        self.inner = {"n_steps": inner_steps, "lr": inner_lr, "optimizer": inner_optimizer}
-        self.grad_mode = grad_mode
-        self.update = update
-        self.grad_clip = grad_clip
+        self.inner = config.inner_kwargs()
+        self.grad_mode = GradientMode(config.grad_mode)
         self.params = [p for p in cost.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(self.params, lr=outer_lr) if self.params else None
+        self.optimizer = torch.optim.Adam(self.params, lr=config.outer_lr) if self.params else None
         self.iteration = 0
         self.last_grad_norm = 0.0
         self.clipped = False
@@ -137,7 +224,7 @@ class MBIRL:
         """Keypoints ``(B, T, D)`` after the inner loop with the current cost."""
         mode = self.grad_mode if differentiable else GradientMode.NONE
         u, _ = optimize_actions(self.dynamics, self.cost, batch.q0, batch.goal, batch.horizon, grad_mode=mode,
-                                **self.inner)  # type: ignore[arg-type]
+                                **self.inner)
         if differentiable:
             _, z = self.dynamics.rollout(batch.q0, u)
         else:
@@ -160,11 +247,11 @@ class MBIRL:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # Pre-clip total norm (clip_grad_norm_ with max_norm=inf only measures it).
-        max_norm = self.grad_clip if self.grad_clip is not None else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        clip = self.config.grad_clip
+        norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip is not None else float("inf"))
         check_finite(norm, "cost gradient norm", it)
         self.last_grad_norm = float(norm)
-        self.clipped = self.grad_clip is not None and self.last_grad_norm > self.grad_clip
+        self.clipped = clip is not None and self.last_grad_norm > clip
         self.optimizer.step()
         for name, p in self.cost.named_parameters():
             check_finite(p, f"cost parameter '{name}'", it)
@@ -174,7 +261,7 @@ class MBIRL:
         """One pass over the training demonstrations; returns their mean IRL loss during the pass."""
         if self.optimizer is None:
             losses = self.evaluate(self.train).irl_loss
-        elif self.update == "batched":
+        elif self.config.update == "batched":
             losses = self._step(self.train)
         else:
             losses = torch.cat([self._step(self.train.select(i)) for i in range(len(self.train))])

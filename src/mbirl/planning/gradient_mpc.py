@@ -42,9 +42,9 @@ def optimize_actions(
     goal: torch.Tensor,
     horizon: int,
     *,
-    n_steps: int = 1,
-    lr: float = 1e-3,
-    optimizer: str = "sgd",
+    n_steps: int,
+    lr: float,
+    optimizer: str,
     grad_mode: GradientMode = GradientMode.UNROLLED,
     truncate: int = 1,
     betas: tuple[float, float] = (0.9, 0.999),
@@ -57,8 +57,9 @@ def optimize_actions(
 
     Args:
         q0: ``(B, n_joints)`` start joints. goal: ``(B, D)`` flattened goal keypoints.
-        n_steps: number of inner gradient steps K (>= 1).
-        optimizer: ``"sgd"`` or ``"adam"`` (functional Adam, differentiable as well).
+        n_steps, lr, optimizer: the inner loop's settings (see :class:`~mbirl.algorithms.MBIRLConfig`, whose
+            ``inner_kwargs()`` gives them): K >= 1 steps of ``"sgd"`` or ``"adam"`` (functional Adam,
+            differentiable as well) with step size ``lr``.
         grad_mode: see :class:`GradientMode`.
         record: store the inner cost values in the returned info (costs a ``.item()`` per step).
         analytic: use the dynamics' :meth:`~KeypointDynamics.action_gradient` fast path where it has one
