@@ -9,17 +9,17 @@ import pytest
 import torch
 
 from mbirl.data import load_keypoint_demos, save_keypoint_demos
-from mbirl.envs import default_kuka
-from mbirl.envs.kuka import REST_POSE
-from mbirl.envs.render import Camera, KukaRenderer, default_camera
-from mbirl.errors import InputError
-from mbirl.experiments.visual import make_exploration, make_visual_demos
-from mbirl.experiments.visual_data import (
+from mbirl.data.visual import (
     ExplorationData,
     load_exploration,
     load_visual_demos,
     random_joint_motions,
 )
+from mbirl.envs import default_kuka
+from mbirl.envs.kuka import REST_POSE
+from mbirl.envs.render import Camera, KukaRenderer, default_camera
+from mbirl.errors import InputError
+from mbirl.experiments.visual import ExplorationConfig, VisualDemosConfig, make_exploration, make_visual_demos
 from mbirl.types import KeypointTrajectory
 
 
@@ -108,7 +108,7 @@ def test_random_joint_motions_stay_in_view_and_follow_actions(robot):
 
 def test_visual_demo_file_round_trip(tmp_path, robot):
     out = tmp_path / "vd.npz"
-    make_visual_demos(out, n=2, seed=0, horizon=4, resolution=24, robot=robot)
+    make_visual_demos(out, VisualDemosConfig(n=2, seed=0, horizon=4), camera=default_camera(24), robot=robot)
     vd = load_visual_demos(out)
     assert len(vd.demo_set) == 2
     images = vd.demo_set[0].images
@@ -124,7 +124,7 @@ def test_visual_demo_file_round_trip(tmp_path, robot):
 
 def test_exploration_file_round_trip_and_validation(tmp_path, robot):
     out = tmp_path / "ex.npz"
-    data = make_exploration(out, n=3, horizon=3, seed=0, resolution=16, robot=robot)
+    data = make_exploration(out, ExplorationConfig(n=3, horizon=3, seed=0), camera=default_camera(16), robot=robot)
     loaded = load_exploration(out)
     assert loaded.images.shape == (3, 4, 16, 16, 3) and loaded.actions.shape == (3, 3, 7)
     np.testing.assert_array_equal(loaded.images, data.images)
@@ -133,7 +133,8 @@ def test_exploration_file_round_trip_and_validation(tmp_path, robot):
         np.testing.assert_allclose(loaded.keypoints, robot.keypoints(torch.as_tensor(loaded.q)).numpy(), atol=1e-3)
     assert loaded.camera == default_camera(16)
     # A demo file is not an exploration file, and plain demos are not visual demos.
-    make_visual_demos(tmp_path / "vd.npz", n=1, seed=0, horizon=3, resolution=16, robot=robot)
+    make_visual_demos(tmp_path / "vd.npz", VisualDemosConfig(n=1, seed=0, horizon=3), camera=default_camera(16),
+                      robot=robot)
     with pytest.raises(InputError, match="format"):
         load_exploration(tmp_path / "vd.npz")
     d = load_keypoint_demos(tmp_path / "vd.npz")[0]

@@ -1,4 +1,8 @@
-"""Demonstration files in and out (``.npz`` of named arrays, never pickles) and importers."""
+"""Demonstration files in and out (``.npz`` of named arrays, never pickles) and importers.
+
+The visual data sets (rendered demonstrations with depth, exploration data) are :mod:`mbirl.data.visual`, not
+imported here: it needs torch and the renderer.
+"""
 
 from mbirl.data.demos import (
     KeypointDemoSet,

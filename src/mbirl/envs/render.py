@@ -23,7 +23,11 @@ import numpy as np
 from mbirl.envs.robot import KeypointRobot
 from mbirl.errors import InputError
 
-__all__ = ["Camera", "KukaRenderer", "default_camera"]
+__all__ = ["DEFAULT_RESOLUTION", "Camera", "KukaRenderer", "default_camera"]
+
+
+DEFAULT_RESOLUTION = 64
+"""Image size (pixels, square) of the visual experiments unless chosen otherwise."""
 
 
 @dataclass(frozen=True)
@@ -38,8 +42,8 @@ class Camera:
         scale: robot units per metre (100: keypoints in centimetres).
     """
 
-    width: int = 64
-    height: int = 64
+    width: int = DEFAULT_RESOLUTION
+    height: int = DEFAULT_RESOLUTION
     eye: tuple[float, float, float] = (-0.6, 0.82, 1.0)
     target: tuple[float, float, float] = (-0.6, 0.0, 0.8)
     up: tuple[float, float, float] = (0.0, 0.0, 1.0)
@@ -154,7 +158,7 @@ class Camera:
             raise InputError(f"invalid camera metadata ({exc})", source=source, field="camera") from None
 
 
-def default_camera(resolution: int = 64) -> Camera:
+def default_camera(resolution: int = DEFAULT_RESOLUTION) -> Camera:
     """The fixed side camera of the visual experiments (looks at the placing workspace), square images."""
     return Camera(width=resolution, height=resolution)
 
