@@ -94,11 +94,22 @@ BAD_INPUTS = {
                           ["abc", "train"]),
     "nan_keypoints": (["mbirl", "train", "--demos", "nan.npz", "--run-dir", "r"],
                       ["nan.npz", "keypoints", "NaN"]),
-    "unknown_link": (["mbirl", "train", "--demos", "{demos}", "--urdf", "{urdf}", "--keypoint-links",
+    "unknown_link": (["mbirl", "train", "--demos", "{demos}", "--robot", "original", "--keypoint-links",
                       "kp_link_1,nope", "--run-dir", "r"], ["'nope'", "kp_link_2"]),
-    "keypoint_count_mismatch": (["mbirl", "train", "--demos", "{demos}", "--urdf", "{urdf}",
+    "keypoint_count_mismatch": (["mbirl", "train", "--demos", "{demos}", "--robot", "original",
                                  "--keypoint-links", "kp_link_1,kp_link_2,kp_link_3", "--run-dir", "r"],
                                 ["2 keypoints", "has 3"]),
+    "unknown_robot": (["mbirl", "train", "--demos", "{demos}", "--robot", "ur5", "--run-dir", "r"],
+                      ["unknown robot 'ur5'", "kuka, original"]),
+    "robot_and_urdf": (["kuka", "demos", "--robot", "original", "--urdf", "x.urdf", "--keypoint-links", "a",
+                        "--out", "x.npz"], ["--urdf", "--robot original"]),
+    "urdf_without_links": (["mbirl", "train", "--demos", "{demos}", "--urdf", "x.urdf", "--run-dir", "r"],
+                           ["--keypoint-links"]),
+    "bad_inner_optimizer": (["mbirl", "train", "--demos", "{demos}", "--inner-optimizer", "lbfgs", "--run-dir", "r"],
+                            ["lbfgs", "sgd or adam"]),
+    "compare_bad_update": (["mbirl", "compare", "--demos", "{demos}", "--update", "never", "--run-dir", "r"],
+                           ["never", "per_demo or batched"]),
+    "config_unknown_key": (["mbirl", "train", "--config", "bad.yaml", "--run-dir", "r"], ["bad.yaml", "bogus"]),
     "unknown_task": (["kuka", "demos", "--task", "flying", "--out", "x.npz"], ["flying"]),
     "zero_threads": (["--threads", "0", "kuka", "demos", "--out", "x.npz"], ["threads", ">= 1"]),
     "unknown_style": (["kuka", "demos", "--style", "fancy", "--out", "x.npz"], ["fancy", "reachable or original"]),
@@ -114,12 +125,13 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_one_line_error_exit_2(case, tmp_path, demos_npz, request):
+def test_bad_input_one_line_error_exit_2(case, tmp_path, demos_npz):
     args, needles = BAD_INPUTS[case]
-    urdf = request.getfixturevalue("fixture_urdf") if any("{urdf}" in a for a in args) else None
     if case == "nan_keypoints":
         _write_nan_demos(tmp_path / "nan.npz", demos_npz)
-    args = [a.format(demos=demos_npz, urdf=urdf) for a in args]
+    if case == "config_unknown_key":
+        (tmp_path / "bad.yaml").write_text(f"demos: {demos_npz}\ntrainer:\n  bogus: 1\n")
+    args = [a.format(demos=demos_npz) for a in args]
     before = _tree(tmp_path)
 
     result = run_cli(tmp_path, *args)
@@ -129,22 +141,66 @@ def test_bad_input_one_line_error_exit_2(case, tmp_path, demos_npz, request):
     assert not (tmp_path / "r").exists()
 
 
-def test_original_style_demos_and_rbf_formulation_reproduce_the_original(tmp_path, fixture_urdf):
-    """``--style original`` on the original robot, seed 0, then ``--cost rbf --rbf-original``: 144.7 as published."""
-    links = "kp_link_1,kp_link_2"
-    result = run_cli(tmp_path, "kuka", "demos", "--style", "original", "--seed", "0", "--urdf", fixture_urdf,
-                     "--keypoint-links", links, "--out", "orig.npz")
+def test_original_style_demos_and_rbf_formulation_reproduce_the_original(tmp_path):
+    """``--style original --robot original``, seed 0, then ``--cost rbf --rbf-original``: 144.7 as published."""
+    result = run_cli(tmp_path, "kuka", "demos", "--style", "original", "--seed", "0", "--robot", "original",
+                     "--out", "orig.npz")
     assert result.returncode == 0, result.stderr
     loaded = load_keypoint_demos(tmp_path / "orig.npz")
     assert loaded.meta["style"] == "original" and "--style original" in loaded.meta["command"]
+    assert "--robot original" in loaded.meta["command"] and loaded.meta["robot"]["builtin"] == "original"
     assert all(d.q is None for d in loaded.demos)
-    result = run_cli(tmp_path, "mbirl", "train", "--demos", "orig.npz", "--urdf", fixture_urdf, "--keypoint-links",
-                     links, "--cost", "rbf", "--rbf-original", "--run-dir", "r", "--no-progress")
+    result = run_cli(tmp_path, "mbirl", "train", "--demos", "orig.npz", "--robot", "original", "--cost", "rbf",
+                     "--rbf-original", "--run-dir", "r", "--no-progress")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("rbf: test IRL loss")
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert metrics["final_test_irl_loss"] == pytest.approx(144.7, abs=0.3)
-    assert json.loads((tmp_path / "r" / "config.json").read_text())["rbf_original"] is True
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["rbf_original"] is True and config["robot"] == "original"
+
+
+def test_config_file_nested_and_flat(tmp_path, demos_npz):
+    """``--config`` takes the preset (nested ``trainer:``); command-line options win; an old flat file still loads,
+    with a deprecation warning naming the new place of each key."""
+    preset = Path(__file__).resolve().parents[1] / "configs" / "placing_original.yaml"
+    result = run_cli(tmp_path, "mbirl", "train", "--config", preset, "--demos", demos_npz, "--robot", "kuka",
+                     "--outer-iters", "1", "--inner-lr", "0.002", "--run-dir", "nested", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "nested" / "config.json").read_text())
+    assert config["outer_iters"] == 1 and config["robot"] == "kuka" and config["demos"] == str(demos_npz)
+    assert config["trainer"] == {"inner_steps": 1, "inner_lr": 0.002, "inner_optimizer": "sgd", "outer_lr": 0.01,
+                                 "update": "per_demo", "grad_mode": "unrolled", "grad_clip": None}
+    (tmp_path / "old.yaml").write_text(f"demos: {demos_npz}\nmethod: timedep\nouter_iters: 1\ninner_lr: 0.003\n")
+    result = run_cli(tmp_path, "mbirl", "train", "--config", "old.yaml", "--run-dir", "flat", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "FutureWarning" in result.stderr and "trainer.inner_lr" in result.stderr
+    config = json.loads((tmp_path / "flat" / "config.json").read_text())
+    assert config["method"] == "timedep" and config["trainer"]["inner_lr"] == 0.003
+
+
+def test_option_defaults_and_help_come_from_the_config_classes():
+    import inspect
+
+    from typer.testing import CliRunner
+
+    from mbirl.algorithms import MBIRLConfig
+    from mbirl.cli import app
+    from mbirl.cli.mbirl_cmds import compare, train
+    from mbirl.experiments import MBIRLRunConfig
+
+    for command in ("train", "compare"):
+        result = CliRunner().invoke(app, ["mbirl", command, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        assert "configs/placing.yaml" not in result.output and "placing_original.yaml" in result.output
+        assert "--robot" in result.output
+    for command in (train, compare):
+        params = inspect.signature(command).parameters
+        assert params["inner_lr"].default == MBIRLConfig.inner_lr
+        assert params["update"].default == MBIRLConfig.update
+        assert params["outer_iters"].default == MBIRLRunConfig.outer_iters
+        assert params["robot"].default == MBIRLRunConfig.robot
+        assert params["train"].default == "{}:{}".format(*MBIRLRunConfig.train)
 
 
 def test_threads_option_sets_torch_threads():

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
-from mbirl.algorithms import MBIRL, DemoBatch, FeatureMatchingIRL, irl_loss, relative_goal_distance
+from mbirl.algorithms import (
+    MBIRL,
+    CostLearner,
+    DemoBatch,
+    FeatureMatchingIRL,
+    MBIRLConfig,
+    evaluate_on_robot,
+    irl_loss,
+    relative_goal_distance,
+)
 from mbirl.costs import make_cost
 from mbirl.data import save_keypoint_demos
 from mbirl.dynamics import KinematicKeypointDynamics
@@ -55,7 +65,7 @@ def test_per_demo_updates_make_one_adam_step_per_demo(setup):
     learner.outer_iteration()
     assert learner.optimizer is not None
     assert int(learner.optimizer.state[learner.params[0]]["step"]) == 3
-    batched = MBIRL(make_cost("weighted", horizon=10, dim=6), dyn, train, test, update="batched")
+    batched = MBIRL(make_cost("weighted", horizon=10, dim=6), dyn, train, test, MBIRLConfig(update="batched"))
     batched.outer_iteration()
     assert int(batched.optimizer.state[batched.params[0]]["step"]) == 1  # type: ignore[union-attr]
 
@@ -100,7 +110,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, placing_demos, method):
     save_keypoint_demos(demos, placing_demos)
     cfg = MBIRLRunConfig(demos=str(demos), method=method, outer_iters=6, checkpoint_every=2, seed=1)
     full = run_mbirl(cfg, tmp_path / "full", progress=False, figures=False)
-    short = MBIRLRunConfig(**{**cfg.to_json(), "outer_iters": 4, "train": (0, 3), "test": (3, 5)})
+    short = replace(cfg, outer_iters=4)
     run_mbirl(short, tmp_path / "split", progress=False, figures=False)
     resumed = run_mbirl(cfg, tmp_path / "split", resume=True, progress=False, figures=False)
     assert resumed["irl_loss_train"] == full["irl_loss_train"]
@@ -110,8 +120,8 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, placing_demos, method):
     assert [r["step"] for r in rows] == list(range(7))
     with pytest.raises(InputError, match="--resume"):
         run_mbirl(cfg, tmp_path / "full", progress=False, figures=False)
-    other = MBIRLRunConfig(**{**cfg.to_json(), "outer_lr": 0.5, "train": (0, 3), "test": (3, 5)})
-    with pytest.raises(InputError, match="different configuration"):
+    other = replace(cfg, trainer=replace(cfg.trainer, outer_lr=0.5))
+    with pytest.raises(InputError, match=r"different configuration \(trainer.outer_lr\)"):
         run_mbirl(other, tmp_path / "full", resume=True, progress=False, figures=False)
 
 
@@ -128,3 +138,106 @@ def test_run_writes_metrics_figures_and_tensorboard(tmp_path, placing_demos):
     for fig in ("learning_curve.png", "predictions.png", "weights.png"):
         assert (tmp_path / "run" / "figures" / fig).stat().st_size > 1000
     assert any((tmp_path / "run" / "tb").iterdir())
+
+
+def test_learners_satisfy_the_cost_learner_protocol(setup):
+    dyn, train, test = setup
+    cfg = MBIRLConfig(inner_steps=2, inner_lr=2e-3, inner_optimizer="adam")
+    for learner in (MBIRL(make_cost("weighted", horizon=10, dim=6), dyn, train, test, cfg),
+                    FeatureMatchingIRL(dyn, train, test, cfg)):
+        assert isinstance(learner, CostLearner)
+        assert learner.inner == {"n_steps": 2, "lr": 2e-3, "optimizer": "adam"}
+
+
+def test_evaluate_on_robot_with_the_true_model_equals_the_learners_own(setup):
+    dyn, train, test = setup
+    learner = MBIRL(make_cost("rbf", horizon=10, dim=6), dyn, train, test)
+    learner.outer_iteration()
+    own = learner.evaluate(test)
+    ours = evaluate_on_robot(learner, dyn, dyn, test, test)
+    torch.testing.assert_close(ours["irl_loss"], own.irl_loss, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(ours["relative_goal_distance"], own.relative_goal_distance, rtol=1e-5, atol=1e-6)
+    assert ours["actions"].shape == (2, 9, 7) and not ours["actions"].requires_grad
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"inner_steps": 0}, "inner_steps"), ({"inner_lr": 0.0}, "inner_lr"), ({"outer_lr": float("nan")}, "outer_lr"),
+    ({"inner_optimizer": "lbfgs"}, "inner_optimizer"), ({"grad_mode": "none"}, "grad_mode"),
+    ({"update": "sometimes"}, "update"), ({"grad_clip": -1.0}, "grad_clip"),
+])
+def test_mbirl_config_rejects_bad_values(kwargs, field):
+    with pytest.raises(InputError) as excinfo:
+        MBIRLConfig(**kwargs)
+    assert excinfo.value.field == field
+
+
+def test_every_config_field_is_documented():
+    """cleanrl style: a string literal under every field of the run and learner configs."""
+    import ast
+    import dataclasses
+    import inspect
+
+    from mbirl.experiments.kuka_irl import MBIRLCompareConfig
+
+    for cls in (MBIRLConfig, MBIRLRunConfig, MBIRLCompareConfig):
+        body = ast.parse(inspect.getsource(cls)).body[0].body  # type: ignore[attr-defined]
+        documented = {stmt.target.id for stmt, nxt in zip(body, body[1:], strict=False)
+                      if isinstance(stmt, ast.AnnAssign) and isinstance(nxt, ast.Expr)
+                      and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)}
+        missing = {f.name for f in dataclasses.fields(cls)} - documented
+        assert not missing, (cls.__name__, missing)
+    assert MBIRLRunConfig.RESUMABLE == ("outer_iters", "checkpoint_every")
+    assert "extra" not in {f.name for f in dataclasses.fields(MBIRLRunConfig)}
+
+
+def test_resume_may_extend_the_run_but_not_change_the_robot(tmp_path, placing_demos):
+    demos = tmp_path / "demos.npz"
+    save_keypoint_demos(demos, placing_demos)
+    cfg = MBIRLRunConfig(demos=str(demos), method="weighted", outer_iters=1)
+    run_mbirl(cfg, tmp_path / "r", progress=False, figures=False)
+    out = run_mbirl(replace(cfg, outer_iters=2, checkpoint_every=1), tmp_path / "r", resume=True, progress=False,
+                    figures=False)
+    assert len(out["irl_loss_train"]) == 3
+    with pytest.raises(InputError, match=r"different configuration \(robot\)"):
+        run_mbirl(replace(cfg, robot="original"), tmp_path / "r", resume=True, progress=False, figures=False)
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["trainer"]["inner_lr"] == MBIRLConfig.inner_lr and saved["robot"] == "kuka"
+
+
+def test_compare_is_one_run_directory(tmp_path, placing_demos):
+    from mbirl.experiments import run_compare
+
+    demos = tmp_path / "demos.npz"
+    save_keypoint_demos(demos, placing_demos)
+    cfg = MBIRLRunConfig(demos=str(demos), outer_iters=1)
+    out = run_compare(cfg, ["default", "abbeel"], tmp_path / "c", progress=False)
+    run = tmp_path / "c"
+    assert json.loads((run / "config.json").read_text())["methods"] == ["default", "abbeel"]
+    assert json.loads((run / "metrics.json").read_text()) == json.loads(json.dumps(out["summary"]))
+    assert "| abbeel |" in (run / "summary.md").read_text()
+    with pytest.raises(InputError, match="already holds a run"):
+        run_compare(cfg, ["default", "abbeel"], run, progress=False)
+    with pytest.raises(InputError, match="different configuration"):
+        run_compare(cfg, ["default", "weighted"], run, resume=True, progress=False)
+    again = run_compare(replace(cfg, outer_iters=2), ["default", "abbeel"], run, resume=True, progress=False)
+    assert set(again["summary"]) == {"default", "abbeel"}
+
+
+def test_config_files_load_without_deprecation_warnings():
+    """Every preset in configs/ is a valid nested MBIRLRunConfig; the flat layout of old files still loads."""
+    import warnings
+    from pathlib import Path
+
+    from mbirl.validation import config_from_dict, load_config
+
+    presets = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert presets
+    for path in presets:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            overrides = load_config(path, MBIRLRunConfig)
+        cfg = config_from_dict(MBIRLRunConfig, overrides, source=str(path))
+        assert cfg.trainer == MBIRLConfig()
+    with pytest.warns(FutureWarning, match="trainer.inner_lr"):
+        flat = config_from_dict(MBIRLRunConfig, {"demos": "d.npz", "inner_lr": 0.002}, source="old.yaml")
+    assert flat.trainer.inner_lr == 0.002

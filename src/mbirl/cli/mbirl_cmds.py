@@ -1,23 +1,38 @@
-"""``mbirl mbirl train|compare`` and ``mbirl quickstart``: bi-level cost learning on keypoint demos."""
+"""``mbirl mbirl train|compare`` and ``mbirl quickstart``: bi-level cost learning on keypoint demos.
+
+Option defaults are the config dataclasses' (:class:`~mbirl.experiments.kuka_irl.MBIRLRunConfig`, the learner's
+:class:`~mbirl.algorithms.MBIRLConfig`); ``--config`` reads the same fields from YAML (the learner's nested under
+``trainer:``), and options given on the command line take precedence.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from mbirl.algorithms.mbirl import MBIRLConfig
+from mbirl.cli.kuka import LinksOpt, RobotOpt, UrdfOpt
+from mbirl.cli.options import build_config
+from mbirl.costs import COSTS
 from mbirl.errors import InputError
-from mbirl.experiments.kuka_irl import MBIRLRunConfig, parse_split
+from mbirl.experiments.kuka_irl import BASELINES, MBIRLRunConfig, parse_split
 
 __all__ = ["mbirl_app", "quickstart"]
 
 mbirl_app = typer.Typer(help="MBIRL: learn costs by differentiating through gradient-based MPC.",
                         no_args_is_help=True)
 
+
+def _range(split: tuple[int, int]) -> str:
+    return f"{split[0]}:{split[1]}"
+
+
+DEFAULT_TRAIN, DEFAULT_TEST = _range(MBIRLRunConfig.train), _range(MBIRLRunConfig.test)
+
 DemosOpt = Annotated[Path | None, typer.Option(help="demonstrations (.npz, or an original MBIRL .pt)")]
-UrdfOpt = Annotated[str | None, typer.Option(help="robot URDF (default: PyBullet's KUKA iiwa + held object)")]
-LinksOpt = Annotated[str | None, typer.Option(help="comma-separated keypoint link names of --urdf")]
+CostOpt = Annotated[str, typer.Option(help=f"{'|'.join(COSTS.names)}, or the baseline {'|'.join(BASELINES)}")]
 TrainOpt = Annotated[str, typer.Option(help="training demo range START:STOP")]
 TestOpt = Annotated[str, typer.Option(help="test demo range START:STOP")]
 OuterOpt = Annotated[int, typer.Option(help="outer iterations (passes over the training demos)")]
@@ -29,81 +44,64 @@ UpdateOpt = Annotated[str, typer.Option(help="per_demo (as the original) or batc
 GradModeOpt = Annotated[str, typer.Option(help="gradient through the inner loop: unrolled or truncated")]
 ClipOpt = Annotated[float | None, typer.Option(help="clip the cost gradient norm (reported in metrics)")]
 SeedOpt = Annotated[int, typer.Option(help="random seed")]
+CheckpointOpt = Annotated[int, typer.Option(help="outer iterations between checkpoints")]
 RunDirOpt = Annotated[Path, typer.Option(help="run directory for metrics, checkpoints and figures")]
 ResumeOpt = Annotated[bool, typer.Option(help="continue the run in --run-dir from its last checkpoint")]
 ProgressOpt = Annotated[bool, typer.Option(help="show a progress bar")]
 RbfOriginalOpt = Annotated[bool, typer.Option(
     "--rbf-original", help="the rbf cost in the official code's formulation (sum over time, integer centres)")]
-
-
 ConfigOpt = Annotated[Path | None, typer.Option(
-    help="YAML run configuration (keys: MBIRLRunConfig fields, e.g. configs/placing.yaml); options given on "
-         "the command line take precedence")]
+    help="YAML run configuration: MBIRLRunConfig fields, the learner's under 'trainer:' (e.g. "
+         "configs/placing_original.yaml); options given on the command line take precedence")]
 
-# CLI option names that differ from MBIRLRunConfig field names.
-_FIELD_OF = {"cost": "method"}
-
-
-def _merge_config(ctx: typer.Context, cfg: MBIRLRunConfig, config: Path | None) -> MBIRLRunConfig:
-    """Defaults < the YAML file < options given explicitly on the command line."""
-    from dataclasses import replace
-
-    from mbirl.validation import load_config
-
-    if config is None:
-        return cfg
-    overrides = load_config(config, MBIRLRunConfig, exclude=("extra",))
-    explicit = {_FIELD_OF.get(name, name) for name in ctx.params
-                if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"}
-    return replace(cfg, **{k: v for k, v in overrides.items() if k not in explicit})
+# CLI option names that differ from (dotted) MBIRLRunConfig field names.
+_FIELDS = {"cost": "method", "inner_steps": "trainer.inner_steps", "inner_lr": "trainer.inner_lr",
+           "outer_lr": "trainer.outer_lr", "inner_optimizer": "trainer.inner_optimizer", "update": "trainer.update",
+           "grad_mode": "trainer.grad_mode", "grad_clip": "trainer.grad_clip"}
+_NOT_FIELDS = ("run_dir", "resume", "progress", "config", "costs")
 
 
-def _config(demos: Path | None, method: str, urdf: str | None, keypoint_links: str | None, train: str, test: str,
-            outer_iters: int, inner_steps: int, inner_lr: float, outer_lr: float, inner_optimizer: str, update: str,
-            grad_mode: str, grad_clip: float | None, seed: int, rbf_original: bool = False) -> MBIRLRunConfig:
-
-    return MBIRLRunConfig(
-        demos="" if demos is None else str(demos), method=method, urdf=urdf, keypoint_links=keypoint_links,
-        train=parse_split(train, "train"), test=parse_split(test, "test"), outer_iters=outer_iters,
-        inner_steps=inner_steps, inner_lr=inner_lr, outer_lr=outer_lr, inner_optimizer=inner_optimizer,
-        update=update, grad_mode=grad_mode, grad_clip=grad_clip, rbf_original=rbf_original, seed=seed,
-    )
+def _run_config(ctx: typer.Context, values: dict[str, Any], config: Path | None) -> MBIRLRunConfig:
+    """Defaults < the YAML file < options given explicitly on the command line; demos are required."""
+    values = {k: v for k, v in values.items() if k not in _NOT_FIELDS}
+    values["demos"] = "" if values["demos"] is None else str(values["demos"])
+    values["train"], values["test"] = parse_split(values["train"], "train"), parse_split(values["test"], "test")
+    cfg = build_config(ctx, MBIRLRunConfig, values, config, fields=_FIELDS)
+    if not cfg.demos:
+        raise InputError("no demonstrations: pass --demos FILE or set 'demos' in --config", field="demos")
+    return cfg
 
 
 @mbirl_app.command("train")
 def train(
     ctx: typer.Context,
     demos: DemosOpt = None,
-    cost: Annotated[str, typer.Option(help="default|weighted|timedep|rbf|neural, or the baseline abbeel")] = "weighted",
-    urdf: UrdfOpt = None,
-    keypoint_links: LinksOpt = None,
-    train: TrainOpt = "0:3",
-    test: TestOpt = "3:5",
-    outer_iters: OuterOpt = 100,
-    inner_steps: InnerOpt = 1,
-    inner_lr: InnerLrOpt = 1e-3,
-    outer_lr: OuterLrOpt = 1e-2,
-    inner_optimizer: InnerOptimOpt = "sgd",
-    update: UpdateOpt = "per_demo",
-    grad_mode: GradModeOpt = "unrolled",
-    grad_clip: ClipOpt = None,
-    rbf_original: RbfOriginalOpt = False,
-    seed: SeedOpt = 0,
+    cost: CostOpt = MBIRLRunConfig.method,
+    robot: RobotOpt = MBIRLRunConfig.robot,
+    urdf: UrdfOpt = MBIRLRunConfig.urdf,
+    keypoint_links: LinksOpt = MBIRLRunConfig.keypoint_links,
+    train: TrainOpt = DEFAULT_TRAIN,
+    test: TestOpt = DEFAULT_TEST,
+    outer_iters: OuterOpt = MBIRLRunConfig.outer_iters,
+    inner_steps: InnerOpt = MBIRLConfig.inner_steps,
+    inner_lr: InnerLrOpt = MBIRLConfig.inner_lr,
+    outer_lr: OuterLrOpt = MBIRLConfig.outer_lr,
+    inner_optimizer: InnerOptimOpt = MBIRLConfig.inner_optimizer,
+    update: UpdateOpt = MBIRLConfig.update,
+    grad_mode: GradModeOpt = MBIRLConfig.grad_mode,
+    grad_clip: ClipOpt = MBIRLConfig.grad_clip,
+    rbf_original: RbfOriginalOpt = MBIRLRunConfig.rbf_original,
+    seed: SeedOpt = MBIRLRunConfig.seed,
+    checkpoint_every: CheckpointOpt = MBIRLRunConfig.checkpoint_every,
     run_dir: RunDirOpt = Path("runs/mbirl"),
     resume: ResumeOpt = False,
     progress: ProgressOpt = True,
     config: ConfigOpt = None,
-    checkpoint_every: Annotated[int, typer.Option(help="outer iterations between checkpoints")] = 10,
 ) -> None:
     """Learn one cost; writes RUN_DIR/metrics.json, metrics.jsonl, tb/, checkpoints/ and figures/."""
     from mbirl.experiments.kuka_irl import run_mbirl
 
-    cfg = _config(demos, cost, urdf, keypoint_links, train, test, outer_iters, inner_steps, inner_lr, outer_lr,
-                  inner_optimizer, update, grad_mode, grad_clip, seed, rbf_original)
-    cfg.checkpoint_every = checkpoint_every
-    cfg = _merge_config(ctx, cfg, config)
-    if not cfg.demos:
-        raise InputError("no demonstrations: pass --demos FILE or set 'demos' in --config", field="demos")
+    cfg = _run_config(ctx, dict(ctx.params), config)
     m = run_mbirl(cfg, run_dir, resume=resume, progress=progress)
     typer.echo(f"{cfg.method}: test IRL loss {m['irl_loss_test'][0]:.1f} -> {m['final_test_irl_loss']:.1f}, "
                f"relative goal distance {m['test_relative_goal_distance']:.3f}, "
@@ -115,59 +113,56 @@ def compare(
     ctx: typer.Context,
     demos: DemosOpt = None,
     costs: Annotated[str, typer.Option(help="comma-separated methods, or 'all'")] = "all",
-    urdf: UrdfOpt = None,
-    keypoint_links: LinksOpt = None,
-    train: TrainOpt = "0:3",
-    test: TestOpt = "3:5",
-    outer_iters: OuterOpt = 100,
-    inner_steps: InnerOpt = 1,
-    inner_lr: InnerLrOpt = 1e-3,
-    outer_lr: OuterLrOpt = 1e-2,
-    inner_optimizer: InnerOptimOpt = "sgd",
-    update: UpdateOpt = "per_demo",
-    grad_mode: GradModeOpt = "unrolled",
-    rbf_original: RbfOriginalOpt = False,
-    seed: SeedOpt = 0,
+    robot: RobotOpt = MBIRLRunConfig.robot,
+    urdf: UrdfOpt = MBIRLRunConfig.urdf,
+    keypoint_links: LinksOpt = MBIRLRunConfig.keypoint_links,
+    train: TrainOpt = DEFAULT_TRAIN,
+    test: TestOpt = DEFAULT_TEST,
+    outer_iters: OuterOpt = MBIRLRunConfig.outer_iters,
+    inner_steps: InnerOpt = MBIRLConfig.inner_steps,
+    inner_lr: InnerLrOpt = MBIRLConfig.inner_lr,
+    outer_lr: OuterLrOpt = MBIRLConfig.outer_lr,
+    inner_optimizer: InnerOptimOpt = MBIRLConfig.inner_optimizer,
+    update: UpdateOpt = MBIRLConfig.update,
+    grad_mode: GradModeOpt = MBIRLConfig.grad_mode,
+    rbf_original: RbfOriginalOpt = MBIRLRunConfig.rbf_original,
+    seed: SeedOpt = MBIRLRunConfig.seed,
     run_dir: RunDirOpt = Path("runs/compare"),
     resume: ResumeOpt = False,
     progress: ProgressOpt = True,
     config: ConfigOpt = None,
 ) -> None:
-    """Every cost and baseline on one demo set: one figure per kind and summary.md."""
+    """Every cost and baseline on one demo set: one figure per kind, metrics.json and summary.md."""
     from mbirl.experiments.kuka_irl import METHODS, run_compare
 
     methods = list(METHODS) if costs == "all" else [c.strip() for c in costs.split(",") if c.strip()]
-    cfg = _config(demos, methods[0] if methods else "", urdf, keypoint_links, train, test, outer_iters, inner_steps,
-                  inner_lr, outer_lr, inner_optimizer, update, grad_mode, None, seed, rbf_original)
-    cfg = _merge_config(ctx, cfg, config)
-    if not cfg.demos:
-        raise InputError("no demonstrations: pass --demos FILE or set 'demos' in --config", field="demos")
+    cfg = _run_config(ctx, dict(ctx.params), config)
     out = run_compare(cfg, methods, run_dir, resume=resume, progress=progress)
     typer.echo(out["table"])
-    typer.echo(f"figures and summary.md in {run_dir}")
+    typer.echo(f"figures, metrics.json and summary.md in {run_dir}")
 
 
 def quickstart(
     run_dir: RunDirOpt = Path("runs/quickstart"),
-    seed: SeedOpt = 0,
-    outer_iters: OuterOpt = 100,
+    seed: SeedOpt = MBIRLRunConfig.seed,
+    outer_iters: OuterOpt = MBIRLRunConfig.outer_iters,
     progress: ProgressOpt = True,
 ) -> None:
     """Placing demos + every cost and baseline with the original settings (3 train / 2 test, K=1)."""
     from mbirl.data.demos import save_keypoint_demos
-    from mbirl.envs.kuka import default_kuka, generate_demos
-    from mbirl.experiments.kuka_irl import METHODS, MBIRLRunConfig, run_compare
+    from mbirl.envs.kuka import generate_demos, robot_from_options
+    from mbirl.experiments.kuka_irl import METHODS, run_compare
     from mbirl.reporting.plots import plot_demos
 
     if outer_iters < 1:
         raise InputError(f"must be >= 1, got {outer_iters}", field="outer_iters")
-    robot = default_kuka()
+    robot = robot_from_options(MBIRLRunConfig.robot)
     demo_path = run_dir / "demos_placing.npz"
     trajs = generate_demos("placing", 6, seed=seed, robot=robot)
     save_keypoint_demos(demo_path, trajs, {"task": "placing", "seed": seed, "robot": robot.describe(),
                                            "command": f"mbirl kuka demos --task placing --n 6 --seed {seed}"})
     plot_demos(trajs, run_dir / "demos_placing.png", title=f"placing: 6 demonstrations (seed {seed})")
-    cfg = MBIRLRunConfig(demos=str(demo_path), train=(0, 3), test=(3, 5), outer_iters=outer_iters, seed=seed)
+    cfg = MBIRLRunConfig(demos=str(demo_path), outer_iters=outer_iters, seed=seed)
     out = run_compare(cfg, list(METHODS), run_dir, resume=True, progress=progress)
     typer.echo(out["table"])
     typer.echo(f"figures: {run_dir}/learning_curves.png, predictions.png, weights.png; table: {run_dir}/summary.md")

@@ -1,8 +1,8 @@
 """MBIRL on the KUKA keypoint task with ground-truth keypoints and dynamics, as a run directory.
 
-A run directory holds ``config.json``, ``metrics.jsonl`` and TensorBoard events (``tb/``) per outer
-iteration, checkpoints (``checkpoints/last.{safetensors,json}``), figures (``figures/``) and the final
-``metrics.json``. Everything is validated before anything is written.
+A run directory (:class:`~mbirl.reporting.runs.RunDir`) holds ``config.json``, ``metrics.jsonl`` and TensorBoard
+events (``tb/``) per outer iteration, checkpoints (``checkpoints/last.{safetensors,json}``), figures (``figures/``)
+and the final ``metrics.json``. Everything is validated before anything is written.
 """
 
 from __future__ import annotations
@@ -10,31 +10,28 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from mbirl.algorithms.feature_matching import FeatureMatchingIRL
-from mbirl.algorithms.mbirl import MBIRL, DemoBatch, irl_loss
-from mbirl.costs.base import COST_NAMES, make_cost
+from mbirl.algorithms.mbirl import MBIRL, CostLearner, DemoBatch, MBIRLConfig, irl_loss
+from mbirl.costs import COSTS, make_cost
 from mbirl.data.demos import KeypointDemoSet, load_keypoint_demos
 from mbirl.dynamics.base import KeypointDynamics
 from mbirl.dynamics.kinematic import KinematicKeypointDynamics
-from mbirl.envs.kuka import robot_from_options
+from mbirl.envs.kuka import DEFAULT_ROBOT, ROBOTS, robot_from_options
 from mbirl.errors import InputError, check_finite
-from mbirl.fileio import write_json_atomic
-from mbirl.planning.gradient_mpc import GradientMode
-from mbirl.reporting.checkpoint import save_checkpoint
-from mbirl.reporting.logger import MetricsLogger
-from mbirl.reporting.runs import checkpoint_stem, open_for_resume, rng_state, set_rng_state
+from mbirl.reporting.runs import RunDir, rng_state, set_rng_state
 
-__all__ = ["METHODS", "MBIRLRunConfig", "Prepared", "parse_split", "prepare_run", "run_compare", "run_mbirl"]
+__all__ = ["METHODS", "MBIRLCompareConfig", "MBIRLRunConfig", "Prepared", "parse_split", "prepare_run",
+           "run_compare", "run_mbirl"]
 
 BASELINES = ("abbeel",)
-METHODS = (*COST_NAMES, *BASELINES)
+METHODS = (*COSTS.names, *BASELINES)
 """Every cost (``default`` is the no-learning baseline) plus the feature-matching baseline ``abbeel``."""
 
 
@@ -52,49 +49,51 @@ def parse_split(text: str, name: str) -> tuple[int, int]:
     return start, stop
 
 
-@dataclass
+@dataclass(frozen=True)
 class MBIRLRunConfig:
-    """One cost-learning run.
+    """One cost-learning run (``mbirl mbirl train``): demonstrations, robot, method, split, and the learner's
+    hyper-parameters in ``trainer``."""
 
-    Attributes:
-        demos: demonstration file (``.npz`` of this project or an original MBIRL ``.pt``).
-        method: a cost (``default|weighted|timedep|rbf|neural``) or the baseline ``abbeel``.
-        urdf, keypoint_links: robot; default is PyBullet's KUKA iiwa with two keypoints on a held object.
-        train, test: demonstration index ranges ``[start, stop)``.
-        outer_iters: passes over the training demonstrations.
-        inner_steps, inner_lr, inner_optimizer: the gradient-MPC inner loop (also used at test time).
-        outer_lr: Adam learning rate on the cost parameters.
-        update: ``per_demo`` (one cost update per training demo, as the original) or ``batched``.
-        grad_mode: ``unrolled`` or ``truncated`` (last inner step only).
-        grad_clip: optional gradient-norm clip on the cost update.
-        rbf_original: the ``rbf`` cost in the official code's formulation (sum over time, integer centres).
-        seed: seeds python, numpy and torch (the neural cost's initialisation).
-        checkpoint_every: outer iterations between checkpoints (the last one is always saved).
-    """
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("outer_iters", "checkpoint_every")
+    """Fields ``--resume`` may change: how long the run goes and how often it checkpoints."""
 
     demos: str
+    """demonstration file (``.npz`` of this project or an original MBIRL ``.pt``)"""
     method: str = "weighted"
+    """a cost (``default|weighted|timedep|rbf|neural``) or the feature-matching baseline ``abbeel``"""
+    robot: str = DEFAULT_ROBOT
+    """built-in robot: ``kuka`` (PyBullet's KUKA iiwa, two keypoints on a held object) or ``original`` (the
+    original experiment's iiwa7 with keypoint links)"""
     urdf: str | None = None
+    """a robot URDF instead of the built-in robot (needs ``keypoint_links``)"""
     keypoint_links: str | None = None
+    """comma-separated keypoint link names of ``urdf`` (or of the built-in robot, replacing its keypoints)"""
     train: tuple[int, int] = (0, 3)
+    """training demonstrations, index range ``[start, stop)``"""
     test: tuple[int, int] = (3, 5)
+    """test demonstrations, index range ``[start, stop)``"""
     outer_iters: int = 100
-    inner_steps: int = 1
-    inner_lr: float = 1e-3
-    inner_optimizer: str = "sgd"
-    outer_lr: float = 1e-2
-    update: str = "per_demo"
-    grad_mode: str = "unrolled"
-    grad_clip: float | None = None
+    """outer iterations (passes over the training demonstrations)"""
     rbf_original: bool = False
+    """the ``rbf`` cost in the official code's formulation (sum over time, integer centres)"""
     seed: int = 0
+    """seeds python, numpy and torch (the neural cost's initialisation)"""
     checkpoint_every: int = 10
-    extra: dict[str, Any] = field(default_factory=dict)
+    """outer iterations between checkpoints (the last one is always saved)"""
+    trainer: MBIRLConfig = field(default_factory=MBIRLConfig)
+    """the bi-level learner's hyper-parameters (also the inner loop of the ``abbeel`` baseline)"""
 
-    def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["train"], out["test"] = list(self.train), list(self.test)
-        return out
+
+@dataclass(frozen=True)
+class MBIRLCompareConfig:
+    """Several methods on one demo set (``mbirl mbirl compare``): each runs ``run`` with its own ``method``."""
+
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("run.outer_iters", "run.checkpoint_every")
+
+    methods: tuple[str, ...]
+    """the methods compared, in order (``run.method`` is the first)"""
+    run: MBIRLRunConfig
+    """the settings every method's run shares"""
 
 
 @dataclass
@@ -106,7 +105,7 @@ class Prepared:
     dynamics: KeypointDynamics
     train: DemoBatch
     test: DemoBatch
-    learner: MBIRL | FeatureMatchingIRL
+    learner: CostLearner
 
 
 def _seed_everything(seed: int) -> None:
@@ -115,26 +114,34 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _check_run_options(cfg: MBIRLRunConfig) -> None:
+    """The checks of a run's own options (the trainer's are :class:`MBIRLConfig`'s)."""
+    if cfg.method not in METHODS:
+        raise InputError(f"unknown cost '{cfg.method}' (expected one of {', '.join(METHODS)})", field="cost")
+    ROBOTS.check(cfg.robot)
+    for name, value, low in (("outer_iters", cfg.outer_iters, 0), ("checkpoint_every", cfg.checkpoint_every, 1)):
+        if value < low:
+            raise InputError(f"must be >= {low}, got {value}", field=name)
+    if cfg.rbf_original and cfg.method != "rbf":
+        raise InputError(f"--rbf-original applies to --cost rbf only, not '{cfg.method}'", field="rbf_original")
+
+
+def make_learner(method: str, dynamics: KeypointDynamics, train: DemoBatch, test: DemoBatch | None,
+                 config: MBIRLConfig, *, seed: int = 0, rbf_original: bool = False) -> CostLearner:
+    """The learner of ``method``: bi-level MBIRL on the named cost, or the feature-matching baseline ``abbeel``."""
+    if method == "abbeel":
+        return FeatureMatchingIRL(dynamics, train, test, config)
+    cost = make_cost(method, horizon=train.horizon, dim=int(train.z.shape[-1]), seed=seed, rbf_original=rbf_original)
+    return MBIRL(cost, dynamics, train, test, config)
+
+
 def prepare_run(cfg: MBIRLRunConfig, demo_set: KeypointDemoSet | None = None,
                 dynamics: KeypointDynamics | None = None) -> Prepared:
     """Validate the configuration and build the learner; raises InputError, writes nothing."""
-    if cfg.method not in METHODS:
-        raise InputError(f"unknown cost '{cfg.method}' (expected one of {', '.join(METHODS)})", field="cost")
-    for name, value, low in (("outer_iters", cfg.outer_iters, 0), ("inner_steps", cfg.inner_steps, 1),
-                             ("checkpoint_every", cfg.checkpoint_every, 1)):
-        if value < low:
-            raise InputError(f"must be >= {low}, got {value}", field=name)
-    for lr_name, lr in (("inner_lr", cfg.inner_lr), ("outer_lr", cfg.outer_lr)):
-        if not np.isfinite(lr) or lr <= 0:
-            raise InputError(f"must be a positive finite number, got {lr}", field=lr_name)
-    if cfg.rbf_original and cfg.method != "rbf":
-        raise InputError(f"--rbf-original applies to --cost rbf only, not '{cfg.method}'", field="rbf_original")
-    if cfg.grad_mode not in ("unrolled", "truncated"):
-        raise InputError(f"unknown gradient mode '{cfg.grad_mode}' (expected unrolled or truncated)",
-                         field="grad_mode")
+    _check_run_options(cfg)
     demo_set = demo_set if demo_set is not None else load_keypoint_demos(cfg.demos)
     if dynamics is None:
-        dynamics = KinematicKeypointDynamics(robot_from_options(cfg.urdf, cfg.keypoint_links))
+        dynamics = KinematicKeypointDynamics(robot_from_options(cfg.robot, cfg.urdf, cfg.keypoint_links))
     first = demo_set[0]
     if first.n_keypoints != dynamics.n_keypoints:
         raise InputError(f"demonstrations have {first.n_keypoints} keypoints, the robot has {dynamics.n_keypoints}",
@@ -145,19 +152,12 @@ def prepare_run(cfg: MBIRLRunConfig, demo_set: KeypointDemoSet | None = None,
     train = DemoBatch.from_demos(demo_set.subset(*cfg.train))
     test = DemoBatch.from_demos(demo_set.subset(*cfg.test))
     _seed_everything(cfg.seed)
-    inner = {"inner_steps": cfg.inner_steps, "inner_lr": cfg.inner_lr, "inner_optimizer": cfg.inner_optimizer}
-    learner: MBIRL | FeatureMatchingIRL
-    if cfg.method == "abbeel":
-        learner = FeatureMatchingIRL(dynamics, train, test, **inner)  # type: ignore[arg-type]
-    else:
-        cost = make_cost(cfg.method, horizon=first.horizon, dim=3 * first.n_keypoints, seed=cfg.seed,
-                         rbf_original=cfg.rbf_original)
-        learner = MBIRL(cost, dynamics, train, test, outer_lr=cfg.outer_lr, update=cfg.update,
-                        grad_mode=GradientMode(cfg.grad_mode), grad_clip=cfg.grad_clip, **inner)  # type: ignore[arg-type]
+    learner = make_learner(cfg.method, dynamics, train, test, cfg.trainer, seed=cfg.seed,
+                           rbf_original=cfg.rbf_original)
     return Prepared(cfg, demo_set, dynamics, train, test, learner)
 
 
-def _weights_of(learner: MBIRL | FeatureMatchingIRL) -> np.ndarray | None:
+def _weights_of(learner: CostLearner) -> np.ndarray | None:
     table = learner.cost.weights_table()
     return None if table is None else table.cpu().numpy()
 
@@ -167,37 +167,37 @@ def run_mbirl(cfg: MBIRLRunConfig, run_dir: str | Path, *, resume: bool = False,
     """Train (or resume) one run and write its outputs into ``run_dir``; returns the final metrics."""
     from mbirl.reporting.plots import plot_learning_curves, plot_predictions, plot_weights
 
-    run_dir = Path(run_dir)
     prep = prepared if prepared is not None else prepare_run(cfg)
-    ckpt = checkpoint_stem(run_dir)
+    run = RunDir(run_dir, cfg, resume=resume)
     history: dict[str, list[float]] = {"irl_loss_train": [], "irl_loss_test": [], "test_relative_goal_distance": [],
                                        "seconds": []}
     start = 0
-    state = open_for_resume(run_dir, cfg.to_json(), resume=resume, may_change=("outer_iters", "checkpoint_every"),
-                            defaults=MBIRLRunConfig(demos=cfg.demos).to_json())
-    resumed = state is not None
-    if state is not None:
+    learner = prep.learner
+    if run.state is not None:
+        state = run.state
         try:
-            prep.learner.load_state_dict(state["learner"])
+            learner.load_state_dict(state["learner"])
             history = {k: [float(x) for x in v] for k, v in state["history"].items()}
             start = int(state["iteration"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise InputError(f"checkpoint does not match this run ({type(exc).__name__}: {exc})",
-                             source=str(ckpt.with_suffix(".json"))) from None
+                             source=str(run.checkpoint.with_suffix(".json"))) from None
         set_rng_state(state["rng"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / "config.json", cfg.to_json())
-    learner = prep.learner
+    run.start()
+    clip = cfg.trainer.grad_clip
 
     def save() -> None:
-        save_checkpoint(ckpt, {"learner": learner.state_dict(), "history": history, "rng": rng_state(),
-                               "iteration": len(history["irl_loss_train"]) - 1, "config": cfg.to_json()})
+        run.save({"learner": learner.state_dict(), "history": history, "rng": rng_state(),
+                  "iteration": len(history["irl_loss_train"]) - 1})
 
     def evaluate_test() -> tuple[float, float]:
         ev = learner.evaluate(prep.test)
         return float(ev.irl_loss.mean()), float(ev.relative_goal_distance.mean())
 
-    with MetricsLogger(run_dir, resume_from_step=start + 1 if resumed else None) as log:
+    def info(train_loss: float, test_loss: float) -> str:
+        return f"train {train_loss:.1f}  test {test_loss:.1f}"
+
+    with run.logger(resume_from_step=start + 1 if run.resumed else None) as log:
         if not history["irl_loss_train"]:
             test_loss, rel = evaluate_test()
             history["irl_loss_train"].append(float(learner.evaluate(prep.train).irl_loss.mean()))
@@ -206,13 +206,8 @@ def run_mbirl(cfg: MBIRLRunConfig, run_dir: str | Path, *, resume: bool = False,
             log.log(0, **{"losses/irl_train": history["irl_loss_train"][0], "losses/irl_test": test_loss,
                           "charts/test_relative_goal_distance": rel})
             save()
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        columns = (TextColumn(f"[bold]{cfg.method}[/]"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("train {task.fields[train]:.1f}  test {task.fields[test]:.1f}"), TimeRemainingColumn())
-        with Progress(*columns, disable=not progress, transient=False) as bar:
-            task = bar.add_task("outer", total=cfg.outer_iters, completed=start, train=history["irl_loss_train"][-1],
-                                test=history["irl_loss_test"][-1])
+        with run.progress(cfg.method, cfg.outer_iters, start, enabled=progress,
+                          info=info(history["irl_loss_train"][-1], history["irl_loss_test"][-1])) as update:
             for it in range(start + 1, cfg.outer_iters + 1):
                 t0 = time.perf_counter()
                 train_loss = learner.outer_iteration()
@@ -228,13 +223,13 @@ def run_mbirl(cfg: MBIRLRunConfig, run_dir: str | Path, *, resume: bool = False,
                            "charts/test_relative_goal_distance": rel, "charts/seconds_per_outer_iter": seconds}
                 if isinstance(learner, MBIRL) and learner.optimizer is not None:
                     scalars["charts/cost_grad_norm"] = learner.last_grad_norm
-                    if cfg.grad_clip is not None:
+                    if clip is not None:
                         scalars["charts/grad_clipped"] = float(learner.clipped)
                         history.setdefault("grad_clipped", []).append(float(learner.clipped))
                 log.log(it, **scalars)
                 if it % cfg.checkpoint_every == 0 or it == cfg.outer_iters:
                     save()
-                bar.update(task, advance=1, train=train_loss, test=test_loss)
+                update(advance=1, info=info(train_loss, test_loss))
     final = learner.evaluate(prep.test)
     with torch.no_grad():  # the original code's "before training" train loss: zero actions, no inner step
         u0 = torch.zeros(len(prep.train), prep.train.horizon - 1, prep.dynamics.n_joints)
@@ -250,7 +245,7 @@ def run_mbirl(cfg: MBIRLRunConfig, run_dir: str | Path, *, resume: bool = False,
         "final_test_irl_loss_per_demo": final.irl_loss.tolist(),
         "test_relative_goal_distance": float(final.relative_goal_distance.mean()),
         "seconds_per_outer_iter": float(np.mean(history["seconds"])) if history["seconds"] else 0.0,
-        "grad_clip": cfg.grad_clip,
+        "grad_clip": clip,
         "grad_clipped_iterations": int(sum(history.get("grad_clipped", []))),
         "outer_iters": cfg.outer_iters,
     }
@@ -258,19 +253,20 @@ def run_mbirl(cfg: MBIRLRunConfig, run_dir: str | Path, *, resume: bool = False,
     if weights is not None:
         metrics["learned_weights"] = weights.tolist()
     if figures:
-        fig_dir = run_dir / "figures"
-        plot_learning_curves({cfg.method: metrics}, fig_dir / "learning_curve.png", title=f"IRL loss ({cfg.method})")
-        plot_predictions(prep.test.z.numpy(), {cfg.method: final.z_pred.numpy()}, fig_dir / "predictions.png")
+        plot_learning_curves({cfg.method: metrics}, run.figures / "learning_curve.png",
+                             title=f"IRL loss ({cfg.method})")
+        plot_predictions(prep.test.z.numpy(), {cfg.method: final.z_pred.numpy()}, run.figures / "predictions.png")
         if weights is not None:
-            plot_weights({cfg.method: weights}, fig_dir / "weights.png", prep.dynamics.n_keypoints)
-    write_json_atomic(run_dir / "metrics.json", metrics)
+            plot_weights({cfg.method: weights}, run.figures / "weights.png", prep.dynamics.n_keypoints)
+    run.finish(metrics)
     metrics["_z_pred"] = final.z_pred.numpy()
     return metrics
 
 
 def run_compare(base: MBIRLRunConfig, methods: Sequence[str], run_dir: str | Path, *, resume: bool = False,
                 progress: bool = True) -> dict[str, Any]:
-    """Run every method on one demo set; write one figure per kind and a Markdown summary table."""
+    """Run every method on one demo set (``run_dir/<method>``); write one figure per kind, ``metrics.json`` (per
+    method: initial and final IRL losses, relative goal distance, seconds per outer iteration) and ``summary.md``."""
     from mbirl.reporting.plots import plot_learning_curves, plot_predictions, plot_weights
 
     run_dir = Path(run_dir)
@@ -280,12 +276,15 @@ def run_compare(base: MBIRLRunConfig, methods: Sequence[str], run_dir: str | Pat
     if base.rbf_original and "rbf" not in methods:
         raise InputError("--rbf-original applies to the rbf cost, which is not among the methods",
                          field="rbf_original")
+    base = replace(base, method=methods[0])
     demo_set = load_keypoint_demos(base.demos)
-    dynamics = KinematicKeypointDynamics(robot_from_options(base.urdf, base.keypoint_links))
-    configs = {m: MBIRLRunConfig(**{**base.to_json(), "method": m, "train": base.train, "test": base.test,
-                                    "rbf_original": base.rbf_original and m == "rbf"})
-               for m in methods}
+    dynamics = KinematicKeypointDynamics(robot_from_options(base.robot, base.urdf, base.keypoint_links))
+    configs = {m: replace(base, method=m, rbf_original=base.rbf_original and m == "rbf") for m in methods}
     prepared = {m: prepare_run(c, demo_set, dynamics) for m, c in configs.items()}  # validate all first
+    run = RunDir(run_dir, MBIRLCompareConfig(methods=tuple(methods), run=base), resume=resume)
+    for m, c in configs.items():  # refuses (or checks the resumed configuration of) every method's run first
+        RunDir(run_dir / m, c, resume=resume)
+    run.start()
     results = {}
     for m in methods:
         results[m] = run_mbirl(configs[m], run_dir / m, resume=resume, progress=progress, prepared=prepared[m])
@@ -308,9 +307,9 @@ def run_compare(base: MBIRLRunConfig, methods: Sequence[str], run_dir: str | Pat
         summary[m]["initial_train_irl_loss"] = r["irl_loss_train"][0]
         summary[m]["initial_test_irl_loss"] = r["irl_loss_test"][0]
     table = "\n".join(rows) + "\n"
-    (run_dir / "summary.md").write_text(
+    t = base.trainer
+    run.finish(summary, summary=(
         f"# MBIRL comparison\n\nDemos: `{base.demos}`; train {base.train[0]}:{base.train[1]}, test "
-        f"{base.test[0]}:{base.test[1]}; {base.outer_iters} outer iterations, K={base.inner_steps}, "
-        f"inner lr {base.inner_lr}, outer lr {base.outer_lr}, update {base.update}.\n\n{table}")
-    write_json_atomic(run_dir / "summary.json", summary)
+        f"{base.test[0]}:{base.test[1]}; {base.outer_iters} outer iterations, K={t.inner_steps}, "
+        f"inner lr {t.inner_lr}, outer lr {t.outer_lr}, update {t.update}.\n\n{table}"))
     return {"summary": summary, "table": table}
