@@ -3,11 +3,12 @@
 For each seed: 6 placing demos (`mbirl kuka demos --task placing --n 6 --seed S`), 3 train / 2 test,
 100 outer iterations, K=1, inner lr 1e-3, outer lr 1e-2, per-demo updates — every cost and baseline.
 Prints the zero-action train loss (the original's "before training" figure), each method's final test
-IRL loss per seed, and mean / median over seeds, next to the original code's single-run figures.
+IRL loss per seed, and mean / median over seeds, next to the original code's single-run figures (quoted from
+its published run, not measured here).
 
     python benchmarks/quality_mbirl.py [--seeds 0 1 2 3 4] [--outer-iters 100]
-    python benchmarks/quality_mbirl.py --style original --urdf ../shared/fixtures/iiwa7_keypoints.urdf \
-        --keypoint-links kp_link_1,kp_link_2      # the official code's demos and robot (seed 0 = its own run)
+    python benchmarks/quality_mbirl.py --style original --robot original  # the official code's demos and robot
+                                                                          # (seed 0 = its own run)
     python benchmarks/quality_mbirl.py --task reaching --n-demos 15 --train 0:1 --test 10:15 --seeds 0 1 2
 """
 
@@ -20,29 +21,35 @@ from pathlib import Path
 
 import torch
 
+from mbirl.algorithms import MBIRLConfig
 from mbirl.data import save_keypoint_demos
-from mbirl.envs import generate_demos, generate_original_placing, robot_from_options
+from mbirl.envs import ROBOTS, generate_demos, generate_original_placing, robot_from_options
 from mbirl.experiments import METHODS, MBIRLRunConfig, run_mbirl
 from mbirl.experiments.kuka_irl import parse_split
 
 ORIGINAL = {"weighted": 247.5, "timedep": 123.8, "rbf": 144.7}
+"""The official code's final test IRL losses on its placing demos (quoted from its published run)."""
+ORIGINAL_ZERO_ACTION = 1552.7
+"""The official code's train IRL loss before training on its placing demos (quoted)."""
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--outer-iters", type=int, default=100)
+    parser.add_argument("--outer-iters", type=int, default=MBIRLRunConfig.outer_iters)
     parser.add_argument("--task", choices=["placing", "reaching"], default="placing")
     parser.add_argument("--n-demos", type=int, default=6, help="demos generated per seed")
-    parser.add_argument("--train", default="0:3", help="train range START:STOP")
-    parser.add_argument("--test", default="3:5", help="test range START:STOP")
-    parser.add_argument("--inner-steps", type=int, default=1)
-    parser.add_argument("--inner-lr", type=float, default=1e-3)
+    parser.add_argument("--train", default="{}:{}".format(*MBIRLRunConfig.train), help="train range START:STOP")
+    parser.add_argument("--test", default="{}:{}".format(*MBIRLRunConfig.test), help="test range START:STOP")
+    parser.add_argument("--inner-steps", type=int, default=MBIRLConfig.inner_steps)
+    parser.add_argument("--inner-lr", type=float, default=MBIRLConfig.inner_lr)
     parser.add_argument("--noise", type=float, default=0.3, help="per-step demo noise [cm] (reachable style)")
     parser.add_argument("--style", choices=["reachable", "original"], default="reachable",
                         help="demo generator: this project's reachable demos or the official code's placing demos")
     parser.add_argument("--rbf-original", action="store_true", help="rbf cost in the official code's formulation")
-    parser.add_argument("--urdf", default=None, help="robot URDF (default: PyBullet's KUKA + held object)")
+    parser.add_argument("--robot", choices=ROBOTS.names, default=MBIRLRunConfig.robot,
+                        help="built-in robot: kuka (PyBullet's KUKA + held object) or original (the official code's)")
+    parser.add_argument("--urdf", default=None, help="a robot URDF instead of the built-in robot")
     parser.add_argument("--keypoint-links", default=None, help="comma-separated keypoint links of --urdf")
     args = parser.parse_args()
     if args.style == "original" and args.task != "placing":
@@ -54,7 +61,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             demos = Path(tmp) / f"{args.task}_{seed}.npz"
-            robot = robot_from_options(args.urdf, args.keypoint_links)
+            robot = robot_from_options(args.robot, args.urdf, args.keypoint_links)
             if args.style == "original":
                 trajs = generate_original_placing(args.n_demos, seed=seed, robot=robot)
             else:
@@ -62,20 +69,22 @@ def main() -> None:
             save_keypoint_demos(demos, trajs)
             for m in METHODS:
                 cfg = MBIRLRunConfig(demos=str(demos), method=m, outer_iters=args.outer_iters, seed=seed,
-                                     urdf=args.urdf, keypoint_links=args.keypoint_links,
-                                     inner_steps=args.inner_steps, inner_lr=args.inner_lr,
+                                     robot=args.robot, urdf=args.urdf, keypoint_links=args.keypoint_links,
                                      train=parse_split(args.train, "train"), test=parse_split(args.test, "test"),
-                                     rbf_original=args.rbf_original and m == "rbf")
+                                     rbf_original=args.rbf_original and m == "rbf",
+                                     trainer=MBIRLConfig(inner_steps=args.inner_steps, inner_lr=args.inner_lr))
                 out = run_mbirl(cfg, Path(tmp) / f"{seed}_{m}", progress=False, figures=False)
                 results[m].append(out["final_test_irl_loss"])
                 rel[m].append(out["test_relative_goal_distance"])
             zero.append(out["zero_action_irl_loss_train"])
             print(f"seed {seed}: zero-action train loss {zero[-1]:.1f}; final test IRL loss "
                   + ", ".join(f"{m} {results[m][-1]:.1f}" for m in METHODS), flush=True)
-    print(f"\n{args.task} ({args.style} demos, robot {args.urdf or 'default'}), train {args.train}, test {args.test}, "
+    print(f"\n{args.task} ({args.style} demos, robot {args.urdf or args.robot}), train {args.train}, test {args.test}, "
           f"K={args.inner_steps}, inner lr {args.inner_lr}{', rbf original formulation' if args.rbf_original else ''}")
-    print(f"zero-action train IRL loss: mean {statistics.mean(zero):.1f} (original placing demos: 1552.7)")
-    print("| method | final test IRL loss mean | median | min | max | rel. goal distance mean | original (placing) |")
+    print(f"zero-action train IRL loss: mean {statistics.mean(zero):.1f} (official code on its placing demos: "
+          f"{ORIGINAL_ZERO_ACTION}, quoted)")
+    print("| method | final test IRL loss mean | median | min | max | rel. goal distance mean | "
+          "official code, placing (quoted) |")
     print("|---|---|---|---|---|---|---|")
     for m in METHODS:
         v = results[m]
