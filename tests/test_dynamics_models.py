@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mbirl.dynamics.models import MODEL_TYPES, ForwardModel, make_model, open_loop_errors
+from mbirl.dynamics.models import MODELS, ForwardModel, open_loop_errors
 from mbirl.errors import InputError
 
 
@@ -19,11 +19,11 @@ def _linear_data(n: int = 2048, seed: int = 0):
     return s, a, s @ A.T + a @ B.T, (A, B)
 
 
-@pytest.mark.parametrize("kind", MODEL_TYPES)
+@pytest.mark.parametrize("kind", MODELS.names)
 def test_model_learns_linear_dynamics_and_round_trips(kind, tmp_path):
     torch.manual_seed(0)
     s, a, s2, _ = _linear_data()
-    model = make_model(kind, 3, 1)
+    model = MODELS.make(kind, obs_dim=3, act_dim=1)
     model.set_normalizer(s.numpy(), s2.numpy(), np.ones(1, np.float32))
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     before = float(model.eval_score(s, a, s2).mean())
@@ -44,11 +44,11 @@ def test_model_learns_linear_dynamics_and_round_trips(kind, tmp_path):
 
 def test_faithful_attention_is_trivially_one_and_multi_token_is_not():
     s, a, _, _ = _linear_data(32)
-    faithful = make_model("attention", 3, 1)
+    faithful = MODELS.make("attention", obs_dim=3, act_dim=1)
     faithful(s, a)
     assert faithful.last_weights is not None and faithful.last_weights.shape[-1] == 1
     torch.testing.assert_close(faithful.last_weights, torch.ones_like(faithful.last_weights))
-    multi = make_model("attention-multi", 3, 1)
+    multi = MODELS.make("attention-multi", obs_dim=3, act_dim=1)
     multi(s, a)
     w = multi.last_weights
     assert w is not None and w.shape[-2:] == (3, 4)  # 3 state queries over 3 state + 1 action tokens
@@ -79,9 +79,27 @@ def test_open_loop_errors_are_zero_for_an_exact_model():
 
 
 def test_bad_model_options():
+    assert MODELS.names == ("attention", "attention-multi", "gru", "mlp")
+    with pytest.raises(InputError, match="unknown dynamics model 'transformer'"):
+        MODELS.make("transformer", obs_dim=3, act_dim=1)
     with pytest.raises(InputError):
-        make_model("transformer", 3, 1)
+        MODELS.make("attention", obs_dim=3, act_dim=1, hidden=10, heads=4)
     with pytest.raises(InputError):
-        make_model("attention", 3, 1, hidden=10, heads=4)
-    with pytest.raises(InputError):
-        make_model("mlp", 0, 1)
+        MODELS.make("mlp", obs_dim=0, act_dim=1)
+
+
+def test_models_are_built_with_the_shared_mlp_and_keep_their_parameter_names():
+    """The models' MLPs come from :func:`mbirl.nets.mlp` (ReLU after the last layer of the encoders): the same
+    layers in the same order as before, so saved models load and a seed gives the same weights."""
+    torch.manual_seed(0)
+    gru = MODELS.make("gru", obs_dim=3, act_dim=1)
+    assert [type(m).__name__ for m in gru.enc_s] == ["Linear", "ReLU", "Linear", "ReLU"]
+    assert [type(m).__name__ for m in gru.dec] == ["Linear", "ReLU", "Linear"]
+    assert sorted(gru.state_dict()) == sorted(
+        ["obs_mean", "obs_std", "delta_std", "act_scale"]
+        + [f"{part}.{i}.{w}" for part in ("enc_s", "enc_a") for i in (0, 2) for w in ("weight", "bias")]
+        + [f"dec.{i}.{w}" for i in (0, 2) for w in ("weight", "bias")]
+        + [f"cell.{w}_{k}" for w in ("weight", "bias") for k in ("ih", "hh")])
+    torch.manual_seed(0)
+    first = torch.nn.Linear(3, 100)  # the first layer created is the state encoder's first
+    torch.testing.assert_close(gru.enc_s[0].weight, first.weight, rtol=0, atol=0)

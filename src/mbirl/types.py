@@ -1,15 +1,19 @@
-"""Typed demonstrations. Every field is validated (shape, dtype, finiteness) on construction."""
+"""Typed demonstrations and transition batches. Every field is validated (shape, dtype, finiteness) on construction."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mbirl.errors import InputError
 from mbirl.validation import check_array
 
-__all__ = ["KeypointTrajectory", "Trajectory", "check_array"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["KeypointTrajectory", "Trajectory", "TransitionBatch", "check_array"]
 
 
 @dataclass(frozen=True)
@@ -122,3 +126,45 @@ class Trajectory:
     @property
     def terminal(self) -> bool:
         return bool(self.dones[-1])
+
+
+@dataclass(frozen=True)
+class TransitionBatch:
+    """A minibatch of ``B`` transitions ``(s, a, s', done)`` as float tensors (what a replay buffer hands out and a
+    discriminator or forward model trains on). Shapes are checked on construction.
+
+    Attributes:
+        obs: observations ``s``, shape ``(B, obs_dim)``.
+        act: actions ``a``, shape ``(B, act_dim)`` (one-hot rows for discrete action spaces).
+        next_obs: observations ``s'`` after ``a``, shape ``(B, obs_dim)``.
+        done: shape ``(B,)``, 1.0 where ``s'`` is a terminal state (not a time-limit truncation), else 0.0.
+        log_pi: optional shape ``(B,)``, the current policy's log-density of ``a`` in ``s`` (the AIRL
+            discriminator's logit subtracts it); None until computed (:meth:`with_log_pi`).
+    """
+
+    obs: torch.Tensor
+    act: torch.Tensor
+    next_obs: torch.Tensor
+    done: torch.Tensor
+    log_pi: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        n = self.obs.shape[0] if self.obs.ndim == 2 else -1
+        for name, value, ndim in (("obs", self.obs, 2), ("act", self.act, 2), ("next_obs", self.next_obs, 2),
+                                  ("done", self.done, 1), ("log_pi", self.log_pi, 1)):
+            if value is None:
+                continue
+            if value.ndim != ndim or value.shape[0] != n:
+                want = "(B, dim)" if ndim == 2 else "(B,)"
+                raise InputError(f"expected shape {want} with B = {n} (from obs), got {tuple(value.shape)}",
+                                 field=f"transitions.{name}")
+        if self.next_obs.shape != self.obs.shape:
+            raise InputError(f"expected the shape of obs {tuple(self.obs.shape)}, got {tuple(self.next_obs.shape)}",
+                             field="transitions.next_obs")
+
+    def __len__(self) -> int:
+        return int(self.obs.shape[0])
+
+    def with_log_pi(self, log_pi: torch.Tensor) -> TransitionBatch:
+        """The same transitions with ``log_pi`` set."""
+        return replace(self, log_pi=log_pi)

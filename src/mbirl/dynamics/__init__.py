@@ -1,7 +1,11 @@
-"""Dynamics models: one interface (roll out an action sequence), ground-truth and learned variants."""
+"""Dynamics models: one interface (roll out an action sequence), ground-truth and learned variants; MAIRL's learned
+forward models ``s' = f(s, a)`` (:data:`MODELS`) and the loop that fits them."""
 
 from mbirl.dynamics.base import KeypointDynamics
 from mbirl.dynamics.keypoint_mlp import KeypointMLPDynamics
 from mbirl.dynamics.kinematic import KinematicKeypointDynamics
+from mbirl.dynamics.models import MODELS, ForwardModel
+from mbirl.dynamics.training import fit_forward_model
 
-__all__ = ["KeypointDynamics", "KeypointMLPDynamics", "KinematicKeypointDynamics"]
+__all__ = ["MODELS", "ForwardModel", "KeypointDynamics", "KeypointMLPDynamics", "KinematicKeypointDynamics",
+           "fit_forward_model"]

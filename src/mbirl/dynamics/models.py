@@ -31,22 +31,12 @@ import torch
 from torch import nn
 
 from mbirl.errors import InputError
+from mbirl.nets import mlp
+from mbirl.registry import Registry
 from mbirl.reporting.checkpoint import load_checkpoint, save_checkpoint
 
-__all__ = ["MODEL_TYPES", "AttentionModel", "ForwardModel", "GRUModel", "MLPModel", "MultiTokenAttentionModel",
-           "make_model", "open_loop_errors"]
-
-MODEL_TYPES = ("attention", "attention-multi", "gru", "mlp")
-
-
-def _mlp(sizes: list[int], activation: type[nn.Module] = nn.ReLU, last_activation: bool = False) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-        if i < len(sizes) - 2 or last_activation:
-            layers.append(activation())
-    return nn.Sequential(*layers)
-
+__all__ = ["MODELS", "AttentionModel", "ForwardModel", "GRUModel", "MLPModel", "MultiTokenAttentionModel",
+           "open_loop_errors"]
 
 class ForwardModel(nn.Module, ABC):
     """One-step forward model over flat observations and (one-hot, for discrete spaces) actions.
@@ -115,7 +105,7 @@ class ForwardModel(nn.Module, ABC):
         state = load_checkpoint(stem)
         try:
             cfg = state["config"]
-            model = make_model(cfg["kind"], cfg["obs_dim"], cfg["act_dim"], **cfg["kwargs"])
+            model = MODELS.make(cfg["kind"], obs_dim=cfg["obs_dim"], act_dim=cfg["act_dim"], **cfg["kwargs"])
             model.load_state_dict(state["state_dict"])
         except (KeyError, TypeError, RuntimeError) as exc:
             raise InputError(f"not a saved forward model ({exc})", source=str(stem)) from None
@@ -129,7 +119,7 @@ class MLPModel(ForwardModel):
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: int = 200, layers: int = 2) -> None:
         super().__init__(obs_dim, act_dim, hidden=hidden, layers=layers)
-        self.net = _mlp([obs_dim + act_dim] + [hidden] * layers + [obs_dim])
+        self.net = mlp([obs_dim + act_dim] + [hidden] * layers + [obs_dim])
 
     def _delta(self, obs_n: torch.Tensor, act_n: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([obs_n, act_n], -1))
@@ -142,10 +132,10 @@ class GRUModel(ForwardModel):
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: int = 100) -> None:
         super().__init__(obs_dim, act_dim, hidden=hidden)
-        self.enc_s = _mlp([obs_dim, hidden, hidden], last_activation=True)
-        self.enc_a = _mlp([act_dim, hidden, hidden], last_activation=True)
+        self.enc_s = mlp([obs_dim, hidden, hidden], last_activation=True)
+        self.enc_a = mlp([act_dim, hidden, hidden], last_activation=True)
         self.cell = nn.GRUCell(hidden, hidden)
-        self.dec = _mlp([hidden, hidden, obs_dim])
+        self.dec = mlp([hidden, hidden, obs_dim])
 
     def _delta(self, obs_n: torch.Tensor, act_n: torch.Tensor) -> torch.Tensor:
         return self.dec(self.cell(self.enc_a(act_n), self.enc_s(obs_n)))
@@ -173,11 +163,11 @@ class AttentionModel(ForwardModel):
             raise InputError(f"hidden ({hidden}) must be divisible by heads ({heads})", field="model")
         super().__init__(obs_dim, act_dim, hidden=hidden, heads=heads)
         self.heads = heads
-        self.enc_s = _mlp([obs_dim, hidden, hidden], last_activation=True)
-        self.enc_a = _mlp([act_dim, hidden, hidden], last_activation=True)
+        self.enc_s = mlp([obs_dim, hidden, hidden], last_activation=True)
+        self.enc_a = mlp([act_dim, hidden, hidden], last_activation=True)
         self.wq, self.wk, self.wv = (nn.Linear(hidden, hidden) for _ in range(3))
         self.wo = nn.Linear(hidden, hidden)
-        self.dec = _mlp([hidden, hidden, obs_dim])
+        self.dec = mlp([hidden, hidden, obs_dim])
         self.last_weights: torch.Tensor | None = None
 
     def _delta(self, obs_n: torch.Tensor, act_n: torch.Tensor) -> torch.Tensor:
@@ -200,11 +190,11 @@ class MultiTokenAttentionModel(ForwardModel):
         self.heads = heads
         self.tok_w = nn.Parameter(torch.randn(n, token_dim) / math.sqrt(token_dim))
         self.tok_id = nn.Parameter(torch.randn(n, token_dim) * 0.1)
-        self.tok_mlp = _mlp([token_dim, token_dim, token_dim], last_activation=True)
+        self.tok_mlp = mlp([token_dim, token_dim, token_dim], last_activation=True)
         self.wq, self.wk, self.wv = (nn.Linear(token_dim, token_dim) for _ in range(3))
         self.wo = nn.Linear(token_dim, token_dim)
         self.norm = nn.LayerNorm(token_dim)
-        self.dec = _mlp([obs_dim * token_dim, hidden, hidden, obs_dim])
+        self.dec = mlp([obs_dim * token_dim, hidden, hidden, obs_dim])
         self.last_weights: torch.Tensor | None = None
 
     def _delta(self, obs_n: torch.Tensor, act_n: torch.Tensor) -> torch.Tensor:
@@ -216,16 +206,11 @@ class MultiTokenAttentionModel(ForwardModel):
         return self.dec(h.flatten(1))
 
 
-_MODELS: dict[str, type[ForwardModel]] = {m.kind: m for m in (AttentionModel, MultiTokenAttentionModel, GRUModel,
-                                                             MLPModel)}
-
-
-def make_model(kind: str, obs_dim: int, act_dim: int, **kwargs: Any) -> ForwardModel:
-    """Build a forward model by name (one of :data:`MODEL_TYPES`)."""
-    if kind not in _MODELS:
-        raise InputError(f"unknown dynamics model '{kind}' (expected one of {', '.join(MODEL_TYPES)})",
-                         field="dynamics")
-    return _MODELS[kind](obs_dim, act_dim, **kwargs)
+MODELS = Registry[ForwardModel]("dynamics model")
+"""The forward models by name: ``MODELS.make(kind, obs_dim=..., act_dim=..., **kwargs)``; ``MODELS.names`` lists
+them (``attention``, ``attention-multi``, ``gru``, ``mlp``)."""
+for _cls in (AttentionModel, MultiTokenAttentionModel, GRUModel, MLPModel):
+    MODELS.register(_cls.kind)(_cls)
 
 
 @torch.no_grad()

@@ -1,5 +1,5 @@
 """Adversarial IRL reward networks: the AIRL discriminator (reward + shaping) and GAIL's."""
 
-from mbirl.rewards.discriminator import AIRLDiscriminator, Discriminator, GAILDiscriminator, make_discriminator
+from mbirl.rewards.discriminator import DISCRIMINATORS, AIRLDiscriminator, Discriminator, GAILDiscriminator
 
-__all__ = ["AIRLDiscriminator", "Discriminator", "GAILDiscriminator", "make_discriminator"]
+__all__ = ["DISCRIMINATORS", "AIRLDiscriminator", "Discriminator", "GAILDiscriminator"]

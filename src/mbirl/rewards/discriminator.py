@@ -15,6 +15,7 @@ GAIL: an unconstrained logit ``D(s, a)``; the policy's reward is ``log sigmoid(D
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -23,10 +24,10 @@ from torch import nn
 
 from mbirl.errors import InputError
 from mbirl.nets import mlp
+from mbirl.registry import Registry
+from mbirl.types import TransitionBatch
 
-__all__ = ["AIRLDiscriminator", "Discriminator", "GAILDiscriminator", "make_discriminator"]
-
-
+__all__ = ["DISCRIMINATORS", "AIRLDiscriminator", "Discriminator", "GAILDiscriminator"]
 
 
 class Discriminator(nn.Module, ABC):
@@ -66,34 +67,44 @@ class Discriminator(nn.Module, ABC):
 
     uses_log_pi: bool = True
 
-    def loss(self, expert: dict[str, torch.Tensor], agent: dict[str, torch.Tensor], expert_weight: float = 1.0,
+    def loss(self, expert: TransitionBatch, agent: TransitionBatch, expert_weight: float = 1.0,
              grad_penalty: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
-        """Binary cross-entropy (expert = 1, agent = 0) on two batches of ``obs, act, next_obs, done, log_pi``;
-        returns the loss and statistics.
+        """Binary cross-entropy (expert = 1, agent = 0) on two batches of transitions; returns the loss and
+        statistics. Both batches need ``log_pi`` when the logit uses it (:attr:`uses_log_pi`).
 
         ``grad_penalty`` > 0 adds ``grad_penalty * E ||d reward / d(s, a, s')||^2`` over both batches (a
         zero-centred gradient penalty): the policy follows the reward's input gradient, so a smooth reward is
         what makes the pathwise update informative rather than erratic.
         """
-        inputs = {k: (torch.cat([expert[k], agent[k]]).requires_grad_(grad_penalty > 0)
-                      if k in ("obs", "act", "next_obs") else torch.cat([expert[k], agent[k]]))
-                  for k in ("obs", "act", "next_obs", "done", "log_pi")}
-        logits = self.logits(inputs["obs"], inputs["act"], inputs["next_obs"], inputs["done"], inputs["log_pi"])
-        n = len(expert["obs"])
+        track = grad_penalty > 0
+        obs = torch.cat([expert.obs, agent.obs]).requires_grad_(track)
+        act = torch.cat([expert.act, agent.act]).requires_grad_(track)
+        next_obs = torch.cat([expert.next_obs, agent.next_obs]).requires_grad_(track)
+        done = torch.cat([expert.done, agent.done])
+        log_pi = torch.cat([self._log_pi(expert), self._log_pi(agent)])
+        logits = self.logits(obs, act, next_obs, done, log_pi)
+        n = len(expert)
         le, la = logits[:n], logits[n:]
         loss = expert_weight * F.binary_cross_entropy_with_logits(le, torch.ones_like(le)) + \
             F.binary_cross_entropy_with_logits(la, torch.zeros_like(la))
         stats = {"expert_acc": float((le > 0).float().mean()), "agent_acc": float((la < 0).float().mean()),
                  "grad_penalty": 0.0}
-        if grad_penalty > 0:
-            reward = (logits + inputs["log_pi"]) if self.uses_log_pi else logits
-            grads = torch.autograd.grad(reward.sum(), [inputs["obs"], inputs["act"], inputs["next_obs"]],
-                                        create_graph=True, allow_unused=True)
+        if track:
+            reward = (logits + log_pi) if self.uses_log_pi else logits
+            grads = torch.autograd.grad(reward.sum(), [obs, act, next_obs], create_graph=True, allow_unused=True)
             sq = sum((g**2).sum(-1) for g in grads if g is not None)
             gp = torch.as_tensor(sq).mean()
             loss = loss + grad_penalty * gp
             stats["grad_penalty"] = float(gp.detach())
         return loss, stats
+
+    def _log_pi(self, batch: TransitionBatch) -> torch.Tensor:
+        if batch.log_pi is not None:
+            return batch.log_pi
+        if self.uses_log_pi:
+            raise InputError("the transitions need log_pi (the policy's log-density of their actions)",
+                             field="log_pi")
+        return torch.zeros_like(batch.done)
 
 
 class AIRLDiscriminator(Discriminator):
@@ -105,7 +116,7 @@ class AIRLDiscriminator(Discriminator):
         state_only: ``g(s)`` instead of ``g(s, a)`` (the reward that transfers to changed dynamics).
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, gamma: float = 0.99, hidden: tuple[int, ...] = (200, 100),
+    def __init__(self, obs_dim: int, act_dim: int, *, gamma: float, hidden: Sequence[int],
                  state_only: bool = False) -> None:
         super().__init__(obs_dim, act_dim)
         if not 0.0 < gamma <= 1.0:
@@ -140,7 +151,7 @@ class GAILDiscriminator(Discriminator):
 
     uses_log_pi = False
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (200, 100)) -> None:
+    def __init__(self, obs_dim: int, act_dim: int, *, hidden: Sequence[int]) -> None:
         super().__init__(obs_dim, act_dim)
         self.net = mlp([obs_dim + act_dim, *hidden, 1])
 
@@ -153,12 +164,19 @@ class GAILDiscriminator(Discriminator):
         return F.logsigmoid(self.logits(obs, act, next_obs, done, torch.zeros_like(done)))
 
 
-def make_discriminator(kind: str, obs_dim: int, act_dim: int, **kwargs: Any) -> Discriminator:
-    """``airl`` (optionally ``state_only=True``) or ``gail``."""
-    if kind == "airl":
-        return AIRLDiscriminator(obs_dim, act_dim, **kwargs)
-    if kind == "gail":
-        kwargs.pop("gamma", None)
-        kwargs.pop("state_only", None)
-        return GAILDiscriminator(obs_dim, act_dim, **kwargs)
-    raise InputError(f"unknown discriminator '{kind}' (expected airl or gail)", field="discriminator")
+DISCRIMINATORS = Registry[Discriminator]("discriminator")
+"""The discriminators by name, each built with ``DISCRIMINATORS.make(name, obs_dim=..., act_dim=..., gamma=...,
+hidden=..., state_only=...)``: ``airl`` (:class:`AIRLDiscriminator`) and ``gail`` (:class:`GAILDiscriminator`)."""
+
+
+@DISCRIMINATORS.register("airl")
+def _airl(**kwargs: Any) -> Discriminator:
+    return AIRLDiscriminator(**kwargs)
+
+
+@DISCRIMINATORS.register("gail")
+def _gail(*, gamma: float | None = None, state_only: bool = False, **kwargs: Any) -> Discriminator:
+    """GAIL has no shaping term (``gamma`` is accepted and unused) and no state-only form."""
+    if state_only:
+        raise InputError("the GAIL discriminator (variant mgail) has no state-only form", field="state_only")
+    return GAILDiscriminator(**kwargs)
