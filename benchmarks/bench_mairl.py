@@ -20,7 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mbirl.experiments.mairl_run import MAIRLRunConfig, compare_models, evaluate_run, plot_learning_curves, run_mairl
+from mbirl.algorithms.mairl import MAIRLConfig
+from mbirl.experiments.mairl_run import (
+    MAIRLRunConfig,
+    ModelComparisonConfig,
+    compare_models,
+    evaluate_run,
+    plot_return_curves,
+    run_mairl,
+)
 
 BUDGETS = {"Pendulum-v1": 50_000, "CartPole-v1": 50_000, "InvertedPendulum-v5": 50_000, "Hopper-v5": 1_000_000}
 
@@ -30,14 +38,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/mairl_bench"))
     parser.add_argument("--envs", default="Pendulum-v1,CartPole-v1,InvertedPendulum-v5")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--dynamics", default="attention")
-    parser.add_argument("--variant", default="mairl")
+    parser.add_argument("--dynamics", default=MAIRLConfig.dynamics)
+    parser.add_argument("--variant", default=MAIRLConfig.variant)
     parser.add_argument("--env-steps", type=int, default=None, help="override the per-environment budget")
     parser.add_argument("--model-env", default="Pendulum-v1", help="environment of the model comparison")
     parser.add_argument("--skip-models", action="store_true")
     parser.add_argument("--skip-video", action="store_true")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (as `mbirl --threads`)")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     envs = [e for e in args.envs.split(",") if e]
     seeds = [int(s) for s in args.seeds.split(",") if s]
     summary: dict[str, dict[str, object]] = {}
@@ -46,8 +55,9 @@ def main() -> None:
         finals = []
         for seed in seeds:
             run_dir = args.out / env / f"{args.variant}-{args.dynamics}-s{seed}"
-            cfg = MAIRLRunConfig(demos=f"data/demos/{env}.npz", env=env, dynamics=args.dynamics, variant=args.variant,
-                                 env_steps=args.env_steps or BUDGETS.get(env, 50_000), seed=seed)
+            cfg = MAIRLRunConfig(demos=f"data/demos/{env}.npz", env=env, seed=seed,
+                                 env_steps=args.env_steps or BUDGETS.get(env, MAIRLRunConfig.env_steps),
+                                 trainer=MAIRLConfig(dynamics=args.dynamics, variant=args.variant))
             t0 = time.perf_counter()
             m = run_mairl(cfg, run_dir, resume=True, progress=False)
             print(f"{env} seed {seed}: final normalised return {m['final_normalized_return']:.3f} "
@@ -59,7 +69,7 @@ def main() -> None:
             dirs.append(run_dir)
         summary[env] = {"seeds": seeds, "final_normalized_return": finals, "mean": float(np.mean(finals)),
                         "min": float(np.min(finals)), "seeds_at_least_0.9": int(sum(f >= 0.9 for f in finals))}
-    plot_learning_curves(dirs, args.out / "learning_curves.png",
+    plot_return_curves(dirs, args.out / "learning_curves.png",
                          title=f"MAIRL ({args.variant}/{args.dynamics}): normalised return, deterministic evaluation")
     if not args.skip_video:
         for env in envs:
@@ -68,9 +78,9 @@ def main() -> None:
             print(f"video {out['video']}: return {out['mean_return']:.1f}")
     if not args.skip_models:
         run_dir = args.out / args.model_env / f"{args.variant}-{args.dynamics}-s{seeds[0]}"
-        res = compare_models(f"data/demos/{args.model_env}.npz", args.out / "models",
-                             kinds=["attention", "attention-multi", "gru", "mlp"],
-                             run_dir=run_dir if run_dir.exists() else None)
+        res = compare_models(ModelComparisonConfig(demos=f"data/demos/{args.model_env}.npz",
+                                                   run_dir=str(run_dir) if run_dir.exists() else None),
+                             args.out / "models")
         summary["models"] = res
         for kind, r in res["models"].items():
             print(f"{kind:16s} 1-step {r['one_step']:.2e}  open-loop 10-step {r['open_loop'][-1]:.2e}  "

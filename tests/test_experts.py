@@ -72,10 +72,11 @@ def test_export_bakes_in_vecnormalize_statistics(tmp_path):
 def test_normalize_preset_needs_ppo(tmp_path):
     """VecNormalize is wired into PPO only; another algorithm with ``normalize`` is refused before training, not
     exported without its statistics."""
-    from mbirl.experts.train import ExpertPreset, train_expert
+    from mbirl.experts.train import ExpertPreset, ExpertRunConfig, train_expert
 
     with pytest.raises(InputError) as excinfo:
-        train_expert("Pendulum-v1", tmp_path / "e", steps=10, preset=ExpertPreset("sac", 10, normalize=True))
+        train_expert(ExpertRunConfig("Pendulum-v1", steps=10), tmp_path / "e",
+                     preset=ExpertPreset("sac", 10, normalize=True))
     assert "normalize" in str(excinfo.value)
     assert not (tmp_path / "e").exists()
 
@@ -121,3 +122,34 @@ def test_bad_expert_inputs(tmp_path):
         generate_expert_demos("Pendulum-v1", policy, 1, tmp_path / "d.txt")
     with pytest.raises(InputError):
         ExpertPolicy([3, 4, 1], "gelu", "tanh_box")
+
+
+def test_expert_train_is_a_run_directory_that_is_never_overwritten_silently(tmp_path, capsys):
+    """``mbirl expert train``: options from ``--config``; config.json + metrics; a second run into the same
+    directory is refused (SB3 cannot resume) unless ``--overwrite``."""
+    import json
+
+    from mbirl.cli import main
+
+    def cli(*args: str) -> int:
+        with pytest.raises(SystemExit) as exc:
+            main(list(args))
+        return int(exc.value.code or 0)
+
+    cfg = tmp_path / "expert.yaml"
+    cfg.write_text("env: Pendulum-v1\nsteps: 200\neval_every: 10000\neval_episodes: 1\nseed: 4\n")
+    out = tmp_path / "e"
+    assert cli("expert", "train", "--config", str(cfg), "--seed", "5", "--out", str(out), "--no-progress") == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved == {"env": "Pendulum-v1", "seed": 5, "steps": 200, "max_minutes": None, "eval_every": 10_000,
+                     "eval_episodes": 1}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["env_steps"] == 200 and metrics["seed"] == 5
+    assert (out / "expert.json").is_file() and len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    capsys.readouterr()
+    assert cli("expert", "train", "--config", str(cfg), "--out", str(out), "--no-progress") == 2
+    assert "already holds" in capsys.readouterr().err and json.loads((out / "config.json").read_text()) == saved
+    assert cli("expert", "train", "--config", str(cfg), "--out", str(out), "--no-progress", "--overwrite") == 0
+    assert json.loads((out / "config.json").read_text())["seed"] == 4
+    assert cli("expert", "train", "--out", str(tmp_path / "x")) == 2  # no environment anywhere
+    assert "missing required option(s) env" in capsys.readouterr().err

@@ -1,17 +1,23 @@
 """MAIRL pieces: the pathwise gradient through the model-based rollout (vs float64 finite differences on a tiny
 linear system), real state values, the correct Gaussian log-density, straight-through Gumbel-softmax, the replay
-buffer and exact resume."""
+buffer and its transition batches, the trainer's configuration and the shared forward-model fitting loop."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from mbirl.algorithms.mairl import GaussianPolicy, GumbelPolicy, ReplayBuffer, model_based_rollout_loss
-from mbirl.dynamics.models import ForwardModel
+from mbirl.algorithms.mairl import MAIRLConfig, build_mairl, model_based_rollout_loss
+from mbirl.algorithms.policies import GaussianPolicy, GumbelPolicy
+from mbirl.data.replay import ReplayBuffer
+from mbirl.dynamics.models import MODELS, ForwardModel
+from mbirl.dynamics.training import fit_forward_model
+from mbirl.errors import InputError, NonFiniteError
+from mbirl.types import TransitionBatch
 
 A = np.array([[1.0, 0.1], [-0.2, 0.9]])
 B = np.array([[0.0], [0.3]])
@@ -119,7 +125,7 @@ def test_ended_episodes_stop_contributing():
 
 
 def test_gaussian_log_density_is_correct():
-    pol = GaussianPolicy(3, np.full(2, -5.0), np.full(2, 5.0), np.array([0.3, 0.7]))
+    pol = GaussianPolicy(3, np.full(2, -5.0), np.full(2, 5.0), np.array([0.3, 0.7]), (16,))
     obs = torch.randn(10, 3)
     act = torch.randn(10, 2)
     mu = pol.mean(obs)
@@ -128,7 +134,7 @@ def test_gaussian_log_density_is_correct():
 
 
 def test_gaussian_sample_is_clipped_with_a_straight_through_gradient():
-    pol = GaussianPolicy(2, np.array([-1.0]), np.array([1.0]), np.array([5.0]))
+    pol = GaussianPolicy(2, np.array([-1.0]), np.array([1.0]), np.array([5.0]), (16,))
     obs = torch.randn(64, 2)
     a, _ = pol.sample(obs, torch.Generator().manual_seed(0))
     assert float(a.detach().abs().max()) <= 1.0 + 1e-6
@@ -137,7 +143,7 @@ def test_gaussian_sample_is_clipped_with_a_straight_through_gradient():
 
 
 def test_gumbel_softmax_straight_through():
-    pol = GumbelPolicy(4, 3, tau=1.0)
+    pol = GumbelPolicy(4, 3, 1.0, (16,))
     obs = torch.randn(32, 4)
     a, log_pi = pol.sample(obs, torch.Generator().manual_seed(0))
     vals = a.detach()
@@ -155,7 +161,7 @@ def test_replay_buffer_ring_and_state_round_trip():
     for i in range(7):
         buf.add(np.full((1, 2), i, np.float32), np.full((1, 1), i, np.float32), np.full((1, 2), i + 1, np.float32),
                 np.zeros(1, np.float32))
-    assert buf.size == 5
+    assert buf.size == len(buf) == 5
     assert sorted(buf.obs[:, 0].tolist()) == [2, 3, 4, 5, 6]
     assert buf.obs[buf.recent_indices(1)[0], 0] == 6
     other = ReplayBuffer(5, 2, 1)
@@ -163,16 +169,120 @@ def test_replay_buffer_ring_and_state_round_trip():
     np.testing.assert_array_equal(other.obs[other.recent_indices(5)], buf.obs[buf.recent_indices(5)])
 
 
+@pytest.mark.parametrize("chunks", [[13], [3, 4, 6], [1] * 13, [6, 7]])
+def test_replay_buffer_adds_many_rows_as_one_at_a_time(chunks):
+    rows = np.arange(13, dtype=np.float32)
+    one, many = ReplayBuffer(5, 1, 1), ReplayBuffer(5, 1, 1)
+    for r in rows:
+        one.add(r[None, None], r[None, None], r[None, None] + 1, r[None] % 2)
+    start = 0
+    for n in chunks:
+        part = rows[start:start + n]
+        many.add(part[:, None], part[:, None], part[:, None] + 1, part % 2)
+        start += n
+    assert (many.ptr, many.size) == (one.ptr, one.size) == (13 % 5, 5)
+    for name in ("obs", "act", "next_obs", "done"):
+        np.testing.assert_array_equal(getattr(many, name), getattr(one, name))
+
+
+def test_replay_batches_are_validated_transition_batches():
+    buf = ReplayBuffer.from_arrays(np.ones((4, 3), np.float32), np.zeros((4, 2), np.float32),
+                                   np.full((4, 3), 2.0, np.float32), np.array([0, 0, 0, 1], np.float32))
+    b = buf.batch(np.array([3, 0]))
+    assert isinstance(b, TransitionBatch) and len(b) == 2 and b.log_pi is None
+    assert b.obs.shape == (2, 3) and b.act.shape == (2, 2) and b.done.tolist() == [1.0, 0.0]
+    with_pi = b.with_log_pi(torch.zeros(2))
+    assert with_pi.log_pi is not None and b.log_pi is None  # frozen: a new batch
+    with pytest.raises(InputError, match="log_pi"):
+        b.with_log_pi(torch.zeros(3))
+    with pytest.raises(InputError, match="next_obs"):
+        TransitionBatch(b.obs, b.act, b.next_obs[:, :2], b.done)
+    with pytest.raises(InputError, match="done"):
+        TransitionBatch(b.obs, b.act, b.next_obs, b.done[:, None])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        b.obs = b.next_obs  # type: ignore[misc]
+
+
+def test_fit_forward_model_is_the_seeded_minibatch_loop():
+    """The shared fitting loop draws ``batch_size`` indices per step from the given generator, exactly as the
+    loops it replaced, so a seed gives the same model; a non-finite loss stops it."""
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(200, 3)).astype(np.float32)
+    act = rng.normal(size=(200, 1)).astype(np.float32)
+    nxt = obs + 0.1 * act
+    data = ReplayBuffer.from_arrays(obs, act, nxt, np.zeros(200, np.float32))
+
+    def fitted(loop):
+        torch.manual_seed(0)
+        model = MODELS.make("mlp", obs_dim=3, act_dim=1)
+        model.set_normalizer(obs, nxt)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        loop(model, opt)
+        return model
+
+    def by_hand(model, opt):
+        g = np.random.default_rng(5)
+        o, a, o2 = torch.as_tensor(obs), torch.as_tensor(act), torch.as_tensor(nxt)
+        for _ in range(20):
+            idx = torch.as_tensor(g.integers(0, len(o), size=16))
+            loss = model.loss(o[idx], a[idx], o2[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    a = fitted(lambda m, o: fit_forward_model(m, o, data, 20, batch_size=16, rng=np.random.default_rng(5)))
+    b = fitted(by_hand)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
+    assert np.isnan(fit_forward_model(a, torch.optim.Adam(a.parameters()), data, 0, batch_size=4,
+                                      rng=np.random.default_rng(0)))
+    bad = ReplayBuffer.from_arrays(obs, act, np.full_like(nxt, np.inf), np.zeros(200, np.float32))
+    with pytest.raises(NonFiniteError, match="forward-model loss is not finite at iteration 7"):
+        fit_forward_model(a, torch.optim.Adam(a.parameters()), bad, 1, batch_size=4, rng=np.random.default_rng(0),
+                          iteration=7)
+
+
+@pytest.mark.parametrize(("kw", "field"), [({"dynamics": "lstm"}, "dynamics"), ({"variant": "gail"}, "variant"),
+                                           ({"horizon": 0}, "horizon"), ({"lr_model": float("nan")}, "lr_model"),
+                                           ({"ema_rate": 0.0}, "ema_rate"), ({"gamma": 1.5}, "gamma"),
+                                           ({"policy_hidden": (8, 0)}, "policy_hidden"),
+                                           ({"variant": "mgail", "state_only": True}, "state_only")])
+def test_trainer_config_is_validated_on_construction(kw, field):
+    with pytest.raises(InputError, match=f"field '{field}'"):
+        MAIRLConfig(**kw)
+
+
+def test_build_mairl_gives_the_configured_components():
+    from mbirl.experts.demos import demo_stats
+    from mbirl.rewards import AIRLDiscriminator, GAILDiscriminator
+
+    demos = demo_stats("data/demos/CartPole-v1.npz")
+    t = build_mairl(MAIRLConfig(variant="mgail", dynamics="gru", n_rollouts=2, policy_hidden=(7,)), demos, seed=0)
+    assert isinstance(t.policy, GumbelPolicy) and t.policy.net[0].out_features == 7
+    assert t.model.kind == "gru" and isinstance(t.disc, GAILDiscriminator) and len(t.envs) == 2
+    assert t.expert_act.shape == (len(demos.obs), 2) and set(np.unique(t.expert_act)) == {0.0, 1.0}
+    pend = demo_stats("data/demos/Pendulum-v1.npz")
+    t = build_mairl(MAIRLConfig(state_only=True, disc_hidden=(9,)), pend, seed=0)
+    assert isinstance(t.policy, GaussianPolicy) and isinstance(t.disc, AIRLDiscriminator) and t.disc.state_only
+    assert t.disc.g_net[0].in_features == 3 and t.disc.g_net[0].out_features == 9
+    # the same seed gives the same initial networks
+    again = build_mairl(MAIRLConfig(state_only=True, disc_hidden=(9,)), pend, seed=0)
+    for a, b in ((t.policy, again.policy), (t.model, again.model), (t.disc, again.disc)):
+        for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+            torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
 def test_bad_trainer_options(tmp_path):
-    from mbirl.errors import InputError
     from mbirl.experiments.mairl_run import MAIRLRunConfig, build_trainer
 
     demos = "data/demos/Pendulum-v1.npz"
     with pytest.raises(InputError, match="dynamics"):
-        build_trainer(MAIRLRunConfig(demos=demos, dynamics="lstm"))
+        build_trainer(MAIRLRunConfig(demos=demos, trainer=MAIRLConfig(dynamics="lstm")))
     with pytest.raises(InputError, match="variant"):
-        build_trainer(MAIRLRunConfig(demos=demos, variant="gail"))
+        build_trainer(MAIRLRunConfig(demos=demos, trainer=MAIRLConfig(variant="gail")))
     with pytest.raises(InputError, match="env"):
         build_trainer(MAIRLRunConfig(demos=demos, env="CartPole-v1"))
     with pytest.raises(InputError, match="not found"):
         build_trainer(MAIRLRunConfig(demos=str(tmp_path / "missing.npz")))
+    with pytest.raises(InputError, match="warmup_steps"):
+        MAIRLRunConfig(demos=demos, env_steps=1000)

@@ -31,8 +31,8 @@ def test_short_pendulum_run_beats_random_and_reward_prefers_expert(tmp_path):
     with torch.no_grad():
         expert = trainer.expert_batch(2_000)
         warm = trainer.buffer.batch(torch.arange(1_000).numpy())  # the uniformly random warm-up transitions
-        r_expert = trainer.reward_fn(expert["obs"], expert["act"], expert["next_obs"], expert["done"]).mean()
-        r_random = trainer.reward_fn(warm["obs"], warm["act"], warm["next_obs"], warm["done"]).mean()
+        r_expert = trainer.reward_fn(expert.obs, expert.act, expert.next_obs, expert.done).mean()
+        r_random = trainer.reward_fn(warm.obs, warm.act, warm.next_obs, warm.done).mean()
     assert float(r_expert) > float(r_random)
 
 

@@ -15,149 +15,129 @@ state value, reward value and replay-buffer transition is the real environment's
 (:class:`MAIRL`) alternates blocks: policy updates (which are also the data collection), forward-model updates
 on the replay buffer and discriminator updates (recent agent transitions against expert transitions). The MGAIL
 variant is the same trainer with the GRU model and the GAIL discriminator.
+
+Every hyper-parameter is a field of :class:`MAIRLConfig`; :func:`build_mairl` makes the policy, forward model and
+discriminator it names for a demo file's environment and hands them to :class:`MAIRL`.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from mbirl.dynamics.models import MODEL_TYPES, ForwardModel, make_model
+from mbirl.algorithms.policies import GaussianPolicy, GumbelPolicy, Policy
+from mbirl.data.replay import ReplayBuffer
+from mbirl.dynamics.models import MODELS, ForwardModel
+from mbirl.dynamics.training import fit_forward_model
 from mbirl.errors import InputError, check_finite
 from mbirl.experts.demos import DemoStats
 from mbirl.experts.rollout import make_env, run_episodes
-from mbirl.nets import mlp
-from mbirl.rewards.discriminator import Discriminator, make_discriminator
+from mbirl.rewards.discriminator import DISCRIMINATORS, Discriminator
+from mbirl.types import TransitionBatch
 
-__all__ = ["MAIRL", "VARIANTS", "EnvSlot", "GaussianPolicy", "GumbelPolicy", "IterationInfo", "ReplayBuffer",
-           "RolloutResult", "model_based_rollout_loss"]
+__all__ = ["MAIRL", "VARIANTS", "EnvSlot", "IterationInfo", "MAIRLConfig", "RolloutResult", "build_mairl",
+           "model_based_rollout_loss"]
 
-VARIANTS = ("mairl", "mgail")
-
-
-
-
-class _Policy(nn.Module):
-    """Shared parts: observation standardisation (buffers) and an MLP body."""
-
-    discrete: bool = False
-    obs_mean: torch.Tensor
-    obs_std: torch.Tensor
-
-    def __init__(self, obs_dim: int, out_dim: int, hidden: Sequence[int]) -> None:
-        super().__init__()
-        self.obs_dim, self.act_dim = obs_dim, out_dim
-        self.register_buffer("obs_mean", torch.zeros(obs_dim))
-        self.register_buffer("obs_std", torch.ones(obs_dim))
-        self.net = mlp([obs_dim, *hidden, out_dim])
-        last = self.net[-1]
-        assert isinstance(last, nn.Linear)
-        with torch.no_grad():  # start near the centre of the action space / a uniform distribution
-            last.weight.mul_(0.01)
-            last.bias.zero_()
-
-    def set_normalizer(self, obs: torch.Tensor) -> None:
-        self.obs_mean.copy_(obs.mean(0))
-        self.obs_std.copy_(obs.std(0).clamp_min(1e-3))
-
-    def _out(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.net((obs - self.obs_mean) / self.obs_std)
+VARIANTS = {"mairl": "airl", "mgail": "gail"}
+"""The trainer's variants and the discriminator (:data:`mbirl.rewards.DISCRIMINATORS` name) each uses."""
 
 
-class GaussianPolicy(_Policy):
-    """``a = mu(s) + sigma * eps`` with ``mu`` squashed into the action box and a fixed per-dimension ``sigma``.
+@dataclass(frozen=True)
+class MAIRLConfig:
+    """The MAIRL / MGAIL trainer's hyper-parameters (validated on construction)."""
 
-    The action the environment receives is clipped to the box; the action the model and discriminator see has
-    the clipped value and the unclipped gradient (straight-through clipping).
-    """
+    dynamics: str = "attention"
+    """forward model (:data:`mbirl.dynamics.models.MODELS`): ``attention`` (faithful), ``attention-multi``, ``gru``
+    or ``mlp``"""
+    variant: str = "mairl"
+    """``mairl`` (AIRL discriminator) or ``mgail`` (GAIL discriminator; use with ``dynamics="gru"``)"""
+    horizon: int = 20
+    """H: steps per differentiable real rollout (the original: 10)"""
+    n_rollouts: int = 4
+    """rollouts (parallel environments) whose gradients are accumulated per policy update (the original: 7)"""
+    gamma: float = 0.99
+    """discount of the rollout loss and of the AIRL shaping term"""
+    alpha: float = 1.0
+    """weight of the entropy term ``-alpha * stopgrad(log pi)`` in the policy's reward"""
+    sigma_scale: float = 1 / 6
+    """Gaussian policy noise ``sigma = sigma_scale * std(expert actions)`` (the original: 1/6)"""
+    sigma_floor: float = 0.35
+    """lower bound on sigma as a fraction of the action half-range"""
+    gumbel_tau: float = 1.0
+    """temperature of the straight-through Gumbel-softmax (discrete actions)"""
+    policy_hidden: tuple[int, ...] = (100, 50)
+    """hidden widths of the policy MLP"""
+    disc_hidden: tuple[int, ...] = (200, 100)
+    """hidden widths of the discriminator's MLPs (AIRL: ``g`` and ``h``)"""
+    state_only: bool = False
+    """learn the state-only reward ``g(s)`` (for transfer; AIRL only)"""
+    lr_policy: float = 1e-3
+    """Adam learning rate of the policy"""
+    lr_disc: float = 1e-3
+    """Adam learning rate of the discriminator"""
+    lr_model: float = 1e-3
+    """Adam learning rate of the forward model"""
+    grad_clip: float = 10.0
+    """policy gradient-norm clip"""
+    policy_reg: float = 0.1
+    """weight of the penalty on the policy's pre-squash outputs (keeps ``tanh`` out of saturation)"""
+    batch_size: int = 512
+    """minibatch of the model and discriminator updates"""
+    replay_size: int = 50_000
+    """replay buffer capacity (transitions)"""
+    model_steps: int = 5
+    """forward-model updates per iteration"""
+    disc_steps: int = 1
+    """discriminator updates per discriminator block"""
+    disc_every: int = 1
+    """iterations between discriminator blocks"""
+    disc_window: int = 700
+    """the discriminator's agent samples come from this many most recent transitions"""
+    expert_weight: float = 1.0
+    """weight of the expert term of the discriminator loss (the original: 0.8)"""
+    disc_grad_penalty: float = 0.0
+    """weight of the zero-centred gradient penalty on the reward's input gradient"""
+    warmup_steps: int = 1_000
+    """uniformly random environment steps before training (model data, normalisers)"""
+    model_pretrain_steps: int = 500
+    """forward-model updates after the warm-up"""
+    ema_rate: float = 1.0
+    """< 1 evaluates (and exports) an exponential moving average of the policy weights (rate per update)"""
 
-    low: torch.Tensor
-    high: torch.Tensor
-    sigma: torch.Tensor
-
-    def __init__(self, obs_dim: int, low: np.ndarray, high: np.ndarray, sigma: np.ndarray,
-                 hidden: Sequence[int] = (100, 50)) -> None:
-        super().__init__(obs_dim, len(low), hidden)
-        self.register_buffer("low", torch.as_tensor(low, dtype=torch.float32))
-        self.register_buffer("high", torch.as_tensor(high, dtype=torch.float32))
-        self.register_buffer("sigma", torch.as_tensor(sigma, dtype=torch.float32))
-
-    def mean(self, obs: torch.Tensor) -> torch.Tensor:
-        centre, half = (self.high + self.low) / 2, (self.high - self.low) / 2
-        return centre + half * torch.tanh(self._out(obs))
-
-    def saturation(self, obs: torch.Tensor) -> torch.Tensor:
-        """Mean squared pre-squash output: penalised so that ``tanh`` cannot saturate and kill the gradient."""
-        return (self._out(obs) ** 2).mean()
-
-    def sample(self, obs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reparameterised sample: ``(action for model/discriminator (B, act_dim), log pi (B,))``."""
-        mu = self.mean(obs)
-        eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype)
-        a = mu + self.sigma * eps
-        a = a + (torch.maximum(torch.minimum(a, self.high), self.low) - a).detach()
-        return a, self.log_prob(obs, a, mu=mu)
-
-    def log_prob(self, obs: torch.Tensor, act: torch.Tensor, mu: torch.Tensor | None = None) -> torch.Tensor:
-        """Gaussian log-density ``-sum_d [(a - mu)^2 / (2 sigma^2) + log sigma + log(2 pi) / 2]`` (note sigma^2:
-        the original code divided by 2 sigma)."""
-        mu = self.mean(obs) if mu is None else mu
-        z = (act - mu) / self.sigma
-        return -(0.5 * z**2 + torch.log(self.sigma) + 0.5 * math.log(2 * math.pi)).sum(-1)
-
-    def act(self, obs: torch.Tensor) -> torch.Tensor:
-        """Deterministic action (the mean), for evaluation."""
-        return self.mean(obs)
-
-    def env_action(self, act: torch.Tensor) -> np.ndarray:
-        return act.detach().numpy()
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise InputError(f"unknown variant '{self.variant}' (expected one of {', '.join(VARIANTS)})",
+                             field="variant")
+        MODELS.check(self.dynamics, field="dynamics")
+        if self.state_only and VARIANTS[self.variant] == "gail":
+            raise InputError("state_only needs the AIRL discriminator (variant mairl); the GAIL discriminator of "
+                             "mgail has no state-only form", field="state_only")
+        for name in ("horizon", "n_rollouts", "batch_size", "replay_size", "disc_every", "disc_window",
+                     "warmup_steps"):
+            if getattr(self, name) < 1:
+                raise InputError(f"must be >= 1, got {getattr(self, name)}", field=name)
+        for name in ("model_steps", "disc_steps", "model_pretrain_steps"):
+            if getattr(self, name) < 0:
+                raise InputError(f"must be >= 0, got {getattr(self, name)}", field=name)
+        for name in ("lr_policy", "lr_disc", "lr_model", "grad_clip", "sigma_scale", "gumbel_tau"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise InputError(f"must be a positive finite number, got {value}", field=name)
+        if not 0.0 < self.gamma <= 1.0:
+            raise InputError(f"must be in (0, 1], got {self.gamma}", field="gamma")
+        if not 0.0 < self.ema_rate <= 1.0:
+            raise InputError(f"must be in (0, 1], got {self.ema_rate}", field="ema_rate")
+        for name in ("policy_hidden", "disc_hidden"):
+            if any(width < 1 for width in getattr(self, name)):
+                raise InputError(f"widths must be >= 1, got {list(getattr(self, name))}", field=name)
 
 
-class GumbelPolicy(_Policy):
-    """Categorical policy sampled with the straight-through Gumbel-softmax: a hard one-hot action in the forward
-    pass, the gradient of the tempered softmax in the backward pass."""
-
-    discrete = True
-
-    def __init__(self, obs_dim: int, n_actions: int, tau: float = 1.0, hidden: Sequence[int] = (100, 50)) -> None:
-        super().__init__(obs_dim, n_actions, hidden)
-        if tau <= 0:
-            raise InputError(f"must be > 0, got {tau}", field="gumbel_tau")
-        self.tau = tau
-
-    def sample(self, obs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self._out(obs)
-        u = torch.rand(logits.shape, generator=generator, dtype=logits.dtype).clamp(1e-10, 1 - 1e-7)
-        y = torch.softmax((logits - torch.log(-torch.log(u))) / self.tau, -1)
-        hard = nn.functional.one_hot(y.argmax(-1), self.act_dim).to(y.dtype)
-        a = hard + y - y.detach()
-        return a, self.log_prob(obs, hard.detach(), logits=logits)
-
-    def log_prob(self, obs: torch.Tensor, act: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
-        """``log softmax(logits)`` of the one-hot ``act``."""
-        logits = self._out(obs) if logits is None else logits
-        return (torch.log_softmax(logits, -1) * act).sum(-1)
-
-    def saturation(self, obs: torch.Tensor) -> torch.Tensor:
-        """Mean squared centred logit (keeps the softmax away from a frozen, saturated choice)."""
-        logits = self._out(obs)
-        return ((logits - logits.mean(-1, keepdim=True)) ** 2).mean()
-
-    def act(self, obs: torch.Tensor) -> torch.Tensor:
-        return nn.functional.one_hot(self._out(obs).argmax(-1), self.act_dim).float()
-
-    def env_action(self, act: torch.Tensor) -> np.ndarray:
-        return act.detach().argmax(-1).numpy()
-
-
-Policy = GaussianPolicy | GumbelPolicy
 EnvStep = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
 """Steps ``B`` environments with actions ``(B, ...)``; returns next observations ``(B, obs_dim)``, ``terminal``
 ``(B,)`` bool (a true terminal state), ``over`` ``(B,)`` bool (terminal or truncated: the episode ended) and the
@@ -237,46 +217,6 @@ def _step_subset(env_step: EnvStep, a_env: np.ndarray, idx: np.ndarray, s_hat: t
     return next_obs, terminal, over, rew
 
 
-class ReplayBuffer:
-    """A ring buffer of transitions ``(obs, act, next_obs, done)`` as float32 arrays."""
-
-    def __init__(self, capacity: int, obs_dim: int, act_dim: int) -> None:
-        if capacity < 1:
-            raise InputError(f"must be >= 1, got {capacity}", field="replay_size")
-        self.capacity = capacity
-        self.obs = np.zeros((capacity, obs_dim), np.float32)
-        self.act = np.zeros((capacity, act_dim), np.float32)
-        self.next_obs = np.zeros((capacity, obs_dim), np.float32)
-        self.done = np.zeros(capacity, np.float32)
-        self.ptr = 0
-        self.size = 0
-
-    def add(self, obs: np.ndarray, act: np.ndarray, next_obs: np.ndarray, done: np.ndarray) -> None:
-        for i in range(len(obs)):
-            self.obs[self.ptr], self.act[self.ptr] = obs[i], act[i]
-            self.next_obs[self.ptr], self.done[self.ptr] = next_obs[i], done[i]
-            self.ptr = (self.ptr + 1) % self.capacity
-            self.size = min(self.size + 1, self.capacity)
-
-    def recent_indices(self, n: int) -> np.ndarray:
-        n = min(n, self.size)
-        return (self.ptr - 1 - np.arange(n)) % self.capacity
-
-    def batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
-        return {"obs": torch.from_numpy(self.obs[idx]), "act": torch.from_numpy(self.act[idx]),
-                "next_obs": torch.from_numpy(self.next_obs[idx]), "done": torch.from_numpy(self.done[idx])}
-
-    def state_dict(self) -> dict[str, Any]:
-        n = self.size
-        order = self.recent_indices(n)[::-1].copy()  # oldest first
-        return {"obs": torch.from_numpy(self.obs[order]), "act": torch.from_numpy(self.act[order]),
-                "next_obs": torch.from_numpy(self.next_obs[order]), "done": torch.from_numpy(self.done[order])}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.ptr = self.size = 0
-        self.add(state["obs"].numpy(), state["act"].numpy(), state["next_obs"].numpy(), state["done"].numpy())
-
-
 @dataclass
 class EnvSlot:
     """One training environment and what is needed to rebuild its exact state on resume: the seed of the current
@@ -305,96 +245,39 @@ class IterationInfo:
 
 
 class MAIRL:
-    """The MAIRL / MGAIL trainer on one gymnasium environment (keyword arguments as in the original where
-    sensible; see :class:`mbirl.experiments.mairl_run.MAIRLRunConfig` for what each one means)."""
+    """The MAIRL / MGAIL trainer on one gymnasium environment (:func:`build_mairl` builds one from a config).
 
-    def __init__(self, demos: DemoStats, *, dynamics: str = "attention", variant: str = "mairl",
-                 gamma: float = 0.99, horizon: int = 20, n_rollouts: int = 4, alpha: float = 1.0,
-                 sigma_scale: float = 1 / 6, sigma_floor: float = 0.35, gumbel_tau: float = 1.0,
-                 policy_hidden: Sequence[int] = (100, 50), disc_hidden: Sequence[int] = (200, 100),
-                 state_only: bool = False, lr_policy: float = 1e-3, lr_disc: float = 1e-3, lr_model: float = 1e-3,
-                 grad_clip: float = 10.0, policy_reg: float = 0.1, batch_size: int = 512, replay_size: int = 50_000,
-                 model_steps: int = 5, disc_steps: int = 1, disc_every: int = 1, disc_window: int = 700,
-                 expert_weight: float = 1.0, disc_grad_penalty: float = 0.0, warmup_steps: int = 1_000,
-                 model_pretrain_steps: int = 500, ema_rate: float = 1.0, seed: int = 0) -> None:
-        if variant not in VARIANTS:
-            raise InputError(f"unknown variant '{variant}' (expected mairl or mgail)", field="variant")
-        if dynamics not in MODEL_TYPES:
-            raise InputError(f"unknown dynamics model '{dynamics}' (expected one of {', '.join(MODEL_TYPES)})",
-                             field="dynamics")
-        for name, value in (("horizon", horizon), ("n_rollouts", n_rollouts), ("batch_size", batch_size),
-                            ("disc_every", disc_every), ("disc_window", disc_window)):
-            if value < 1:
-                raise InputError(f"must be >= 1, got {value}", field=name)
-        for name, fvalue in (("lr_policy", lr_policy), ("lr_disc", lr_disc), ("lr_model", lr_model),
-                             ("grad_clip", grad_clip), ("sigma_scale", sigma_scale)):
-            if not (math.isfinite(fvalue) and fvalue > 0):
-                raise InputError(f"must be a positive finite number, got {fvalue}", field=name)
-        import gymnasium as gym
+    Args:
+        config: the hyper-parameters.
+        demos: the expert's transitions (their environment is trained on).
+        policy, model, disc: the networks, already initialised (the trainer owns them from here on).
+        seed: seeds the sampling generator, the replay sampling and the environment resets.
+    """
 
-        self.demos = demos
-        self.env_id = demos.env_id
-        self.variant, self.dynamics_kind = variant, dynamics
-        self.gamma, self.horizon, self.n_rollouts, self.alpha = gamma, horizon, n_rollouts, alpha
-        self.grad_clip, self.batch_size, self.policy_reg = grad_clip, batch_size, policy_reg
-        self.model_steps, self.disc_steps, self.disc_every = model_steps, disc_steps, disc_every
-        self.disc_window, self.expert_weight = disc_window, expert_weight
-        self.disc_grad_penalty = disc_grad_penalty
-        self.warmup_steps, self.model_pretrain_steps = warmup_steps, model_pretrain_steps
-        self.seed = seed
-        torch.manual_seed(seed)
+    def __init__(self, config: MAIRLConfig, demos: DemoStats, policy: Policy, model: ForwardModel,
+                 disc: Discriminator, *, seed: int) -> None:
+        obs_dim = demos.obs.shape[1]
+        for part, module in (("policy", policy), ("model", model), ("discriminator", disc)):
+            if (module.obs_dim, module.act_dim) != (obs_dim, policy.act_dim):
+                raise InputError(f"{part} is for observations/actions of size {module.obs_dim}/{module.act_dim}, "
+                                 f"not {obs_dim}/{policy.act_dim}", field=part)
+        self.config, self.demos, self.env_id, self.seed = config, demos, demos.env_id, seed
+        self.policy, self.model, self.disc = policy, model, disc
+        self.discrete = policy.discrete
+        self.obs_dim, self.act_dim = obs_dim, policy.act_dim
+        self.act_scale = policy.action_scale()
+        self.expert_act = policy.encode_actions(demos.acts)
+        self.policy_ema: Policy | None = copy.deepcopy(policy) if config.ema_rate < 1.0 else None
+        self.opt_policy = torch.optim.Adam(policy.parameters(), lr=config.lr_policy)
+        self.opt_model = torch.optim.Adam(model.parameters(), lr=config.lr_model)
+        self.opt_disc = torch.optim.Adam(disc.parameters(), lr=config.lr_disc)
+        self.buffer = ReplayBuffer(config.replay_size, obs_dim, self.act_dim)
         self.generator = torch.Generator().manual_seed(seed)
         self.rng = np.random.default_rng(seed)
-
-        self.envs = [EnvSlot(make_env(self.env_id), 0, [], np.zeros(0)) for _ in range(n_rollouts)]
-        space, obs_space = self.envs[0].env.action_space, self.envs[0].env.observation_space
-        if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-            raise InputError(f"needs a flat Box observation space, got {obs_space}", field="env", source=self.env_id)
-        obs_dim = int(obs_space.shape[0])
-        if demos.obs.shape[1] != obs_dim:
-            raise InputError(f"demos have observations of size {demos.obs.shape[1]}, {self.env_id} has {obs_dim}",
-                             field="obs")
-        self.discrete = isinstance(space, gym.spaces.Discrete)
-        if self.discrete:
-            act_dim = int(space.n)
-            if demos.acts.dtype.kind not in "iu" or demos.acts.ndim != 1:
-                raise InputError("discrete environment needs integer demo actions", field="acts")
-            if demos.acts.min() < 0 or demos.acts.max() >= act_dim:
-                raise InputError(f"demo actions outside 0..{act_dim - 1}", field="acts")
-            self.expert_act = np.eye(act_dim, dtype=np.float32)[demos.acts]
-            self.policy: Policy = GumbelPolicy(obs_dim, act_dim, gumbel_tau, policy_hidden)
-            act_scale = torch.ones(act_dim)
-        elif isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
-            act_dim = int(space.shape[0])
-            acts = demos.acts.reshape(len(demos.acts), -1).astype(np.float32)
-            if acts.shape[1] != act_dim:
-                raise InputError(f"demo actions have size {acts.shape[1]}, {self.env_id} has {act_dim}",
-                                 field="acts")
-            low, high = space.low.astype(np.float32), space.high.astype(np.float32)
-            self.expert_act = np.clip(acts, low, high)
-            # sigma = expert action std / 6 as the original, floored so that exploration never vanishes
-            sigma = np.maximum(self.expert_act.std(0) * sigma_scale, sigma_floor * (high - low) / 2)
-            self.policy = GaussianPolicy(obs_dim, low, high, sigma, policy_hidden)
-            act_scale = torch.as_tensor((high - low) / 2)
-        else:
-            raise InputError(f"unsupported action space {space}", field="env", source=self.env_id)
-        self.obs_dim, self.act_dim, self.act_scale = obs_dim, act_dim, act_scale
-        self.model = make_model(dynamics, obs_dim, act_dim)
-        disc_kind = "airl" if variant == "mairl" else "gail"
-        self.disc: Discriminator = make_discriminator(disc_kind, obs_dim, act_dim, gamma=gamma,
-                                                      hidden=tuple(disc_hidden), state_only=state_only)
-        if not 0.0 < ema_rate <= 1.0:
-            raise InputError(f"must be in (0, 1], got {ema_rate}", field="ema_rate")
-        self.ema_rate = ema_rate
-        self.policy_ema: Policy | None = copy.deepcopy(self.policy) if ema_rate < 1.0 else None
-        self.opt_policy = torch.optim.Adam(self.policy.parameters(), lr=lr_policy)
-        self.opt_model = torch.optim.Adam(self.model.parameters(), lr=lr_model)
-        self.opt_disc = torch.optim.Adam(self.disc.parameters(), lr=lr_disc)
-        self.buffer = ReplayBuffer(replay_size, obs_dim, act_dim)
+        self.envs = [EnvSlot(make_env(self.env_id), 0, [], np.zeros(0)) for _ in range(config.n_rollouts)]
         self.env_steps = 0
         self.iteration = 0
         self.episodes_started = 0
-        self.last_policy_grad_norm = 0.0
         self.warmup_done = 0
         for slot in self.envs:
             self._reset(slot)
@@ -428,7 +311,7 @@ class MAIRL:
             return
         space = self.envs[0].env.action_space
         space.seed(self.seed)
-        while self.env_steps < self.warmup_steps:
+        while self.env_steps < self.config.warmup_steps:
             for slot in self.envs:
                 a = space.sample()
                 obs = slot.obs
@@ -445,48 +328,39 @@ class MAIRL:
         if self.policy_ema is not None:
             self.policy_ema.set_normalizer(obs_t)
         self.disc.set_normalizer(obs_t, self.act_scale)
-        self.model.set_normalizer(np.concatenate([self.demos.obs, self.buffer.obs[idx]]),
-                                  np.concatenate([self.demos.next_obs, self.buffer.next_obs[idx]]),
+        self.model.set_normalizer(all_obs, np.concatenate([self.demos.next_obs, self.buffer.next_obs[idx]]),
                                   self.act_scale.numpy())
-        self.model.obs_std.copy_(obs_t.std(0).clamp_min(1e-3))
-        self.train_model(self.model_pretrain_steps)
+        self.train_model(self.config.model_pretrain_steps)
         self.warmup_done = self.env_steps
 
-    def _policy_log_pi(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    def _policy_log_pi(self, batch: TransitionBatch) -> TransitionBatch:
         with torch.no_grad():
-            return self.policy.log_prob(obs, act)
+            return batch.with_log_pi(self.policy.log_prob(batch.obs, batch.act))
 
-    def expert_batch(self, n: int) -> dict[str, torch.Tensor]:
+    def expert_batch(self, n: int) -> TransitionBatch:
+        """``n`` expert transitions drawn uniformly (with replacement), with the current policy's ``log_pi``."""
         idx = self.rng.integers(0, len(self.demos.obs), size=n)
-        obs = torch.from_numpy(self.demos.obs[idx])
-        act = torch.from_numpy(self.expert_act[idx])
-        return {"obs": obs, "act": act, "next_obs": torch.from_numpy(self.demos.next_obs[idx]),
-                "done": torch.from_numpy(self.demos.dones[idx]), "log_pi": self._policy_log_pi(obs, act)}
+        batch = TransitionBatch(torch.from_numpy(self.demos.obs[idx]), torch.from_numpy(self.expert_act[idx]),
+                                torch.from_numpy(self.demos.next_obs[idx]), torch.from_numpy(self.demos.dones[idx]))
+        return self._policy_log_pi(batch)
 
     # ----- blocks -------------------------------------------------------------------------------------
     def train_model(self, steps: int) -> float:
         """``steps`` minibatch updates of the forward model on the whole replay buffer; mean loss."""
-        losses = []
-        for _ in range(steps):
-            b = self.buffer.batch(self.rng.integers(0, self.buffer.size, size=self.batch_size))
-            loss = self.model.loss(b["obs"], b["act"], b["next_obs"])
-            check_finite(loss, "forward-model loss", self.iteration + 1)
-            self.opt_model.zero_grad()
-            loss.backward()
-            self.opt_model.step()
-            losses.append(float(loss.detach()))
-        return float(np.mean(losses)) if losses else float("nan")
+        return fit_forward_model(self.model, self.opt_model, self.buffer, steps, batch_size=self.config.batch_size,
+                                 rng=self.rng, iteration=self.iteration + 1)
 
     def train_discriminator(self, steps: int) -> tuple[float, float, float]:
         """``steps`` updates on recent agent transitions vs expert transitions; mean (loss, expert acc, agent acc)."""
+        c = self.config
         out = []
         for _ in range(steps):
             # only the policy's own recent transitions: log pi of the warm-up's random actions is meaningless
-            recent = self.buffer.recent_indices(max(1, min(self.disc_window, self.env_steps - self.warmup_done)))
-            agent = self.buffer.batch(recent[self.rng.integers(0, len(recent), size=self.batch_size)])
-            agent["log_pi"] = self._policy_log_pi(agent["obs"], agent["act"])
-            loss, stats = self.disc.loss(self.expert_batch(self.batch_size), agent, self.expert_weight,
-                                          self.disc_grad_penalty)
+            recent = self.buffer.recent_indices(max(1, min(c.disc_window, self.env_steps - self.warmup_done)))
+            agent = self._policy_log_pi(self.buffer.batch(recent[self.rng.integers(0, len(recent),
+                                                                                   size=c.batch_size)]))
+            loss, stats = self.disc.loss(self.expert_batch(c.batch_size), agent, c.expert_weight,
+                                         c.disc_grad_penalty)
             check_finite(loss, "discriminator loss", self.iteration + 1)
             self.opt_disc.zero_grad()
             loss.backward()
@@ -504,6 +378,7 @@ class MAIRL:
     def policy_update(self) -> tuple[float, float, float, list[float]]:
         """One end-to-end policy update over ``n_rollouts`` real ``horizon``-step segments (the data collection).
         Returns (loss, gradient norm before clipping, mean reward, returns of episodes that ended)."""
+        c = self.config
         s0 = torch.as_tensor(np.stack([s.obs for s in self.envs]))
         alive = np.arange(len(self.envs))
 
@@ -514,13 +389,13 @@ class MAIRL:
             alive = alive[~out[2]]
             return out
 
-        res = model_based_rollout_loss(self.policy, self.model, self.reward_fn, s0, tracked, horizon=self.horizon,
-                                       gamma=self.gamma, alpha=self.alpha, generator=self.generator)
+        res = model_based_rollout_loss(self.policy, self.model, self.reward_fn, s0, tracked, horizon=c.horizon,
+                                       gamma=c.gamma, alpha=c.alpha, generator=self.generator)
         self.opt_policy.zero_grad()
-        loss = res.loss + self.policy_reg * self.policy.saturation(s0) if self.policy_reg > 0 else res.loss
+        loss = res.loss + c.policy_reg * self.policy.saturation(s0) if c.policy_reg > 0 else res.loss
         check_finite(loss, "policy loss", self.iteration + 1)
         loss.backward()
-        norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.grad_clip))
+        norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), c.grad_clip))
         # A NaN reward or model would poison the policy: stop (the last good checkpoint stays on disk).
         check_finite(norm, "policy gradient norm", self.iteration + 1)
         self.opt_policy.step()
@@ -532,7 +407,6 @@ class MAIRL:
             if res.over[res.env == i].any():
                 finished.append(slot.episode_return)
                 self._reset(slot)
-        self.last_policy_grad_norm = norm
         return float(res.loss.detach()), norm, res.mean_reward, finished
 
     def iteration_step(self) -> IterationInfo:
@@ -540,10 +414,10 @@ class MAIRL:
         every ``disc_every`` iterations, a discriminator block."""
         self.warmup()
         loss, norm, mean_r, finished = self.policy_update()
-        model_loss = self.train_model(self.model_steps)
+        model_loss = self.train_model(self.config.model_steps)
         d = (float("nan"),) * 3
-        if self.iteration % self.disc_every == 0:
-            d = self.train_discriminator(self.disc_steps)
+        if self.iteration % self.config.disc_every == 0:
+            d = self.train_discriminator(self.config.disc_steps)
         self.iteration += 1
         for part, module in (("policy", self.policy), ("model", self.model), ("discriminator", self.disc)):
             for name, p in module.named_parameters():
@@ -556,7 +430,7 @@ class MAIRL:
             return
         with torch.no_grad():
             for avg, p in zip(self.policy_ema.parameters(), self.policy.parameters(), strict=True):
-                avg.lerp_(p, self.ema_rate)
+                avg.lerp_(p, self.config.ema_rate)
 
     @property
     def eval_policy(self) -> Policy:
@@ -624,6 +498,49 @@ class MAIRL:
             slot.episode_return = float(saved["return"])
             if not np.allclose(slot.obs, saved["obs"].numpy(), atol=1e-4):
                 raise InputError("environment replay does not reproduce the checkpointed state", field="envs")
+
+
+def build_mairl(config: MAIRLConfig, demos: DemoStats, *, seed: int) -> MAIRL:
+    """The trainer of ``config`` for the environment of ``demos``: checks that the demonstrations fit the
+    environment's spaces, then seeds torch with ``seed`` and builds the policy, the forward model and the
+    discriminator (in that order, so a seed always gives the same initial networks)."""
+    import gymnasium as gym
+
+    env_id = demos.env_id
+    env = make_env(env_id)
+    space, obs_space = env.action_space, env.observation_space
+    env.close()
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        raise InputError(f"needs a flat Box observation space, got {obs_space}", field="env", source=env_id)
+    obs_dim = int(obs_space.shape[0])
+    if demos.obs.shape[1] != obs_dim:
+        raise InputError(f"demos have observations of size {demos.obs.shape[1]}, {env_id} has {obs_dim}",
+                         field="obs")
+    if isinstance(space, gym.spaces.Discrete):
+        act_dim = int(space.n)
+        if demos.acts.dtype.kind not in "iu" or demos.acts.ndim != 1:
+            raise InputError("discrete environment needs integer demo actions", field="acts")
+        if demos.acts.min() < 0 or demos.acts.max() >= act_dim:
+            raise InputError(f"demo actions outside 0..{act_dim - 1}", field="acts")
+    elif isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
+        act_dim = int(space.shape[0])
+        if demos.acts.reshape(len(demos.acts), -1).shape[1] != act_dim:
+            raise InputError(f"demo actions have size {demos.acts.reshape(len(demos.acts), -1).shape[1]}, "
+                             f"{env_id} has {act_dim}", field="acts")
+    else:
+        raise InputError(f"unsupported action space {space}", field="env", source=env_id)
+    torch.manual_seed(seed)
+    policy: Policy
+    if isinstance(space, gym.spaces.Discrete):
+        policy = GumbelPolicy(obs_dim, act_dim, config.gumbel_tau, config.policy_hidden)
+    else:
+        policy = GaussianPolicy.for_demos(obs_dim, space.low.astype(np.float32), space.high.astype(np.float32),
+                                          demos.acts, sigma_scale=config.sigma_scale,
+                                          sigma_floor=config.sigma_floor, hidden=config.policy_hidden)
+    model = MODELS.make(config.dynamics, obs_dim=obs_dim, act_dim=act_dim)
+    disc = DISCRIMINATORS.make(VARIANTS[config.variant], obs_dim=obs_dim, act_dim=act_dim, gamma=config.gamma,
+                               hidden=config.disc_hidden, state_only=config.state_only)
+    return MAIRL(config, demos, policy, model, disc, seed=seed)
 
 
 def _json_rng(state: dict[str, Any]) -> dict[str, Any]:

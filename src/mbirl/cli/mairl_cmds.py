@@ -1,14 +1,23 @@
-"""``mbirl expert train|demos`` and ``mbirl mairl train|eval|plot|models``: experts, demonstrations and MAIRL."""
+"""``mbirl expert train|demos`` and ``mbirl mairl train|eval|plot|models``: experts, demonstrations and MAIRL.
+
+Options default to the fields of the commands' config dataclasses; ``--config FILE.yaml`` sets any field (nested
+as the dataclass nests, e.g. ``trainer: {horizon: 10}``), and options given on the command line win over it.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from mbirl.algorithms.mairl import VARIANTS, MAIRLConfig
+from mbirl.cli.options import build_config
+from mbirl.dynamics.models import MODELS
 from mbirl.errors import InputError
+from mbirl.experiments.mairl_run import MAIRLRunConfig, ModelComparisonConfig
+from mbirl.experts.train import ExpertRunConfig
 
 __all__ = ["expert_app", "mairl_app"]
 
@@ -21,27 +30,41 @@ SeedOpt = Annotated[int, typer.Option(help="random seed")]
 ProgressOpt = Annotated[bool, typer.Option(help="show progress")]
 
 
+def _config_opt(cls: type) -> Any:
+    return typer.Option(help=f"YAML configuration (keys: the fields of {cls.__name__}, nested as it nests); "
+                             "options given on the command line take precedence")
+
+
+def _given(values: dict[str, Any]) -> dict[str, Any]:
+    """The option values that are set (None: not given, so the config file or the dataclass default decides)."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
 @expert_app.command("train")
 def expert_train(
-    env: EnvOpt,
+    ctx: typer.Context,
+    env: Annotated[str | None, typer.Option(help="gymnasium environment id, e.g. Pendulum-v1")] = None,
     out: Annotated[Path | None, typer.Option(help="output directory (default: runs/experts/ENV)")] = None,
-    seed: SeedOpt = 0,
-    steps: Annotated[int | None, typer.Option(help="environment steps (default: the preset's)")] = None,
+    seed: SeedOpt = ExpertRunConfig.seed,
+    steps: Annotated[int | None, typer.Option(help="environment steps (default: the preset's)")
+                     ] = ExpertRunConfig.steps,
     max_minutes: Annotated[float | None, typer.Option(help="stop after this many minutes (best export kept)")
-                           ] = None,
-    eval_every: Annotated[int, typer.Option(help="steps between evaluations of the exported policy")] = 10_000,
+                           ] = ExpertRunConfig.max_minutes,
+    eval_every: Annotated[int, typer.Option(help="steps between evaluations of the exported policy")
+                          ] = ExpertRunConfig.eval_every,
+    config: Annotated[Path | None, _config_opt(ExpertRunConfig)] = None,
+    overwrite: Annotated[bool, typer.Option(help="train a new expert in place of the one in OUT (SB3 training "
+                                                 "cannot resume)")] = False,
     progress: ProgressOpt = True,
 ) -> None:
     """Train the preset expert of ENV; writes OUT/expert.{safetensors,json} (the best exported policy)."""
-    import torch
-
     from mbirl.experts.train import train_expert
 
-    torch.set_num_threads(1)
-    out_dir = out if out is not None else Path("runs/experts") / env
-    res = train_expert(env, out_dir, seed=seed, steps=steps, max_minutes=max_minutes, eval_every=eval_every,
-                       progress=progress)
-    typer.echo(f"{env}: best evaluation return {res.best_return:.1f} after {res.env_steps} steps "
+    cfg = build_config(ctx, ExpertRunConfig, _given({"env": env, "seed": seed, "steps": steps,
+                                                     "max_minutes": max_minutes, "eval_every": eval_every}), config)
+    out_dir = out if out is not None else Path("runs/experts") / cfg.env
+    res = train_expert(cfg, out_dir, progress=progress, overwrite=overwrite)
+    typer.echo(f"{cfg.env}: best evaluation return {res.best_return:.1f} after {res.env_steps} steps "
                f"({res.seconds:.0f} s); policy in {res.path}.safetensors")
 
 
@@ -73,41 +96,41 @@ def expert_demos(
 @mairl_app.command("train")
 def mairl_train(
     ctx: typer.Context,
-    demos: Annotated[Path, typer.Option(help="demonstrations written by `mbirl expert demos`")],
-    env: Annotated[str, typer.Option(help="environment id (must match the demo file; default: the file's)")] = "",
-    dynamics: Annotated[str, typer.Option(help="attention|attention-multi|gru|mlp")] = "attention",
-    variant: Annotated[str, typer.Option(help="mairl (AIRL discriminator) or mgail (GAIL discriminator)")] = "mairl",
-    env_steps: Annotated[int, typer.Option(help="environment-step budget")] = 50_000,
-    seed: SeedOpt = 0,
+    demos: Annotated[Path | None, typer.Option(help="demonstrations written by `mbirl expert demos`")] = None,
+    env: Annotated[str, typer.Option(help="environment id (must match the demo file; default: the file's)")
+                   ] = MAIRLRunConfig.env,
+    dynamics: Annotated[str, typer.Option(help="forward model: " + "|".join(MODELS.names))] = MAIRLConfig.dynamics,
+    variant: Annotated[str, typer.Option(help="|".join(VARIANTS) + ": AIRL or GAIL discriminator")
+                       ] = MAIRLConfig.variant,
+    env_steps: Annotated[int, typer.Option(help="environment-step budget")] = MAIRLRunConfig.env_steps,
+    seed: SeedOpt = MAIRLRunConfig.seed,
     run_dir: Annotated[Path, typer.Option(help="run directory")] = Path("runs/mairl"),
-    eval_every: Annotated[int, typer.Option(help="env steps between deterministic evaluations")] = 5_000,
-    eval_episodes: Annotated[int, typer.Option(help="episodes per evaluation")] = 10,
-    horizon: Annotated[int, typer.Option(help="H: steps per differentiable rollout (original: 10)")] = 20,
-    n_rollouts: Annotated[int, typer.Option(help="rollouts accumulated per policy update (original: 7)")] = 4,
-    state_only: Annotated[bool, typer.Option(help="state-only reward g(s) (for transfer)")] = False,
-    config: Annotated[Path | None, typer.Option(help="YAML run configuration (keys: MAIRLRunConfig fields); "
-                                                     "options given on the command line take precedence")] = None,
+    eval_every: Annotated[int, typer.Option(help="env steps between deterministic evaluations")
+                          ] = MAIRLRunConfig.eval_every,
+    eval_episodes: Annotated[int, typer.Option(help="episodes per evaluation")] = MAIRLRunConfig.eval_episodes,
+    horizon: Annotated[int, typer.Option(help="H: steps per differentiable rollout (original: 10)")
+                       ] = MAIRLConfig.horizon,
+    n_rollouts: Annotated[int, typer.Option(help="rollouts accumulated per policy update (original: 7)")
+                          ] = MAIRLConfig.n_rollouts,
+    state_only: Annotated[bool, typer.Option(help="state-only reward g(s) (for transfer; mairl only)")
+                          ] = MAIRLConfig.state_only,
+    config: Annotated[Path | None, _config_opt(MAIRLRunConfig)] = None,
     resume: Annotated[bool, typer.Option(help="continue the run in --run-dir from its last checkpoint")] = False,
     progress: ProgressOpt = True,
 ) -> None:
     """Train MAIRL (or MGAIL); writes RUN_DIR/metrics.json (eval curve, final_normalized_return) and more."""
-    from mbirl.experiments.mairl_run import MAIRLRunConfig, run_mairl
+    from mbirl.experiments.mairl_run import run_mairl
 
-    values = {"demos": str(demos), "env": env, "dynamics": dynamics, "variant": variant, "env_steps": env_steps,
+    values = {"demos": demos, "env": env, "dynamics": dynamics, "variant": variant, "env_steps": env_steps,
               "seed": seed, "eval_every": eval_every, "eval_episodes": eval_episodes, "horizon": horizon,
               "n_rollouts": n_rollouts, "state_only": state_only}
-    if config is not None:
-        from mbirl.validation import load_config
-
-        # defaults < the config file < options given explicitly on the command line
-        explicit = {name for name in values if (src := ctx.get_parameter_source(name)) is not None
-                    and src.name == "COMMANDLINE"}
-        values = {**values, **{k: v for k, v in load_config(config, MAIRLRunConfig).items() if k not in explicit}}
-    cfg = MAIRLRunConfig.from_json(values)
+    trainer_fields = {name: f"trainer.{name}" for name in ("dynamics", "variant", "horizon", "n_rollouts",
+                                                           "state_only")}
+    cfg = build_config(ctx, MAIRLRunConfig, _given(values), config, fields=trainer_fields)
     m = run_mairl(cfg, run_dir, resume=resume, progress=progress)
-    typer.echo(f"{m['env_id']} {variant}/{dynamics} seed {seed}: normalised return {m['final_normalized_return']:.3f} "
-               f"(return {m['final_mean_return']:.1f}) after {m['env_steps']} env steps, "
-               f"{m['train_seconds']:.0f} s; outputs in {run_dir}")
+    typer.echo(f"{m['env_id']} {m['variant']}/{m['dynamics']} seed {m['seed']}: normalised return "
+               f"{m['final_normalized_return']:.3f} (return {m['final_mean_return']:.1f}) after {m['env_steps']} "
+               f"env steps, {m['train_seconds']:.0f} s; outputs in {run_dir}")
 
 
 @mairl_app.command("eval")
@@ -132,32 +155,37 @@ def mairl_plot(
     title: Annotated[str, typer.Option(help="figure title")] = "MAIRL learning curves",
 ) -> None:
     """Learning curves (normalised return vs environment steps), one line per run, grouped by environment."""
-    from mbirl.experiments.mairl_run import plot_learning_curves
+    from mbirl.experiments.mairl_run import plot_return_curves
 
-    plot_learning_curves(run_dirs, out, title=title)
+    plot_return_curves(run_dirs, out, title=title)
     typer.echo(f"wrote {out}")
 
 
 @mairl_app.command("models")
 def mairl_models(
-    demos: Annotated[Path, typer.Option(help="demonstrations of the environment (defines env and normalisers)")],
+    ctx: typer.Context,
+    demos: Annotated[Path | None, typer.Option(help="demonstrations of the environment (defines env and "
+                                                    "normalisers)")] = None,
     out: Annotated[Path, typer.Option(help="output directory (model_errors.json, model_errors.png)")] = Path(
         "runs/model_errors"),
-    steps: Annotated[int, typer.Option(help="environment steps of random + policy data")] = 20_000,
-    train_steps: Annotated[int, typer.Option(help="minibatch updates per model")] = 3_000,
-    seed: SeedOpt = 0,
-    models: Annotated[str, typer.Option(help="comma-separated model types")] = "attention,attention-multi,gru,mlp",
+    steps: Annotated[int, typer.Option(help="environment steps of random + policy data")
+                     ] = ModelComparisonConfig.steps,
+    train_steps: Annotated[int, typer.Option(help="minibatch updates per model")] = ModelComparisonConfig.train_steps,
+    seed: SeedOpt = ModelComparisonConfig.seed,
+    models: Annotated[str, typer.Option(help="comma-separated model types")] = ",".join(ModelComparisonConfig.models),
     run_dir: Annotated[Path | None, typer.Option(help="MAIRL run whose noisy policy supplies half of the data "
                                                       "(default: the demonstrations)")] = None,
+    config: Annotated[Path | None, _config_opt(ModelComparisonConfig)] = None,
 ) -> None:
-    """Train every forward model on the same replay data; report 1-step and open-loop 10-step errors on the same
+    """Train every forward model on the same replay data; report 1-step and open-loop multi-step errors on the same
     held-out episodes."""
     from mbirl.experiments.mairl_run import compare_models
 
-    kinds = [k.strip() for k in models.split(",") if k.strip()]
-    res = compare_models(demos, out, kinds=kinds, steps=steps, train_steps=train_steps, seed=seed,
-                         run_dir=run_dir)
+    values = {"demos": demos, "steps": steps, "train_steps": train_steps, "seed": seed, "run_dir": run_dir,
+              "models": tuple(k.strip() for k in models.split(",") if k.strip())}
+    cfg = build_config(ctx, ModelComparisonConfig, _given(values), config)
+    res = compare_models(cfg, out)
     for kind, r in res["models"].items():
-        typer.echo(f"{kind:16s} 1-step {r['one_step']:.2e}  10-step open loop {r['open_loop'][-1]:.2e}  "
+        typer.echo(f"{kind:16s} 1-step {r['one_step']:.2e}  {cfg.horizon}-step open loop {r['open_loop'][-1]:.2e}  "
                    f"({r['params']} parameters, {r['train_seconds']:.0f} s)")
     typer.echo(f"outputs in {out}")

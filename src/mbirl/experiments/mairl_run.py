@@ -1,176 +1,110 @@
-"""MAIRL / MGAIL on a gymnasium task as a run directory.
+"""MAIRL / MGAIL on a gymnasium task as a run directory (:class:`mbirl.reporting.runs.RunDir`).
 
-A run directory holds ``config.json``; ``metrics.jsonl`` + TensorBoard events (``tb/``), one row per iteration with
-the environment-step count as the step; ``checkpoints/last.json`` + its tensor file (networks, optimisers, replay
-buffer, RNG states and the environments' reset seeds and actions, so ``--resume`` continues exactly); and the final
-``metrics.json`` (``eval`` = list of ``{env_steps, mean_return, normalized_return}``, ``final_normalized_return``).
-Everything is validated before anything is written.
+A run directory holds ``config.json`` (a :class:`MAIRLRunConfig`, the trainer's hyper-parameters nested under
+``trainer``); ``metrics.jsonl`` + TensorBoard events (``tb/``), one row per iteration with the environment-step count
+as the step; ``checkpoints/last.json`` + its tensor file (networks, optimisers, replay buffer, RNG states and the
+environments' reset seeds and actions, so ``--resume`` continues exactly); and the final ``metrics.json`` (``eval`` =
+list of ``{env_steps, mean_return, normalized_return}``, ``final_normalized_return``). Everything is validated
+before anything is written. Runs written before the configuration was nested (flat ``config.json``) still resume
+and evaluate.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from mbirl.algorithms.mairl import MAIRL, VARIANTS
-from mbirl.dynamics.models import MODEL_TYPES
+from mbirl.algorithms.mairl import MAIRL, MAIRLConfig, build_mairl
+from mbirl.data.replay import ReplayBuffer
+from mbirl.dynamics.models import MODELS
+from mbirl.dynamics.training import fit_forward_model
 from mbirl.errors import InputError
 from mbirl.experts.demos import DemoStats, demo_stats, normalized_return
 from mbirl.fileio import write_json_atomic
-from mbirl.reporting.checkpoint import load_checkpoint, save_checkpoint
-from mbirl.reporting.logger import MetricsLogger
-from mbirl.reporting.runs import checkpoint_stem, open_for_resume
+from mbirl.reporting.checkpoint import load_checkpoint
+from mbirl.reporting.runs import RunDir, checkpoint_stem
+from mbirl.validation import config_from_dict, read_json
 
-__all__ = ["MAIRLRunConfig", "build_trainer", "compare_models", "evaluate_run", "plot_learning_curves", "run_mairl"]
-
-# Settings that may change when a run is resumed (how long it runs, how often it reports).
-_RESUMABLE = ("env_steps", "eval_every", "eval_episodes", "checkpoint_every")
+__all__ = ["MAIRLRunConfig", "ModelComparisonConfig", "build_trainer", "compare_models", "evaluate_run",
+           "load_run_config", "plot_return_curves", "run_mairl"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class MAIRLRunConfig:
-    """One MAIRL run.
-
-    Attributes:
-        demos: demonstration file written by ``mbirl expert demos`` (its metadata holds the env id and the expert's
-            and random policy's mean returns used for normalisation).
-        env: environment id; must match the demo file's (empty: take it from the file).
-        dynamics: forward model, ``attention`` (faithful), ``attention-multi``, ``gru`` or ``mlp``.
-        variant: ``mairl`` (AIRL discriminator) or ``mgail`` (GAIL discriminator; use with ``--dynamics gru``).
-        env_steps: training budget in environment steps (warm-up included, evaluation excluded).
-        seed: seeds the networks, the sampling generator, the replay sampling and the environment resets.
-        eval_every: environment steps between deterministic evaluations on the true reward.
-        eval_episodes: episodes per evaluation (fixed reset seeds).
-        checkpoint_every: iterations between checkpoints (one is also written at every evaluation and at the end).
-        horizon: H, steps per differentiable real rollout.
-        n_rollouts: rollouts (parallel environments) whose gradients are accumulated per policy update.
-        gamma: discount of the rollout loss and the AIRL shaping term.
-        alpha: weight of the entropy term ``-alpha * stopgrad(log pi)`` in the policy's reward.
-        sigma_scale: policy noise ``sigma = sigma_scale * std(expert actions)`` (original: 1/6).
-        sigma_floor: lower bound on sigma as a fraction of the action half-range.
-        gumbel_tau: temperature of the straight-through Gumbel-softmax (discrete actions).
-        lr_policy, lr_disc, lr_model: Adam learning rates.
-        grad_clip: policy gradient-norm clip.
-        policy_reg: weight of the penalty on the policy's pre-squash outputs (keeps ``tanh`` out of saturation).
-        batch_size: minibatch of the model and discriminator updates.
-        replay_size: replay buffer capacity.
-        model_steps: model updates per iteration.
-        disc_steps, disc_every: discriminator updates per block and iterations between blocks.
-        disc_window: the discriminator's agent samples come from this many most recent transitions.
-        expert_weight: weight of the expert term of the discriminator loss (original: 0.8).
-        disc_grad_penalty: weight of the zero-centred gradient penalty on the reward's input gradient.
-        warmup_steps: uniformly random environment steps before training (model data, normalisers).
-        model_pretrain_steps: model updates after the warm-up.
-        state_only: learn the state-only reward ``g(s)`` (for transfer).
-        ema_rate: < 1 evaluates an exponential moving average of the policy weights (rate per update).
-    """
+    """One MAIRL run: the trainer's hyper-parameters, the seed and the budget (validated on construction)."""
 
     demos: str
+    """demonstration file written by ``mbirl expert demos`` (its metadata holds the env id and the expert's and
+    random policy's mean returns used for normalisation)"""
     env: str = ""
-    dynamics: str = "attention"
-    variant: str = "mairl"
+    """environment id; must match the demo file's (empty: take it from the file)"""
     env_steps: int = 50_000
+    """training budget in environment steps (warm-up included, evaluation excluded)"""
     seed: int = 0
+    """seeds the networks, the sampling generator, the replay sampling and the environment resets"""
     eval_every: int = 5_000
+    """environment steps between deterministic evaluations on the true reward"""
     eval_episodes: int = 10
+    """episodes per evaluation (fixed reset seeds)"""
     checkpoint_every: int = 50
-    horizon: int = 20
-    n_rollouts: int = 4
-    gamma: float = 0.99
-    alpha: float = 1.0
-    sigma_scale: float = 1 / 6
-    sigma_floor: float = 0.35
-    gumbel_tau: float = 1.0
-    lr_policy: float = 1e-3
-    lr_disc: float = 1e-3
-    lr_model: float = 1e-3
-    grad_clip: float = 10.0
-    policy_reg: float = 0.1
-    batch_size: int = 512
-    replay_size: int = 50_000
-    model_steps: int = 5
-    disc_steps: int = 1
-    disc_every: int = 1
-    disc_window: int = 700
-    expert_weight: float = 1.0
-    disc_grad_penalty: float = 0.0
-    warmup_steps: int = 1_000
-    model_pretrain_steps: int = 500
-    state_only: bool = False
-    ema_rate: float = 1.0
+    """iterations between checkpoints (one is also written at every evaluation and at the end)"""
+    trainer: MAIRLConfig = field(default_factory=MAIRLConfig)
+    """the trainer's hyper-parameters"""
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("env_steps", "eval_every", "eval_episodes", "checkpoint_every")
+    """What ``--resume`` may change: how long the run goes and how often it reports."""
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> MAIRLRunConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(f"unknown keys {unknown}", field="config")
-        return cls(**data)
+    def __post_init__(self) -> None:
+        for name in ("env_steps", "eval_every", "eval_episodes", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise InputError(f"must be >= 1, got {getattr(self, name)}", field=name.replace("_", "-"))
+        if self.seed < 0:
+            raise InputError(f"must be >= 0, got {self.seed}", field="seed")
+        if self.trainer.warmup_steps >= self.env_steps:
+            raise InputError(f"must be in [1, env_steps), got {self.trainer.warmup_steps}",
+                             field="trainer.warmup_steps")
 
 
-_TRAINER_KEYS = ("dynamics", "variant", "horizon", "n_rollouts", "gamma", "alpha", "sigma_scale", "sigma_floor",
-                 "gumbel_tau", "lr_policy", "lr_disc", "lr_model", "grad_clip", "policy_reg", "batch_size",
-                 "replay_size", "model_steps", "disc_steps", "disc_every", "disc_window", "expert_weight",
-                 "disc_grad_penalty", "ema_rate",
-                 "warmup_steps", "model_pretrain_steps", "state_only", "seed")
-
-
-def _validate(cfg: MAIRLRunConfig) -> None:
-    if cfg.dynamics not in MODEL_TYPES:
-        raise InputError(f"unknown dynamics model '{cfg.dynamics}' (expected one of {', '.join(MODEL_TYPES)})",
-                         field="dynamics")
-    if cfg.variant not in VARIANTS:
-        raise InputError(f"unknown variant '{cfg.variant}' (expected one of {', '.join(VARIANTS)})", field="variant")
-    for name in ("env_steps", "eval_every", "eval_episodes", "checkpoint_every"):
-        if getattr(cfg, name) < 1:
-            raise InputError(f"must be >= 1, got {getattr(cfg, name)}", field=name.replace("_", "-"))
-    if cfg.warmup_steps < 1 or cfg.warmup_steps >= cfg.env_steps:
-        raise InputError(f"must be in [1, env_steps), got {cfg.warmup_steps}", field="warmup-steps")
+def load_run_config(run_dir: str | Path) -> MAIRLRunConfig:
+    """The configuration of a MAIRL run directory (its ``config.json``; flat ones of older runs are accepted)."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise InputError("not a MAIRL run directory (no config.json)", source=str(run_dir))
+    with warnings.catch_warnings():  # a saved run's layout is not the user's to fix: no deprecation warning
+        warnings.simplefilter("ignore", FutureWarning)
+        return config_from_dict(MAIRLRunConfig, read_json(path, what="run configuration"), source=str(path))
 
 
 def build_trainer(cfg: MAIRLRunConfig, demos: DemoStats | None = None) -> tuple[MAIRL, DemoStats]:
-    """Validate ``cfg`` and build the trainer (reads the demo file; writes nothing)."""
-    _validate(cfg)
+    """The trainer of ``cfg`` (reads the demo file unless ``demos`` is given; writes nothing)."""
     demos = demos if demos is not None else demo_stats(cfg.demos)
     if cfg.env and cfg.env != demos.env_id:
         raise InputError(f"demos are for '{demos.env_id}', not '{cfg.env}'", source=cfg.demos, field="env")
-    trainer = MAIRL(demos, **{k: getattr(cfg, k) for k in _TRAINER_KEYS})
-    return trainer, demos
+    return build_mairl(cfg.trainer, demos, seed=cfg.seed), demos
 
 
 def run_mairl(cfg: MAIRLRunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True
               ) -> dict[str, Any]:
     """Train (or resume) one run; writes everything into ``run_dir`` and returns the final metrics."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    torch.set_num_threads(1)
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir, cfg, resume=resume)
     trainer, demos = build_trainer(cfg)
-    ckpt = checkpoint_stem(run_dir)
     evals: list[dict[str, float]] = []
     seconds = 0.0
-    state = open_for_resume(run_dir, cfg.to_json(), resume=resume, may_change=_RESUMABLE,
-                            defaults=MAIRLRunConfig(demos=cfg.demos).to_json())
-    resumed = state is not None
-    if state is not None:
-        trainer.load_state_dict(state["trainer"])
-        evals = [{k: float(v) for k, v in e.items()} for e in state["evals"]]
-        seconds = float(state["seconds"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / "config.json", cfg.to_json())
+    if run.state is not None:
+        trainer.load_state_dict(run.state["trainer"])
+        evals = [{k: float(v) for k, v in e.items()} for e in run.state["evals"]]
+        seconds = float(run.state["seconds"])
+    run.start()
 
     def save() -> None:
-        save_checkpoint(ckpt, {"trainer": trainer.state_dict(), "evals": evals, "seconds": seconds,
-                               "config": cfg.to_json()})
+        run.save({"trainer": trainer.state_dict(), "evals": evals, "seconds": seconds})
 
     def evaluate() -> dict[str, float]:
         ret = trainer.evaluate(cfg.eval_episodes).mean_return
@@ -179,30 +113,30 @@ def run_mairl(cfg: MAIRLRunConfig, run_dir: str | Path, *, resume: bool = False,
         evals.append(row)
         return row
 
-    with MetricsLogger(run_dir, resume_from_step=trainer.env_steps + 1 if resumed else None) as log:
+    def info() -> str:
+        return f"env steps  norm. return {evals[-1]['normalized_return']:.2f}"
+
+    threads = torch.get_num_threads()
+    label = f"{cfg.trainer.variant}/{cfg.trainer.dynamics} {demos.env_id} seed {cfg.seed}"
+    with run.logger(resume_from_step=trainer.env_steps + 1 if run.resumed else None) as log:
         if not evals:
             row = evaluate()
             log.log(0, **{"charts/eval_return": row["mean_return"],
                           "charts/eval_normalized_return": row["normalized_return"]})
             save()
-        columns = (TextColumn(f"[bold]{cfg.variant}/{cfg.dynamics}[/] {demos.env_id} seed {cfg.seed}"), BarColumn(),
-                   MofNCompleteColumn(), TextColumn("env steps  norm. return {task.fields[norm]:.2f}"),
-                   TimeRemainingColumn())
-        with Progress(*columns, disable=not progress, transient=False) as bar:
-            task = bar.add_task("steps", total=cfg.env_steps, completed=trainer.env_steps,
-                                norm=evals[-1]["normalized_return"])
+        with run.progress(label, cfg.env_steps, trainer.env_steps, enabled=progress, info=info()) as update:
             next_eval = (int(evals[-1]["env_steps"]) // cfg.eval_every + 1) * cfg.eval_every
             while trainer.env_steps < cfg.env_steps:
                 t0 = time.perf_counter()
-                info = trainer.iteration_step()
+                it = trainer.iteration_step()
                 seconds += time.perf_counter() - t0
-                scalars = {"losses/policy": info.policy_loss, "losses/model": info.model_loss,
-                           "losses/discriminator": info.disc_loss, "charts/policy_grad_norm": info.policy_grad_norm,
-                           "charts/mean_reward": info.mean_reward, "charts/disc_expert_acc": info.expert_acc,
-                           "charts/disc_agent_acc": info.agent_acc, "charts/iteration": trainer.iteration,
+                scalars = {"losses/policy": it.policy_loss, "losses/model": it.model_loss,
+                           "losses/discriminator": it.disc_loss, "charts/policy_grad_norm": it.policy_grad_norm,
+                           "charts/mean_reward": it.mean_reward, "charts/disc_expert_acc": it.expert_acc,
+                           "charts/disc_agent_acc": it.agent_acc, "charts/iteration": trainer.iteration,
                            "charts/seconds": seconds}
-                if info.episode_returns:
-                    scalars["charts/episode_return"] = float(np.mean(info.episode_returns))
+                if it.episode_returns:
+                    scalars["charts/episode_return"] = float(np.mean(it.episode_returns))
                 evaluated = trainer.env_steps >= next_eval or trainer.env_steps >= cfg.env_steps
                 if evaluated:
                     row = evaluate()
@@ -212,13 +146,12 @@ def run_mairl(cfg: MAIRLRunConfig, run_dir: str | Path, *, resume: bool = False,
                 log.log(trainer.env_steps, **scalars)
                 if evaluated or trainer.iteration % cfg.checkpoint_every == 0:
                     save()
-                bar.update(task, completed=min(trainer.env_steps, cfg.env_steps),
-                           norm=evals[-1]["normalized_return"])
+                update(completed=min(trainer.env_steps, cfg.env_steps), info=info())
     if evals[-1]["env_steps"] < trainer.env_steps:  # resumed with a budget already reached
         evaluate()
         save()
     metrics = {
-        "env_id": demos.env_id, "variant": cfg.variant, "dynamics": cfg.dynamics, "seed": cfg.seed,
+        "env_id": demos.env_id, "variant": cfg.trainer.variant, "dynamics": cfg.trainer.dynamics, "seed": cfg.seed,
         "eval": [{"env_steps": int(e["env_steps"]), "mean_return": e["mean_return"],
                   "normalized_return": e["normalized_return"]} for e in evals],
         "final_mean_return": evals[-1]["mean_return"],
@@ -226,9 +159,9 @@ def run_mairl(cfg: MAIRLRunConfig, run_dir: str | Path, *, resume: bool = False,
         "best_normalized_return": max(e["normalized_return"] for e in evals),
         "expert_return": demos.expert_return, "random_return": demos.random_return,
         "env_steps": trainer.env_steps, "iterations": trainer.iteration, "train_seconds": seconds,
-        "seconds_per_1k_env_steps": 1000 * seconds / max(trainer.env_steps, 1),
+        "seconds_per_1k_env_steps": 1000 * seconds / max(trainer.env_steps, 1), "torch_threads": threads,
     }
-    write_json_atomic(run_dir / "metrics.json", metrics)
+    run.finish(metrics)
     return metrics
 
 
@@ -238,23 +171,13 @@ def evaluate_run(run_dir: str | Path, episodes: int = 10, *, video: str | Path |
 
     Episode ``i`` resets with seed ``seed + i``; the default keeps clear of training's evaluations (1,000,000+).
     """
-    import json
-
     if episodes < 1:
         raise InputError(f"must be >= 1, got {episodes}", field="episodes")
     if seed < 0:
         raise InputError(f"must be >= 0, got {seed}", field="seed")
     if video is not None and Path(video).suffix != ".mp4":
         raise InputError(f"video must end in .mp4, got '{video}'", field="video")
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.is_file():
-        raise InputError("not a MAIRL run directory (no config.json)", source=str(run_dir))
-    try:
-        cfg = MAIRLRunConfig.from_json(json.loads(cfg_path.read_text()))
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise InputError(f"invalid config ({exc})", source=str(cfg_path)) from None
-    trainer, demos = build_trainer(cfg)
+    trainer, demos = build_trainer(load_run_config(run_dir))
     state = load_checkpoint(checkpoint_stem(run_dir))
     trainer.load_policy(state["trainer"])
     result = trainer.evaluate(episodes, seed=seed)
@@ -273,24 +196,22 @@ def evaluate_run(run_dir: str | Path, episodes: int = 10, *, video: str | Path |
     return out
 
 
-def plot_learning_curves(run_dirs: list[Path], out: str | Path, *, title: str = "MAIRL learning curves") -> Path:
-    """Normalised return vs environment steps, one panel per environment, one line per run."""
-    import json
-
-    import matplotlib
-
-    matplotlib.use("Agg")
+def plot_return_curves(run_dirs: list[Path], out: str | Path, *, title: str = "MAIRL learning curves") -> Path:
+    """Normalised return vs environment steps of MAIRL runs (their ``metrics.json``), one panel per environment,
+    one line per run."""
     import matplotlib.pyplot as plt
+
+    from mbirl.reporting.plots import save_figure
 
     runs: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for d in run_dirs:
         path = Path(d) / "metrics.json"
         if not path.is_file():
             raise InputError("no metrics.json (has the run finished?)", source=str(d))
+        m = read_json(path, what="metrics file")
         try:
-            m = json.loads(path.read_text())
             runs.setdefault(m["env_id"], []).append((f"{m['variant']}/{m['dynamics']} s{m['seed']}", m))
-        except (json.JSONDecodeError, KeyError) as exc:
+        except (KeyError, TypeError) as exc:
             raise InputError(f"not a MAIRL metrics file ({exc})", source=str(path)) from None
     if not runs:
         raise InputError("no run directories given", field="run_dirs")
@@ -307,12 +228,44 @@ def plot_learning_curves(run_dirs: list[Path], out: str | Path, *, title: str = 
         ax.set_ylabel("normalised return (0 random, 1 expert)")
         ax.legend(fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
+
+
+@dataclass(frozen=True)
+class ModelComparisonConfig:
+    """``mbirl mairl models``: every forward model trained on the same transitions (validated on construction)."""
+
+    demos: str
+    """demonstrations of the environment (define the environment, half of the data unless ``run_dir`` is given)"""
+    models: tuple[str, ...] = MODELS.names
+    """forward models to compare (:data:`mbirl.dynamics.models.MODELS` names)"""
+    steps: int = 20_000
+    """environment steps of data: half uniformly random episodes, half policy (or demonstration) episodes"""
+    train_steps: int = 3_000
+    """minibatch updates per model"""
+    seed: int = 0
+    """seeds the data collection, the split, each model's initialisation and its minibatches"""
+    run_dir: str | None = None
+    """MAIRL run whose noisy policy supplies half of the data (None: the demonstrations)"""
+    batch_size: int = 512
+    """minibatch size"""
+    lr: float = 1e-3
+    """Adam learning rate"""
+    horizon: int = 10
+    """length of the held-out open-loop prediction segments"""
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise InputError("no forward models given", field="models")
+        for kind in self.models:
+            MODELS.check(kind, field="models")
+        if self.steps < 100 or self.train_steps < 1:
+            raise InputError("steps must be >= 100 and train_steps >= 1", field="steps")
+        for name in ("batch_size", "horizon"):
+            if getattr(self, name) < 1:
+                raise InputError(f"must be >= 1, got {getattr(self, name)}", field=name)
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise InputError(f"must be a positive finite number, got {self.lr}", field="lr")
 
 
 def _collect_episodes(env_id: str, policy: Any, steps: int, seed: int) -> list[Any]:
@@ -330,32 +283,25 @@ def _collect_episodes(env_id: str, policy: Any, steps: int, seed: int) -> list[A
     return trajs
 
 
-def compare_models(demos_path: str | Path, out: str | Path, *, kinds: list[str], steps: int = 20_000,
-                   train_steps: int = 3_000, seed: int = 0, run_dir: str | Path | None = None,
-                   batch_size: int = 512, lr: float = 1e-3, horizon: int = 10) -> dict[str, Any]:
+def compare_models(cfg: ModelComparisonConfig, out: str | Path) -> dict[str, Any]:
     """Train each forward model on the same transitions and measure 1-step and open-loop ``horizon``-step errors on
     the same held-out episodes (errors are mean squared, in units of each observation feature's std).
 
     Data: half uniformly random episodes, half episodes of a MAIRL run's policy with its training noise (the agent's
-    distribution) when ``run_dir`` is given, else of the demonstrations; split 80/20 by episode.
+    distribution) when ``cfg.run_dir`` is given, else of the demonstrations; split 80/20 by episode. Writes
+    ``out/model_errors.{json,png}``.
     """
-    from mbirl.dynamics.models import make_model, open_loop_errors
+    from mbirl.dynamics.models import open_loop_errors
     from mbirl.experts.rollout import make_env, random_policy
 
-    torch.set_num_threads(1)
-    bad = [k for k in kinds if k not in MODEL_TYPES]
-    if bad or not kinds:
-        raise InputError(f"unknown model type(s) {bad} (expected some of {', '.join(MODEL_TYPES)})", field="models")
-    if steps < 100 or train_steps < 1:
-        raise InputError("steps must be >= 100 and train_steps >= 1", field="steps")
-    demos = demo_stats(demos_path)
+    seed, horizon = cfg.seed, cfg.horizon
+    demos = demo_stats(cfg.demos)
     env_id = demos.env_id
     env = make_env(env_id)
-    trajs = _collect_episodes(env_id, random_policy(env, seed), steps // 2, seed)
-    if run_dir is not None:
-        cfg = MAIRLRunConfig.from_json(__import__("json").loads((Path(run_dir) / "config.json").read_text()))
-        trainer, _ = build_trainer(cfg, demos)
-        trainer.load_policy(load_checkpoint(checkpoint_stem(run_dir))["trainer"])
+    trajs = _collect_episodes(env_id, random_policy(env, seed), cfg.steps // 2, seed)
+    if cfg.run_dir is not None:
+        trainer, _ = build_trainer(load_run_config(cfg.run_dir), demos)
+        trainer.load_policy(load_checkpoint(checkpoint_stem(cfg.run_dir))["trainer"])
         gen = torch.Generator().manual_seed(seed)
 
         def noisy(obs: np.ndarray) -> Any:
@@ -363,7 +309,7 @@ def compare_models(demos_path: str | Path, out: str | Path, *, kinds: list[str],
                 a, _ = trainer.policy.sample(torch.as_tensor(np.asarray(obs, np.float32))[None], gen)
             return trainer.policy.env_action(a)[0]
 
-        trajs += _collect_episodes(env_id, noisy, steps // 2, seed + 10_000)
+        trajs += _collect_episodes(env_id, noisy, cfg.steps // 2, seed + 10_000)
     else:
         trajs += list(demos.trajectories)
     rng = np.random.default_rng(seed)
@@ -373,14 +319,17 @@ def compare_models(demos_path: str | Path, out: str | Path, *, kinds: list[str],
     train = [trajs[i] for i in order[n_test:]]
     discrete = demos.acts.dtype.kind in "iu"
     act_dim = int(env.action_space.n) if discrete else int(np.prod(env.action_space.shape))
+    act_scale = np.ones(act_dim, np.float32) if discrete else (env.action_space.high - env.action_space.low) / 2
+    env.close()
 
     def acts_of(t: Any) -> np.ndarray:
         a = np.asarray(t.acts)
         return np.eye(act_dim, dtype=np.float32)[a] if discrete else a.reshape(len(a), -1).astype(np.float32)
 
-    o = torch.as_tensor(np.concatenate([t.obs[:-1] for t in train]))
-    a = torch.as_tensor(np.concatenate([acts_of(t) for t in train]))
-    o2 = torch.as_tensor(np.concatenate([t.obs[1:] for t in train]))
+    data = ReplayBuffer.from_arrays(np.concatenate([t.obs[:-1] for t in train]),
+                                    np.concatenate([acts_of(t) for t in train]),
+                                    np.concatenate([t.obs[1:] for t in train]),
+                                    np.concatenate([t.dones for t in train]).astype(np.float32))
     to = torch.as_tensor(np.concatenate([t.obs[:-1] for t in test]))
     ta = torch.as_tensor(np.concatenate([acts_of(t) for t in test]))
     to2 = torch.as_tensor(np.concatenate([t.obs[1:] for t in test]))
@@ -393,21 +342,15 @@ def compare_models(demos_path: str | Path, out: str | Path, *, kinds: list[str],
     if not seg_o:
         raise InputError(f"held-out episodes are shorter than {horizon} steps", field="steps")
     so, sa = torch.as_tensor(np.stack(seg_o)), torch.as_tensor(np.stack(seg_a))
-    act_scale = np.ones(act_dim, np.float32) if discrete else (env.action_space.high - env.action_space.low) / 2
     results: dict[str, Any] = {}
-    for kind in kinds:
+    for kind in cfg.models:
         torch.manual_seed(seed)
-        model = make_model(kind, o.shape[1], act_dim)
-        model.set_normalizer(o.numpy(), o2.numpy(), act_scale)
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
-        g = np.random.default_rng(seed)
+        model = MODELS.make(kind, obs_dim=data.obs.shape[1], act_dim=act_dim)
+        model.set_normalizer(data.obs, data.next_obs, act_scale)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         t0 = time.perf_counter()
-        for _ in range(train_steps):
-            idx = torch.as_tensor(g.integers(0, len(o), size=batch_size))
-            loss = model.loss(o[idx], a[idx], o2[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        fit_forward_model(model, opt, data, cfg.train_steps, batch_size=cfg.batch_size,
+                          rng=np.random.default_rng(seed))
         train_seconds = time.perf_counter() - t0
         model.eval()
         results[kind] = {
@@ -416,9 +359,9 @@ def compare_models(demos_path: str | Path, out: str | Path, *, kinds: list[str],
             "params": int(sum(p.numel() for p in model.parameters())),
             "train_seconds": train_seconds,
         }
-    summary = {"env_id": env_id, "train_transitions": len(o), "test_transitions": len(to),
-               "test_segments": len(so), "horizon": horizon, "train_steps": train_steps, "seed": seed,
-               "data": "random + " + ("MAIRL policy" if run_dir is not None else "demonstrations"),
+    summary = {"env_id": env_id, "train_transitions": len(data), "test_transitions": len(to),
+               "test_segments": len(so), "horizon": horizon, "train_steps": cfg.train_steps, "seed": seed,
+               "data": "random + " + ("MAIRL policy" if cfg.run_dir is not None else "demonstrations"),
                "models": results}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -428,10 +371,9 @@ def compare_models(demos_path: str | Path, out: str | Path, *, kinds: list[str],
 
 
 def _plot_model_errors(summary: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from mbirl.reporting.plots import save_figure
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     kinds = list(summary["models"])
@@ -451,6 +393,4 @@ def _plot_model_errors(summary: dict[str, Any], path: Path) -> None:
     ax2.set_xlabel("open-loop prediction step")
     ax2.legend()
     fig.suptitle(f"Forward-model error on held-out data, {summary['env_id']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -3,14 +3,19 @@
 Each environment has one preset (:data:`EXPERT_PRESETS`): the algorithm, its hyper-parameters (close to the
 rl-baselines3-zoo tuned ones) and a step budget. Training evaluates the exported deterministic policy
 periodically and keeps the best export, so a run stopped by its time budget still leaves a usable expert.
+
+The output directory is a run directory (:class:`mbirl.reporting.runs.RunDir`): ``config.json`` (an
+:class:`ExpertRunConfig`), ``metrics.jsonl`` and, at the end, ``metrics.json``. SB3 training cannot be resumed
+exactly, so a directory that already holds an expert run is refused unless ``overwrite`` is set.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -18,10 +23,10 @@ import torch
 from mbirl.errors import InputError
 from mbirl.experts.policy import ExpertPolicy, export_sb3_policy
 from mbirl.experts.rollout import make_env, run_episodes
-from mbirl.fileio import write_json_atomic
-from mbirl.reporting.logger import MetricsLogger
+from mbirl.reporting.runs import ALREADY_HOLDS_A_RUN, RunDir
 
-__all__ = ["EXPERT_PRESETS", "HOPPER_PPO", "ExpertPreset", "ExpertResult", "load_expert", "train_expert"]
+__all__ = ["EXPERT_PRESETS", "HOPPER_PPO", "ExpertPreset", "ExpertResult", "ExpertRunConfig", "load_expert",
+           "train_expert"]
 
 
 @dataclass(frozen=True)
@@ -66,8 +71,37 @@ EXPERT_PRESETS: dict[str, ExpertPreset] = {
 }
 
 HOPPER_PPO = ExpertPreset("ppo", 2_000_000, _hopper_ppo_kwargs(), target=2500.0, normalize=True)
-"""Alternative Hopper preset (``train_expert(..., preset=HOPPER_PPO)``): ~13x more env steps/s than SAC on these
+"""Alternative Hopper preset (``train_expert(cfg, out, preset=HOPPER_PPO)``): ~13x more env steps/s than SAC on these
 CPUs, but it stood still (return ~1000) through 0.4-1M steps in 2 of 2 seeds, so SAC stays the default."""
+
+
+@dataclass(frozen=True)
+class ExpertRunConfig:
+    """One expert training run (validated on construction)."""
+
+    env: str
+    """gymnasium environment id (with a preset in :data:`EXPERT_PRESETS` unless one is passed)"""
+    seed: int = 0
+    """seeds SB3 (networks, exploration, environments)"""
+    steps: int | None = None
+    """environment-step budget (None: the preset's)"""
+    max_minutes: float | None = None
+    """stop after this many minutes of training (the best export so far is kept)"""
+    eval_every: int = 10_000
+    """environment steps between evaluations of the exported deterministic policy"""
+    eval_episodes: int = 5
+    """episodes per evaluation"""
+
+    RESUMABLE: ClassVar[tuple[str, ...]] = ()
+    """Nothing: SB3 training cannot be resumed exactly."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "eval_every", "eval_episodes"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InputError(f"must be >= 1, got {value}", field=name.replace("_", "-"))
+        if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
+            raise InputError(f"must be a positive number, got {self.max_minutes}", field="max-minutes")
 
 
 @dataclass(frozen=True)
@@ -112,31 +146,33 @@ def _make_model(env_id: str, preset: ExpertPreset, seed: int) -> Any:
     raise InputError(f"unknown algorithm '{preset.algo}'", field="algo")
 
 
-def train_expert(env_id: str, out_dir: str | Path, *, seed: int = 0, steps: int | None = None,
-                 max_minutes: float | None = None, eval_every: int = 10_000, eval_episodes: int = 5,
-                 progress: bool = True, preset: ExpertPreset | None = None) -> ExpertResult:
-    """Train the preset expert of ``env_id`` (or ``preset``); writes ``out_dir/expert.{safetensors,json}``
-    (best export), ``out_dir/last.{safetensors,json}``, ``metrics.jsonl`` and ``summary.json``."""
+def train_expert(cfg: ExpertRunConfig, out_dir: str | Path, *, progress: bool = True,
+                 preset: ExpertPreset | None = None, overwrite: bool = False) -> ExpertResult:
+    """Train the preset expert of ``cfg.env`` (or ``preset``); writes ``out_dir/expert.{safetensors,json}``
+    (best export), ``out_dir/last.{safetensors,json}``, ``config.json``, ``metrics.jsonl`` and ``metrics.json``.
+
+    A directory that already holds an expert run is refused unless ``overwrite`` (its files are then replaced).
+    """
     from stable_baselines3.common.callbacks import BaseCallback
 
+    env_id, seed = cfg.env, cfg.seed
     if preset is None:
         if env_id not in EXPERT_PRESETS:
             raise InputError(f"no expert preset for '{env_id}' (known: {', '.join(EXPERT_PRESETS)})", field="env")
         preset = EXPERT_PRESETS[env_id]
     if preset.normalize and preset.algo != "ppo":
         raise InputError(f"normalize is only supported with ppo, not {preset.algo}", field="normalize")
-    total = preset.steps if steps is None else steps
-    if total < 1 or eval_every < 1:
-        raise InputError("steps and eval_every must be >= 1", field="steps")
+    total = preset.steps if cfg.steps is None else cfg.steps
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    run = _open_run(out, cfg, overwrite)
     torch.manual_seed(seed)
     model = _make_model(env_id, preset, seed)
     eval_env = make_env(env_id)
+    run.start()
     t0 = time.monotonic()
     best = {"ret": -np.inf, "steps": 0}
 
-    with MetricsLogger(out, tensorboard=False) as log:
+    with run.logger(tensorboard=False) as log:
 
         def export() -> ExpertPolicy:
             if preset.normalize:
@@ -146,7 +182,7 @@ def train_expert(env_id: str, out_dir: str | Path, *, seed: int = 0, steps: int 
 
         def evaluate(n_steps: int) -> None:
             policy = export()
-            ret = run_episodes(eval_env, policy.act, eval_episodes, seed=10_000).mean_return
+            ret = run_episodes(eval_env, policy.act, cfg.eval_episodes, seed=10_000).mean_return
             extra = {"env_id": env_id, "algo": preset.algo, "env_steps": n_steps, "eval_return": ret, "seed": seed}
             policy.save(out / "last", extra)
             if ret >= best["ret"]:
@@ -160,24 +196,37 @@ def train_expert(env_id: str, out_dir: str | Path, *, seed: int = 0, steps: int 
         class _Eval(BaseCallback):
             def __init__(self) -> None:
                 super().__init__()
-                self.next_eval = eval_every
+                self.next_eval = cfg.eval_every
 
             def _on_step(self) -> bool:
                 if self.num_timesteps >= self.next_eval:
-                    self.next_eval += eval_every
+                    self.next_eval += cfg.eval_every
                     evaluate(self.num_timesteps)
-                return max_minutes is None or (time.monotonic() - t0) < 60 * max_minutes
+                return cfg.max_minutes is None or (time.monotonic() - t0) < 60 * cfg.max_minutes
 
         model.learn(total_timesteps=total, callback=_Eval())
         evaluate(int(model.num_timesteps))
     seconds = time.monotonic() - t0
-    summary = {"env_id": env_id, "algo": preset.algo, "seed": seed, "env_steps": int(model.num_timesteps),
-               "best_eval_return": float(best["ret"]), "best_at_env_steps": int(best["steps"]),
-               "seconds": seconds, "target": preset.target,
-               "command": f"mbirl expert train --env {env_id} --seed {seed} --out {out}"
-                          + (f" --steps {steps}" if steps is not None else "")}
-    write_json_atomic(out / "summary.json", summary)
+    run.finish({"env_id": env_id, "algo": preset.algo, "seed": seed, "env_steps": int(model.num_timesteps),
+                "best_eval_return": float(best["ret"]), "best_at_env_steps": int(best["steps"]),
+                "seconds": seconds, "target": preset.target,
+                "command": f"mbirl expert train --env {env_id} --seed {seed} --out {out}"
+                           + (f" --steps {cfg.steps}" if cfg.steps is not None else "")})
     return ExpertResult(out / "expert", float(best["ret"]), int(model.num_timesteps), seconds)
+
+
+def _open_run(out: Path, cfg: ExpertRunConfig, overwrite: bool) -> RunDir:
+    """The run directory. One that already holds an expert run (``config.json``, or ``expert.json`` of a run
+    written before experts had a configuration) is refused unless ``overwrite``, which removes its configuration
+    and final metrics (the exported policies are replaced as training goes)."""
+    held = [out / name for name in ("config.json", "metrics.json", "expert.json") if (out / name).exists()]
+    if held and not overwrite:
+        # RunDir's refusal, with the way out this command has (SB3 training cannot resume: no --resume)
+        raise InputError(ALREADY_HOLDS_A_RUN.split(";")[0] + "; SB3 training cannot resume: pass --overwrite to "
+                         "train a new expert in its place or choose another --out", source=str(out))
+    for name in ("config.json", "metrics.json"):
+        (out / name).unlink(missing_ok=True)
+    return RunDir(out, cfg)
 
 
 def load_expert(path: str | Path) -> ExpertPolicy:
