@@ -18,7 +18,7 @@ from mbirl.errors import InputError
 
 __all__ = ["MAX_FILE_BYTES", "apply_overrides", "check_array", "check_file", "check_overrides", "config_from_dict",
            "config_to_dict", "field_default", "flatten_config", "load_config",
-           "read_json"]
+           "read_json", "to_plain"]
 
 T = TypeVar("T")
 
@@ -107,7 +107,8 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _check_value(value: Any, annotation: Any, key: str, source: str, *, legacy: bool = True) -> Any:
+def _check_value(value: Any, annotation: Any, key: str, source: str, *, legacy: bool = True,
+                 ignore_unknown: bool = False) -> Any:
     """Check one config value against a dataclass field annotation (the simple types configs use).
 
     A nested config dataclass takes a mapping and returns the validated (partial) mapping of its overrides.
@@ -116,7 +117,8 @@ def _check_value(value: Any, annotation: Any, key: str, source: str, *, legacy: 
         if not isinstance(value, dict):
             raise InputError(f"expected a mapping of {annotation.__name__} options, got {_short(value)}",
                              source=source, field=key)
-        return check_overrides(value, annotation, source=source, prefix=f"{key}.", legacy=legacy)
+        return check_overrides(value, annotation, source=source, prefix=f"{key}.", legacy=legacy,
+                               ignore_unknown=ignore_unknown)
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(annotation):
@@ -166,13 +168,14 @@ def _nested_fields(cls: type) -> dict[str, type]:
             if dataclasses.is_dataclass(hints[f.name]) and isinstance(hints[f.name], type)}
 
 
-def check_overrides(raw: dict[Any, Any], cls: type, *, source: str, prefix: str = "", legacy: bool = True
-                    ) -> dict[str, Any]:
+def check_overrides(raw: dict[Any, Any], cls: type, *, source: str, prefix: str = "", legacy: bool = True,
+                    ignore_unknown: bool = False) -> dict[str, Any]:
     """Validate a (nested) mapping of option overrides against config dataclass ``cls``.
 
     Keys nest as the dataclasses do (``trainer: {horizon: 10}``). With ``legacy``, a flat key that belongs to
     exactly one nested config (the layout before configs were nested, e.g. ``horizon`` for ``trainer.horizon``)
-    is moved there with a deprecation warning. Returns the validated overrides, nested the same way.
+    is moved there with a deprecation warning. ``ignore_unknown`` drops keys the config no longer has (a saved
+    run's configuration) instead of refusing them. Returns the validated overrides, nested the same way.
     """
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
@@ -180,7 +183,8 @@ def check_overrides(raw: dict[Any, Any], cls: type, *, source: str, prefix: str 
     out: dict[str, Any] = {}
     for key, value in raw.items():
         if isinstance(key, str) and key in names:
-            checked = _check_value(value, hints[key], prefix + key, source, legacy=legacy)
+            checked = _check_value(value, hints[key], prefix + key, source, legacy=legacy,
+                                   ignore_unknown=ignore_unknown)
             if key in nested:
                 out[key] = {**out.get(key, {}), **checked}
             else:
@@ -192,8 +196,10 @@ def check_overrides(raw: dict[Any, Any], cls: type, *, source: str, prefix: str 
             warnings.warn(f"{source}: option '{prefix}{key}' is deprecated at this level; write it as "
                           f"'{prefix}{owner}.{key}' (nested under '{owner}:')", FutureWarning, stacklevel=2)
             checked = check_overrides({key: value}, nested[owner], source=source, prefix=f"{prefix}{owner}.",
-                                      legacy=legacy)
+                                      legacy=legacy, ignore_unknown=ignore_unknown)
             out[owner] = {**out.get(owner, {}), **checked}
+            continue
+        if ignore_unknown:
             continue
         expected = ", ".join(sorted(names))
         raise InputError(f"unknown option (expected some of {expected})", source=source,
@@ -242,18 +248,19 @@ def _build(cls: type[T], overrides: dict[str, Any], *, source: str, prefix: str 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
     """A config dataclass as a JSON-ready nested mapping (tuples become lists)."""
-    out = _plain(config)
+    out = to_plain(config)
     assert isinstance(out, dict)
     return out
 
 
-def _plain(value: Any) -> Any:
+def to_plain(value: Any) -> Any:
+    """``value`` as JSON would hold it: config dataclasses as mappings, tuples as lists."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: to_plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [to_plain(v) for v in value]
     return value
 
 
@@ -279,9 +286,9 @@ def field_default(cls: type, dotted: str) -> Any:
             return field_default(sub, rest) if isinstance(sub, type) and dataclasses.is_dataclass(sub) \
                 else dataclasses.MISSING
         if f.default is not dataclasses.MISSING:
-            return _plain(f.default)
+            return to_plain(f.default)
         if f.default_factory is not dataclasses.MISSING:
-            return _plain(f.default_factory())
+            return to_plain(f.default_factory())
     return dataclasses.MISSING
 
 

@@ -27,7 +27,7 @@ from mbirl.errors import InputError
 from mbirl.fileio import write_json_atomic, write_text_atomic
 from mbirl.reporting.checkpoint import load_checkpoint, save_checkpoint
 from mbirl.reporting.logger import MetricsLogger
-from mbirl.validation import check_overrides, config_to_dict, field_default, flatten_config, read_json
+from mbirl.validation import check_overrides, config_to_dict, field_default, flatten_config, read_json, to_plain
 
 __all__ = ["ALREADY_HOLDS_A_RUN", "RunDir", "checkpoint_stem", "rng_state", "set_rng_state"]
 
@@ -95,9 +95,9 @@ class RunDir:
         try:  # a run saved before its config was nested: move its flat keys where they belong now
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                saved = check_overrides(saved, cls, source=str(where))
+                saved = to_plain(check_overrides(saved, cls, source=str(where), ignore_unknown=True))
         except InputError:
-            pass  # compared as saved; a removed or mistyped key shows as a difference below
+            pass  # compared as saved; a mistyped value shows as a difference below
         old, new = flatten_config(saved), flatten_config(self.config_json)
         # a key the saved run predates (added to the config later) counts as its default
         mismatched = [k for k, v in new.items()
@@ -166,3 +166,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.set_rng_state(state["torch"].to(torch.uint8))
     except (KeyError, TypeError, ValueError, SyntaxError, IndexError, RuntimeError) as exc:
         raise InputError(f"checkpoint RNG state is invalid ({type(exc).__name__})", field="rng") from None
+
+
+def open_for_resume(run_dir: str | Path, config: dict[str, Any], *, resume: bool,
+                    may_change: Any = (), defaults: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """TEMPORARY (removed once every trainer uses :class:`RunDir`)."""
+    stem = checkpoint_stem(run_dir)
+    if not stem.with_suffix(".json").exists():
+        return None
+    if not resume:
+        raise InputError(ALREADY_HOLDS_A_RUN, source=str(run_dir))
+    state = load_checkpoint(stem)
+    saved = state.get("config", {})
+    allowed, fallback, missing = set(may_change), defaults or {}, object()
+    mismatched = [k for k, v in config.items() if k not in allowed and saved.get(k, fallback.get(k, missing)) != v]
+    if mismatched:
+        raise InputError(f"--resume with a different configuration ({', '.join(mismatched)})",
+                         source=str(stem.with_suffix(".json")))
+    return state
