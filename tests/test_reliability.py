@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -234,7 +235,10 @@ def test_grad_clipping_is_reported(tmp_path, placing_demos):
     from mbirl.experiments import MBIRLRunConfig, run_mbirl
 
     save_keypoint_demos(tmp_path / "d.npz", placing_demos)
-    cfg = MBIRLRunConfig(demos=str(tmp_path / "d.npz"), method="weighted", outer_iters=4, grad_clip=1e-6)
+    from mbirl.algorithms.mbirl import MBIRLConfig
+
+    cfg = MBIRLRunConfig(demos=str(tmp_path / "d.npz"), method="weighted", outer_iters=4,
+                         trainer=MBIRLConfig(grad_clip=1e-6))
     out = run_mbirl(cfg, tmp_path / "r", progress=False, figures=False)
     assert out["grad_clip"] == 1e-6 and out["grad_clipped_iterations"] == 4
     rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
@@ -262,6 +266,7 @@ def test_same_seed_same_metrics(tmp_path, placing_demos, method, capsys):
 
 
 def test_resume_accepts_runs_that_predate_a_new_config_field(tmp_path, placing_demos):
+    from mbirl.algorithms.mbirl import MBIRLConfig
     from mbirl.experiments import MBIRLRunConfig, run_mbirl
     from mbirl.reporting.runs import checkpoint_stem
 
@@ -270,11 +275,11 @@ def test_resume_accepts_runs_that_predate_a_new_config_field(tmp_path, placing_d
     run_mbirl(cfg, tmp_path / "r", progress=False, figures=False)
     stem = checkpoint_stem(tmp_path / "r")
     state = load_checkpoint(stem)
-    del state["config"]["grad_clip"]  # as if the run was made before the field existed (default None)
+    del state["config"]["trainer"]["grad_clip"]  # as if the run was made before the field existed (default None)
     save_checkpoint(stem, state)
-    out = run_mbirl(MBIRLRunConfig(**{**cfg.to_json(), "outer_iters": 3, "train": (0, 3), "test": (3, 5)}),
+    out = run_mbirl(replace(cfg, outer_iters=3),
                     tmp_path / "r", resume=True, progress=False, figures=False)
     assert len(out["irl_loss_train"]) == 4
-    changed = MBIRLRunConfig(**{**cfg.to_json(), "outer_iters": 4, "grad_clip": 1.0, "train": (0, 3), "test": (3, 5)})
+    changed = replace(cfg, outer_iters=4, trainer=MBIRLConfig(grad_clip=1.0))
     with pytest.raises(InputError, match="grad_clip"):
         run_mbirl(changed, tmp_path / "r", resume=True, progress=False, figures=False)
