@@ -10,10 +10,12 @@ import contextlib
 import io
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +25,7 @@ from mbirl.data.demos import KEYPOINT_FORMAT
 from mbirl.errors import InputError
 from mbirl.experiments import MBIRLRunConfig
 from mbirl.reporting.checkpoint import load_checkpoint
-from mbirl.validation import load_config
+from mbirl.validation import apply_overrides, config_to_dict, flatten_config, load_config
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 FULL = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
@@ -186,9 +188,19 @@ def _check_config(text: str) -> None:
         path = Path(tmp) / "c.yaml"
         path.write_text(text, encoding="utf-8")
         try:
-            load_config(path, MBIRLRunConfig, exclude=("extra",))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # flat keys of the older layout
+                overrides = load_config(path, MBIRLRunConfig)
         except InputError:
-            pass
+            overrides = None
+        if overrides is not None:  # what load_config accepts must land, typed, where the YAML put it
+            raw = yaml.safe_load(text)
+            flat = flatten_config(config_to_dict(apply_overrides(MBIRLRunConfig(demos="d.npz"), overrides)))
+            for key, value in raw.items():
+                landed = [v for k, v in flat.items() if k == key or k.endswith("." + key)]
+                assert len(landed) == 1, (key, flat)
+                want = list(value) if isinstance(value, list) else value
+                assert landed[0] == want, (key, value, landed[0])
         before = sorted(os.listdir(tmp))
         code, err = _run_cli(["mbirl", "train", "--config", str(path), "--run-dir", str(Path(tmp) / "run"),
                               "--no-progress"])
