@@ -193,9 +193,13 @@ def _check_config(text: str) -> None:
                 overrides = load_config(path, MBIRLRunConfig)
         except InputError:
             overrides = None
-        if overrides is not None:  # what load_config accepts must land, typed, where the YAML put it
+        try:  # a config's own checks (e.g. a positive learning rate) refuse some well-typed values
+            built = None if overrides is None else apply_overrides(MBIRLRunConfig(demos="d.npz"), overrides)
+        except InputError:
+            built = None
+        if built is not None:  # what load_config accepts must land, typed, where the YAML put it
             raw = yaml.safe_load(text)
-            flat = flatten_config(config_to_dict(apply_overrides(MBIRLRunConfig(demos="d.npz"), overrides)))
+            flat = flatten_config(config_to_dict(built))
             for key, value in raw.items():
                 landed = [v for k, v in flat.items() if k == key or k.endswith("." + key)]
                 assert len(landed) == 1, (key, flat)
