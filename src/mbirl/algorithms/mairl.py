@@ -1,6 +1,6 @@
 """MAIRL: adversarial IRL whose policy is trained end to end through a learned forward model.
 
-DESIGN.md, "MAIRL in equations". One policy update (:func:`model_based_rollout_loss`) runs the current policy for
+docs/design.md, "MAIRL". One policy update (:func:`model_based_rollout_loss`) runs the current policy for
 ``H`` steps in ``B`` real environments at once. At every step::
 
     a_t     = mu(s_t) + sigma * eps                    (or a straight-through Gumbel-softmax one-hot)

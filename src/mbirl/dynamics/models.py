@@ -1,6 +1,6 @@
 """Learned forward models ``s' = f_phi(s, a)`` for MAIRL, behind one small interface.
 
-Variants (DESIGN.md, "MAIRL in equations"):
+Variants (docs/design.md, "MAIRL"):
 
 * ``attention`` — the original's self-attention model, *faithful*: the state embedding (two dense layers) is the
   single query token and the action embedding (two dense layers) the single key/value token of multi-head

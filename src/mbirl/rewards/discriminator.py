@@ -1,6 +1,6 @@
 """Discriminators for adversarial IRL: the AIRL form (reward + potential shaping) and GAIL's.
 
-AIRL (Fu et al. 2018; DESIGN.md "MAIRL in equations")::
+AIRL (Fu et al. 2018; docs/design.md, "MAIRL")::
 
     f(s, a, s') = g(s, a) + gamma * (1 - done) * h(s') - h(s)       (h(s') = 0 after a terminal transition)
     D logit     = f(s, a, s') - log pi(a | s)
