@@ -80,7 +80,7 @@ def test_discriminator_learns_to_separate(kind):
         return TransitionBatch(obs, torch.randn(128, 1) + shift, obs + 0.1, torch.zeros(128), torch.zeros(128))
 
     for _ in range(150):
-        loss, stats = disc.loss(batch(2.0), batch(-2.0))
+        loss, stats = disc.loss(batch(2.0), batch(-2.0), 1.0)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -92,11 +92,11 @@ def test_log_pi_is_needed_by_airl_only():
     no_pi = TransitionBatch(obs, torch.randn(4, 1), obs, torch.zeros(4))
     gail = DISCRIMINATORS.make("gail", obs_dim=2, act_dim=1, hidden=(8,))
     with_pi = no_pi.with_log_pi(torch.randn(4))
-    torch.testing.assert_close(gail.loss(no_pi, no_pi)[0], gail.loss(with_pi, with_pi)[0])  # GAIL ignores it
+    torch.testing.assert_close(gail.loss(no_pi, no_pi, 1.0)[0], gail.loss(with_pi, with_pi, 1.0)[0])  # GAIL ignores it
     airl = DISCRIMINATORS.make("airl", obs_dim=2, act_dim=1, gamma=0.9, hidden=(8,))
     with pytest.raises(InputError, match="log_pi"):
-        airl.loss(no_pi, with_pi)
-    loss, stats = airl.loss(with_pi, with_pi, grad_penalty=1.0)
+        airl.loss(no_pi, with_pi, 1.0)
+    loss, stats = airl.loss(with_pi, with_pi, 1.0, grad_penalty=1.0)
     assert torch.isfinite(loss) and stats["grad_penalty"] > 0
 
 

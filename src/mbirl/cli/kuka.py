@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mbirl.envs.kuka import DEFAULT_ROBOT, DEMO_HORIZON, DEMO_NOISE_CM
+from mbirl.envs.kuka import DEFAULT_ROBOT, DEMO_COUNT, DEMO_HORIZON, DEMO_NOISE_CM, DEMO_TASK
 from mbirl.errors import InputError
 
 __all__ = ["LinksOpt", "RobotOpt", "UrdfOpt", "kuka_app"]
@@ -27,12 +27,12 @@ LinksOpt = Annotated[str | None, typer.Option(
 @kuka_app.command("demos")
 def demos(
     ctx: typer.Context,
-    task: Annotated[str, typer.Option(help="placing or reaching")] = "placing",
+    task: Annotated[str, typer.Option(help="placing or reaching")] = DEMO_TASK,
     style: Annotated[str, typer.Option(
         help="reachable (IK-tracked paths with noise) or original (the official code's placing demos: desired "
              "keypoints, offsets from torch's seeded stream; --seed 0 --robot original is its traj_data_placing.pt)"
     )] = "reachable",
-    n: Annotated[int, typer.Option(help="number of demonstrations")] = 6,
+    n: Annotated[int, typer.Option(help="number of demonstrations")] = DEMO_COUNT,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     out: Annotated[Path, typer.Option(help="output .npz file (a .png plot is written beside it)")] = Path(
         "demos.npz"),

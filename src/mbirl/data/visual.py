@@ -163,7 +163,7 @@ def _render(renderer: KukaRenderer, qs: np.ndarray, progress: Progress | None) -
     return images.reshape(*lead, *images.shape[1:]), depth.reshape(*lead, *depth.shape[1:])
 
 
-def generate_exploration(robot: KeypointRobot, camera: Camera, n: int, horizon: int = 10, *, seed: int = 0,
+def generate_exploration(robot: KeypointRobot, camera: Camera, n: int, horizon: int, *, seed: int = 0,
                          progress: Progress | None = None, **motion: Any) -> ExplorationData:
     """Random joint motions (:func:`random_joint_motions`) rendered from ``camera``."""
     q, actions = random_joint_motions(robot, n, horizon, seed=seed, camera=camera, **motion)

@@ -340,7 +340,7 @@ def fit_keypoint_dynamics(model: KeypointMLPDynamics, q: np.ndarray, z: np.ndarr
 
 @torch.no_grad()
 def dynamics_errors(model: KeypointMLPDynamics, q: np.ndarray, z: np.ndarray, actions: np.ndarray,
-                    horizon: int = 10) -> dict[str, float]:
+                    horizon: int) -> dict[str, float]:
     """Keypoint prediction errors (mean Euclidean distance per keypoint, robot units) on trajectories.
 
     ``one_step``: from the true ``(q_t, z_t)``; ``open_loop``: ``horizon`` steps from the true start, at the

@@ -39,6 +39,10 @@ DEFAULT_KEYPOINTS = (
 )
 
 Task = Literal["placing", "reaching"]
+DEMO_TASK: Task = "placing"
+"""The demonstrated task when none is named: the original experiment's placing."""
+DEMO_COUNT = 6
+"""Demonstrations per file when not told otherwise: the original experiment's six placing demonstrations."""
 DEMO_HORIZON = 10
 """Time steps per demonstration (states, the start included), as the original experiment."""
 DEMO_NOISE_CM = 0.3

@@ -58,7 +58,7 @@ from mbirl.dynamics.keypoint_mlp import (
     fit_keypoint_dynamics,
 )
 from mbirl.dynamics.kinematic import KinematicKeypointDynamics
-from mbirl.envs.kuka import generate_demos
+from mbirl.envs.kuka import DEMO_COUNT, DEMO_HORIZON, DEMO_NOISE_CM, DEMO_TASK, generate_demos
 from mbirl.envs.render import DEFAULT_RESOLUTION, Camera, default_camera
 from mbirl.envs.robot import KeypointRobot
 from mbirl.errors import InputError
@@ -104,15 +104,15 @@ HOLDOUT_FRACTION = 0.2
 class VisualDemosConfig:
     """Rendered demonstrations (``mbirl visual demos``); the image size is the caller's (``resolution``)."""
 
-    task: str = "placing"
+    task: str = DEMO_TASK
     """``placing`` or ``reaching``"""
-    n: int = 6
+    n: int = DEMO_COUNT
     """number of demonstrations"""
     seed: int = 0
     """seed of the demonstrations' paths and noise"""
-    horizon: int = 10
+    horizon: int = DEMO_HORIZON
     """time steps per demonstration (states, including the start)"""
-    noise: float = 0.3
+    noise: float = DEMO_NOISE_CM
     """per-step noise on the desired path (cm)"""
 
 

@@ -67,7 +67,7 @@ class Discriminator(nn.Module, ABC):
 
     uses_log_pi: bool = True
 
-    def loss(self, expert: TransitionBatch, agent: TransitionBatch, expert_weight: float = 1.0,
+    def loss(self, expert: TransitionBatch, agent: TransitionBatch, expert_weight: float,
              grad_penalty: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
         """Binary cross-entropy (expert = 1, agent = 0) on two batches of transitions; returns the loss and
         statistics. Both batches need ``log_pi`` when the logit uses it (:attr:`uses_log_pi`).
