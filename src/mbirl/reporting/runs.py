@@ -166,21 +166,3 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.set_rng_state(state["torch"].to(torch.uint8))
     except (KeyError, TypeError, ValueError, SyntaxError, IndexError, RuntimeError) as exc:
         raise InputError(f"checkpoint RNG state is invalid ({type(exc).__name__})", field="rng") from None
-
-
-def open_for_resume(run_dir: str | Path, config: dict[str, Any], *, resume: bool,
-                    may_change: Any = (), defaults: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """TEMPORARY (removed once every trainer uses :class:`RunDir`)."""
-    stem = checkpoint_stem(run_dir)
-    if not stem.with_suffix(".json").exists():
-        return None
-    if not resume:
-        raise InputError(ALREADY_HOLDS_A_RUN, source=str(run_dir))
-    state = load_checkpoint(stem)
-    saved = state.get("config", {})
-    allowed, fallback, missing = set(may_change), defaults or {}, object()
-    mismatched = [k for k, v in config.items() if k not in allowed and saved.get(k, fallback.get(k, missing)) != v]
-    if mismatched:
-        raise InputError(f"--resume with a different configuration ({', '.join(mismatched)})",
-                         source=str(stem.with_suffix(".json")))
-    return state
