@@ -31,18 +31,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from mbirl.algorithms.learner import EVAL_SEED, StepInfo, numpy_rng_state, set_numpy_rng_state
 from mbirl.algorithms.policies import GaussianPolicy, GumbelPolicy, Policy
 from mbirl.data.replay import ReplayBuffer
 from mbirl.dynamics.models import MODELS, ForwardModel
 from mbirl.dynamics.training import fit_forward_model
 from mbirl.errors import InputError, check_finite
-from mbirl.experts.demos import DemoStats
-from mbirl.experts.rollout import make_env, run_episodes
+from mbirl.experts.demos import DemoStats, check_demo_spaces
+from mbirl.experts.rollout import EpisodeResult, make_env, run_episodes
 from mbirl.rewards.discriminator import DISCRIMINATORS, Discriminator
 from mbirl.types import TransitionBatch
 
-__all__ = ["MAIRL", "VARIANTS", "EnvSlot", "IterationInfo", "MAIRLConfig", "RolloutResult", "build_mairl",
-           "model_based_rollout_loss"]
+__all__ = ["MAIRL", "VARIANTS", "EnvSlot", "MAIRLConfig", "RolloutResult", "build_mairl", "model_based_rollout_loss"]
 
 VARIANTS = {"mairl": "airl", "mgail": "gail"}
 """The trainer's variants and the discriminator (:data:`mbirl.rewards.DISCRIMINATORS` name) each uses."""
@@ -229,23 +229,9 @@ class EnvSlot:
     episode_return: float = 0.0
 
 
-@dataclass
-class IterationInfo:
-    """Statistics of one training iteration (logged as scalars)."""
-
-    env_steps: int
-    policy_loss: float
-    policy_grad_norm: float
-    mean_reward: float
-    model_loss: float
-    disc_loss: float
-    expert_acc: float
-    agent_acc: float
-    episode_returns: list[float]
-
-
 class MAIRL:
-    """The MAIRL / MGAIL trainer on one gymnasium environment (:func:`build_mairl` builds one from a config).
+    """The MAIRL / MGAIL trainer on one gymnasium environment (:func:`build_mairl` builds one from a config); an
+    online :class:`mbirl.algorithms.learner.ImitationLearner`.
 
     Args:
         config: the hyper-parameters.
@@ -409,7 +395,7 @@ class MAIRL:
                 self._reset(slot)
         return float(res.loss.detach()), norm, res.mean_reward, finished
 
-    def iteration_step(self) -> IterationInfo:
+    def iteration_step(self) -> StepInfo:
         """One iteration: a policy block (one update, ``n_rollouts * horizon`` env steps), a model block and,
         every ``disc_every`` iterations, a discriminator block."""
         self.warmup()
@@ -422,7 +408,20 @@ class MAIRL:
         for part, module in (("policy", self.policy), ("model", self.model), ("discriminator", self.disc)):
             for name, p in module.named_parameters():
                 check_finite(p, f"{part} parameter '{name}'", self.iteration)
-        return IterationInfo(self.env_steps, loss, norm, mean_r, model_loss, d[0], d[1], d[2], finished)
+        scalars = {"losses/policy": loss, "losses/model": model_loss, "losses/discriminator": d[0],
+                   "charts/policy_grad_norm": norm, "charts/mean_reward": mean_r, "charts/disc_expert_acc": d[1],
+                   "charts/disc_agent_acc": d[2]}
+        return StepInfo(scalars, finished)
+
+    def finished(self, env_steps: int) -> bool:
+        """Training ends with the run's environment-step budget."""
+        return self.env_steps >= env_steps
+
+    def progress(self, env_steps: int) -> tuple[int, int]:
+        return self.env_steps, env_steps
+
+    def describe(self) -> dict[str, Any]:
+        return {"variant": self.config.variant, "dynamics": self.config.dynamics}
 
     # ----- evaluation ---------------------------------------------------------------------------------
     def _update_ema(self) -> None:
@@ -443,7 +442,7 @@ class MAIRL:
             a = self.eval_policy.act(torch.as_tensor(np.asarray(obs, np.float32))[None])[0]
         return int(a.argmax()) if self.discrete else a.numpy().astype(np.float32)
 
-    def evaluate(self, episodes: int = 10, *, seed: int = 1_000_000, render: bool = False) -> Any:
+    def evaluate(self, episodes: int = 10, *, seed: int = EVAL_SEED, render: bool = False) -> EpisodeResult:
         """Deterministic episodes on the true reward (fixed reset seeds, so evaluations are comparable)."""
         env = make_env(self.env_id, render_mode="rgb_array" if render else None)
         try:
@@ -459,7 +458,7 @@ class MAIRL:
             "disc": dict(self.disc.state_dict()), "opt_policy": self.opt_policy.state_dict(),
             "opt_model": self.opt_model.state_dict(), "opt_disc": self.opt_disc.state_dict(),
             "buffer": self.buffer.state_dict(), "generator": self.generator.get_state(),
-            "rng": _json_rng(dict(self.rng.bit_generator.state)), "env_steps": self.env_steps,
+            "rng": numpy_rng_state(self.rng), "env_steps": self.env_steps,
             "iteration": self.iteration, "episodes_started": self.episodes_started, "warmup_done": self.warmup_done,
             "envs": [{"seed": s.episode_seed, "return": s.episode_return, "obs": torch.as_tensor(s.obs),
                       "actions": torch.as_tensor(np.asarray(s.actions)) if s.actions else None}
@@ -481,7 +480,7 @@ class MAIRL:
         self.opt_disc.load_state_dict(state["opt_disc"])
         self.buffer.load_state_dict(state["buffer"])
         self.generator.set_state(state["generator"])
-        self.rng.bit_generator.state = _from_json_rng(state["rng"])
+        set_numpy_rng_state(self.rng, state["rng"])
         self.env_steps, self.iteration = int(state["env_steps"]), int(state["iteration"])
         self.episodes_started = int(state["episodes_started"])
         self.warmup_done = int(state["warmup_done"])
@@ -506,29 +505,9 @@ def build_mairl(config: MAIRLConfig, demos: DemoStats, *, seed: int) -> MAIRL:
     discriminator (in that order, so a seed always gives the same initial networks)."""
     import gymnasium as gym
 
-    env_id = demos.env_id
-    env = make_env(env_id)
-    space, obs_space = env.action_space, env.observation_space
-    env.close()
-    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        raise InputError(f"needs a flat Box observation space, got {obs_space}", field="env", source=env_id)
+    obs_space, space = check_demo_spaces(demos)
     obs_dim = int(obs_space.shape[0])
-    if demos.obs.shape[1] != obs_dim:
-        raise InputError(f"demos have observations of size {demos.obs.shape[1]}, {env_id} has {obs_dim}",
-                         field="obs")
-    if isinstance(space, gym.spaces.Discrete):
-        act_dim = int(space.n)
-        if demos.acts.dtype.kind not in "iu" or demos.acts.ndim != 1:
-            raise InputError("discrete environment needs integer demo actions", field="acts")
-        if demos.acts.min() < 0 or demos.acts.max() >= act_dim:
-            raise InputError(f"demo actions outside 0..{act_dim - 1}", field="acts")
-    elif isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
-        act_dim = int(space.shape[0])
-        if demos.acts.reshape(len(demos.acts), -1).shape[1] != act_dim:
-            raise InputError(f"demo actions have size {demos.acts.reshape(len(demos.acts), -1).shape[1]}, "
-                             f"{env_id} has {act_dim}", field="acts")
-    else:
-        raise InputError(f"unsupported action space {space}", field="env", source=env_id)
+    act_dim = int(space.n) if isinstance(space, gym.spaces.Discrete) else int(space.shape[0])
     torch.manual_seed(seed)
     policy: Policy
     if isinstance(space, gym.spaces.Discrete):
@@ -542,12 +521,3 @@ def build_mairl(config: MAIRLConfig, demos: DemoStats, *, seed: int) -> MAIRL:
                                hidden=config.disc_hidden, state_only=config.state_only)
     return MAIRL(config, demos, policy, model, disc, seed=seed)
 
-
-def _json_rng(state: dict[str, Any]) -> dict[str, Any]:
-    """numpy bit-generator state with its 128-bit integers as strings (JSON readers may not keep big ints)."""
-    inner = state["state"]
-    return {**state, "state": {k: str(v) for k, v in inner.items()}}
-
-
-def _from_json_rng(state: dict[str, Any]) -> dict[str, Any]:
-    return {**state, "state": {k: int(v) for k, v in state["state"].items()}}

@@ -1,12 +1,13 @@
-"""MAIRL / MGAIL on a gymnasium task as a run directory (:class:`mbirl.reporting.runs.RunDir`).
+"""MAIRL / MGAIL on a gymnasium task as a run directory (:class:`mbirl.reporting.runs.RunDir`), trained by the
+imitation harness (:mod:`mbirl.experiments.imitation`).
 
-A run directory holds ``config.json`` (a :class:`MAIRLRunConfig`, the trainer's hyper-parameters nested under
-``trainer``); ``metrics.jsonl`` + TensorBoard events (``tb/``), one row per iteration with the environment-step count
-as the step; ``checkpoints/last.json`` + its tensor file (networks, optimisers, replay buffer, RNG states and the
-environments' reset seeds and actions, so ``--resume`` continues exactly); and the final ``metrics.json`` (``eval`` =
-list of ``{env_steps, mean_return, normalized_return}``, ``final_normalized_return``). Everything is validated
-before anything is written. Runs written before the configuration was nested (flat ``config.json``) still resume
-and evaluate.
+A run directory of ``mbirl mairl train`` holds ``config.json`` (a :class:`MAIRLRunConfig`, the trainer's
+hyper-parameters nested under ``trainer``); ``metrics.jsonl`` + TensorBoard events (``tb/``), one row per iteration
+with the environment-step count as the step; ``checkpoints/last.json`` + its tensor file (networks, optimisers,
+replay buffer, RNG states and the environments' reset seeds and actions, so ``--resume`` continues exactly); and the
+final ``metrics.json`` (``eval`` = list of ``{env_steps, mean_return, normalized_return}``,
+``final_normalized_return``). Everything is validated before anything is written. Runs written before the
+configuration was nested (flat ``config.json``) still resume and evaluate.
 """
 
 from __future__ import annotations
@@ -16,17 +17,25 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 
-from mbirl.algorithms.mairl import MAIRL, MAIRLConfig, build_mairl
+from mbirl.algorithms.mairl import MAIRL, MAIRLConfig
 from mbirl.data.replay import ReplayBuffer
 from mbirl.dynamics.models import MODELS
 from mbirl.dynamics.training import fit_forward_model
 from mbirl.errors import InputError
-from mbirl.experts.demos import DemoStats, demo_stats, normalized_return
+from mbirl.experiments.imitation import (
+    BaseRunConfig,
+    ImitationRunConfig,
+    build_learner,
+    evaluate_imitation_run,
+    load_imitation_config,
+    train_learner,
+)
+from mbirl.experts.demos import DemoStats, demo_stats
 from mbirl.fileio import write_json_atomic
 from mbirl.reporting.checkpoint import load_checkpoint
 from mbirl.reporting.runs import RunDir, checkpoint_stem
@@ -37,39 +46,23 @@ __all__ = ["MAIRLRunConfig", "ModelComparisonConfig", "build_trainer", "compare_
 
 
 @dataclass(frozen=True)
-class MAIRLRunConfig:
-    """One MAIRL run: the trainer's hyper-parameters, the seed and the budget (validated on construction)."""
+class MAIRLRunConfig(BaseRunConfig):
+    """One MAIRL run: the run-level fields (:class:`~mbirl.experiments.imitation.BaseRunConfig`) and the trainer's
+    hyper-parameters (validated on construction). The layout of ``mbirl mairl train``'s run directories; the same
+    run as an :class:`~mbirl.experiments.imitation.ImitationRunConfig` is :meth:`to_imitation`."""
 
-    demos: str
-    """demonstration file written by ``mbirl expert demos`` (its metadata holds the env id and the expert's and
-    random policy's mean returns used for normalisation)"""
-    env: str = ""
-    """environment id; must match the demo file's (empty: take it from the file)"""
-    env_steps: int = 50_000
-    """training budget in environment steps (warm-up included, evaluation excluded)"""
-    seed: int = 0
-    """seeds the networks, the sampling generator, the replay sampling and the environment resets"""
-    eval_every: int = 5_000
-    """environment steps between deterministic evaluations on the true reward"""
-    eval_episodes: int = 10
-    """episodes per evaluation (fixed reset seeds)"""
-    checkpoint_every: int = 50
-    """iterations between checkpoints (one is also written at every evaluation and at the end)"""
     trainer: MAIRLConfig = field(default_factory=MAIRLConfig)
     """the trainer's hyper-parameters"""
 
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("env_steps", "eval_every", "eval_episodes", "checkpoint_every")
-    """What ``--resume`` may change: how long the run goes and how often it reports."""
-
     def __post_init__(self) -> None:
-        for name in ("env_steps", "eval_every", "eval_episodes", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise InputError(f"must be >= 1, got {getattr(self, name)}", field=name.replace("_", "-"))
-        if self.seed < 0:
-            raise InputError(f"must be >= 0, got {self.seed}", field="seed")
+        super().__post_init__()
         if self.trainer.warmup_steps >= self.env_steps:
             raise InputError(f"must be in [1, env_steps), got {self.trainer.warmup_steps}",
                              field="trainer.warmup_steps")
+
+    def to_imitation(self) -> ImitationRunConfig:
+        """The same run for the imitation harness (``algo`` is the trainer's variant)."""
+        return ImitationRunConfig(**self.base_fields(), algo=self.trainer.variant, mairl=self.trainer)
 
 
 def load_run_config(run_dir: str | Path) -> MAIRLRunConfig:
@@ -84,121 +77,27 @@ def load_run_config(run_dir: str | Path) -> MAIRLRunConfig:
 
 def build_trainer(cfg: MAIRLRunConfig, demos: DemoStats | None = None) -> tuple[MAIRL, DemoStats]:
     """The trainer of ``cfg`` (reads the demo file unless ``demos`` is given; writes nothing)."""
-    demos = demos if demos is not None else demo_stats(cfg.demos)
-    if cfg.env and cfg.env != demos.env_id:
-        raise InputError(f"demos are for '{demos.env_id}', not '{cfg.env}'", source=cfg.demos, field="env")
-    return build_mairl(cfg.trainer, demos, seed=cfg.seed), demos
+    trainer, demos = build_learner(cfg.to_imitation(), demos)
+    assert isinstance(trainer, MAIRL)
+    return trainer, demos
 
 
 def run_mairl(cfg: MAIRLRunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True
               ) -> dict[str, Any]:
-    """Train (or resume) one run; writes everything into ``run_dir`` and returns the final metrics."""
-    run = RunDir(run_dir, cfg, resume=resume)
-    trainer, demos = build_trainer(cfg)
-    evals: list[dict[str, float]] = []
-    seconds = 0.0
-    if run.state is not None:
-        trainer.load_state_dict(run.state["trainer"])
-        evals = [{k: float(v) for k, v in e.items()} for e in run.state["evals"]]
-        seconds = float(run.state["seconds"])
-    run.start()
-
-    def save() -> None:
-        run.save({"trainer": trainer.state_dict(), "evals": evals, "seconds": seconds})
-
-    def evaluate() -> dict[str, float]:
-        ret = trainer.evaluate(cfg.eval_episodes).mean_return
-        row = {"env_steps": float(trainer.env_steps), "mean_return": ret,
-               "normalized_return": normalized_return(ret, demos.expert_return, demos.random_return)}
-        evals.append(row)
-        return row
-
-    def info() -> str:
-        return f"env steps  norm. return {evals[-1]['normalized_return']:.2f}"
-
-    threads = torch.get_num_threads()
-    label = f"{cfg.trainer.variant}/{cfg.trainer.dynamics} {demos.env_id} seed {cfg.seed}"
-    with run.logger(resume_from_step=trainer.env_steps + 1 if run.resumed else None) as log:
-        if not evals:
-            row = evaluate()
-            log.log(0, **{"charts/eval_return": row["mean_return"],
-                          "charts/eval_normalized_return": row["normalized_return"]})
-            save()
-        with run.progress(label, cfg.env_steps, trainer.env_steps, enabled=progress, info=info()) as update:
-            next_eval = (int(evals[-1]["env_steps"]) // cfg.eval_every + 1) * cfg.eval_every
-            while trainer.env_steps < cfg.env_steps:
-                t0 = time.perf_counter()
-                it = trainer.iteration_step()
-                seconds += time.perf_counter() - t0
-                scalars = {"losses/policy": it.policy_loss, "losses/model": it.model_loss,
-                           "losses/discriminator": it.disc_loss, "charts/policy_grad_norm": it.policy_grad_norm,
-                           "charts/mean_reward": it.mean_reward, "charts/disc_expert_acc": it.expert_acc,
-                           "charts/disc_agent_acc": it.agent_acc, "charts/iteration": trainer.iteration,
-                           "charts/seconds": seconds}
-                if it.episode_returns:
-                    scalars["charts/episode_return"] = float(np.mean(it.episode_returns))
-                evaluated = trainer.env_steps >= next_eval or trainer.env_steps >= cfg.env_steps
-                if evaluated:
-                    row = evaluate()
-                    next_eval = (trainer.env_steps // cfg.eval_every + 1) * cfg.eval_every
-                    scalars["charts/eval_return"] = row["mean_return"]
-                    scalars["charts/eval_normalized_return"] = row["normalized_return"]
-                log.log(trainer.env_steps, **scalars)
-                if evaluated or trainer.iteration % cfg.checkpoint_every == 0:
-                    save()
-                update(completed=min(trainer.env_steps, cfg.env_steps), info=info())
-    if evals[-1]["env_steps"] < trainer.env_steps:  # resumed with a budget already reached
-        evaluate()
-        save()
-    metrics = {
-        "env_id": demos.env_id, "variant": cfg.trainer.variant, "dynamics": cfg.trainer.dynamics, "seed": cfg.seed,
-        "eval": [{"env_steps": int(e["env_steps"]), "mean_return": e["mean_return"],
-                  "normalized_return": e["normalized_return"]} for e in evals],
-        "final_mean_return": evals[-1]["mean_return"],
-        "final_normalized_return": evals[-1]["normalized_return"],
-        "best_normalized_return": max(e["normalized_return"] for e in evals),
-        "expert_return": demos.expert_return, "random_return": demos.random_return,
-        "env_steps": trainer.env_steps, "iterations": trainer.iteration, "train_seconds": seconds,
-        "seconds_per_1k_env_steps": 1000 * seconds / max(trainer.env_steps, 1), "torch_threads": threads,
-    }
-    run.finish(metrics)
-    return metrics
+    """Train (or resume) one run; writes everything into ``run_dir`` (``config.json`` in the
+    :class:`MAIRLRunConfig` layout) and returns the final metrics. The loop is the imitation harness's
+    (:func:`mbirl.experiments.imitation.train_learner`)."""
+    return train_learner(RunDir(run_dir, cfg, resume=resume), cfg.to_imitation(), progress=progress)
 
 
-def evaluate_run(run_dir: str | Path, episodes: int = 10, *, video: str | Path | None = None, seed: int = 2_000_000
-                 ) -> dict[str, Any]:
-    """Deterministic episodes of a run's last checkpointed policy; optionally an ``.mp4`` of the first episodes.
-
-    Episode ``i`` resets with seed ``seed + i``; the default keeps clear of training's evaluations (1,000,000+).
-    """
-    if episodes < 1:
-        raise InputError(f"must be >= 1, got {episodes}", field="episodes")
-    if seed < 0:
-        raise InputError(f"must be >= 0, got {seed}", field="seed")
-    if video is not None and Path(video).suffix != ".mp4":
-        raise InputError(f"video must end in .mp4, got '{video}'", field="video")
-    trainer, demos = build_trainer(load_run_config(run_dir))
-    state = load_checkpoint(checkpoint_stem(run_dir))
-    trainer.load_policy(state["trainer"])
-    result = trainer.evaluate(episodes, seed=seed)
-    out: dict[str, Any] = {
-        "env_id": demos.env_id, "episodes": episodes, "seed": seed, "returns": result.returns.tolist(),
-        "mean_return": result.mean_return,
-        "normalized_return": normalized_return(result.mean_return, demos.expert_return, demos.random_return),
-        "env_steps_trained": int(state["trainer"]["env_steps"]),
-    }
-    if video is not None:
-        from mbirl.experts.rollout import record_video
-
-        out["video"] = str(record_video(trainer.act_deterministic, demos.env_id, video, seed=seed))
-    if not math.isfinite(out["mean_return"]):
-        raise InputError("evaluation produced a non-finite return", source=str(run_dir))
-    return out
+evaluate_run = evaluate_imitation_run
+"""Deterministic episodes of a run's last checkpointed policy (the harness's
+:func:`~mbirl.experiments.imitation.evaluate_imitation_run`: any imitation run directory)."""
 
 
 def plot_return_curves(run_dirs: list[Path], out: str | Path, *, title: str = "MAIRL learning curves") -> Path:
-    """Normalised return vs environment steps of MAIRL runs (their ``metrics.json``), one panel per environment,
-    one line per run."""
+    """Normalised return vs environment steps of imitation runs (their ``metrics.json``), one panel per
+    environment, one line per run (learners that take no environment steps, e.g. BC, as a horizontal line)."""
     import matplotlib.pyplot as plt
 
     from mbirl.reporting.plots import save_figure
@@ -210,17 +109,21 @@ def plot_return_curves(run_dirs: list[Path], out: str | Path, *, title: str = "M
             raise InputError("no metrics.json (has the run finished?)", source=str(d))
         m = read_json(path, what="metrics file")
         try:
-            runs.setdefault(m["env_id"], []).append((f"{m['variant']}/{m['dynamics']} s{m['seed']}", m))
+            name = f"{m['variant']}/{m['dynamics']}" if "variant" in m else m["algo"]
+            runs.setdefault(m["env_id"], []).append((f"{name} s{m['seed']}", m))
         except (KeyError, TypeError) as exc:
-            raise InputError(f"not a MAIRL metrics file ({exc})", source=str(path)) from None
+            raise InputError(f"not an imitation metrics file ({exc})", source=str(path)) from None
     if not runs:
         raise InputError("no run directories given", field="run_dirs")
     fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.8), squeeze=False)
     for ax, (env_id, items) in zip(axes[0], sorted(runs.items()), strict=True):
-        for label, m in items:
+        for k, (label, m) in enumerate(items):
+            if m["env_steps"] == 0:  # took no environment steps (BC): its final return as a level
+                ax.axhline(m["final_normalized_return"], color=f"C{k % 10}", lw=1.2, ls="-.", label=label)
+                continue
             xs = [e["env_steps"] for e in m["eval"]]
             ys = [e["normalized_return"] for e in m["eval"]]
-            ax.plot(xs, ys, marker=".", label=label)
+            ax.plot(xs, ys, marker=".", color=f"C{k % 10}", label=label)
         ax.axhline(1.0, color="k", lw=0.8, ls="--")
         ax.axhline(0.9, color="g", lw=0.8, ls=":")
         ax.set_title(env_id)
@@ -300,7 +203,12 @@ def compare_models(cfg: ModelComparisonConfig, out: str | Path) -> dict[str, Any
     env = make_env(env_id)
     trajs = _collect_episodes(env_id, random_policy(env, seed), cfg.steps // 2, seed)
     if cfg.run_dir is not None:
-        trainer, _ = build_trainer(load_run_config(cfg.run_dir), demos)
+        run_cfg = load_imitation_config(cfg.run_dir)
+        learner, _ = build_learner(run_cfg, demos)
+        if not isinstance(learner, MAIRL):
+            raise InputError(f"needs a MAIRL or MGAIL run, got algo '{run_cfg.algo}'", source=str(cfg.run_dir),
+                             field="run_dir")
+        trainer = learner
         trainer.load_policy(load_checkpoint(checkpoint_stem(cfg.run_dir))["trainer"])
         gen = torch.Generator().manual_seed(seed)
 

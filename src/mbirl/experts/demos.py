@@ -13,7 +13,7 @@ from mbirl.experts.policy import ExpertPolicy
 from mbirl.experts.rollout import make_env, random_policy, run_episodes
 from mbirl.types import Trajectory
 
-__all__ = ["DemoStats", "demo_stats", "generate_expert_demos", "normalized_return"]
+__all__ = ["DemoStats", "check_demo_spaces", "demo_stats", "generate_expert_demos", "normalized_return"]
 
 RANDOM_EPISODES = 50
 
@@ -82,3 +82,35 @@ def demo_stats(path: str | Path) -> DemoStats:
 def normalized_return(ret: float, expert: float, random: float) -> float:
     """``(ret - random) / (expert - random)``: 0 is the random policy, 1 the expert."""
     return (ret - random) / (expert - random)
+
+
+def check_demo_spaces(demos: DemoStats) -> tuple[Any, Any]:
+    """The observation and action spaces of the demonstrations' environment, after checking that the
+    demonstrations fit them: a flat Box observation space, and a Discrete action space (integer demo actions in
+    range) or a flat Box one (demo actions of its size)."""
+    import gymnasium as gym
+
+    env_id = demos.env_id
+    env = make_env(env_id)
+    space, obs_space = env.action_space, env.observation_space
+    env.close()
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        raise InputError(f"needs a flat Box observation space, got {obs_space}", field="env", source=env_id)
+    obs_dim = int(obs_space.shape[0])
+    if demos.obs.shape[1] != obs_dim:
+        raise InputError(f"demos have observations of size {demos.obs.shape[1]}, {env_id} has {obs_dim}",
+                         field="obs")
+    if isinstance(space, gym.spaces.Discrete):
+        act_dim = int(space.n)
+        if demos.acts.dtype.kind not in "iu" or demos.acts.ndim != 1:
+            raise InputError("discrete environment needs integer demo actions", field="acts")
+        if demos.acts.min() < 0 or demos.acts.max() >= act_dim:
+            raise InputError(f"demo actions outside 0..{act_dim - 1}", field="acts")
+    elif isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
+        act_dim = int(space.shape[0])
+        if demos.acts.reshape(len(demos.acts), -1).shape[1] != act_dim:
+            raise InputError(f"demo actions have size {demos.acts.reshape(len(demos.acts), -1).shape[1]}, "
+                             f"{env_id} has {act_dim}", field="acts")
+    else:
+        raise InputError(f"unsupported action space {space}", field="env", source=env_id)
+    return obs_space, space
