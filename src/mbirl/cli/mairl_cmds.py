@@ -135,13 +135,13 @@ def mairl_train(
 
 @mairl_app.command("eval")
 def mairl_eval(
-    run_dir: Annotated[Path, typer.Option(help="run directory of `mbirl mairl train`")],
+    run_dir: Annotated[Path, typer.Option(help="run directory of `mbirl mairl train` or `mbirl il train`")],
     episodes: Annotated[int, typer.Option(help="deterministic episodes")] = 10,
     video: Annotated[Path | None, typer.Option(help="write an .mp4 of one episode")] = None,
     seed: Annotated[int, typer.Option(
         help="reset seed of the first episode (then seed+1, ...); training's evaluations use 1000000+")] = 2_000_000,
 ) -> None:
-    """Evaluate a run's policy on the true reward (and optionally record a video)."""
+    """Evaluate a run's policy on the true reward (and optionally record a video); any imitation algorithm's."""
     from mbirl.experiments.mairl_run import evaluate_run
 
     out = evaluate_run(run_dir, episodes, video=video, seed=seed)
