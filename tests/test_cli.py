@@ -14,6 +14,7 @@ import torch
 
 from mbirl.data import load_keypoint_demos
 from mbirl.data.demos import KEYPOINT_FORMAT
+from mbirl.experiments import METHODS
 
 METRIC_KEYS = ("irl_loss_train", "irl_loss_test", "final_test_irl_loss", "test_relative_goal_distance",
                "seconds_per_outer_iter")
@@ -337,3 +338,19 @@ def test_train_accepts_original_pt(tmp_path, demos_npz, first_run):
     assert npz_metrics, "the .npz training run did not produce metrics"
     np.testing.assert_allclose(metrics["irl_loss_test"], npz_metrics["irl_loss_test"], rtol=1e-3)
     np.testing.assert_allclose(metrics["irl_loss_train"], npz_metrics["irl_loss_train"], rtol=1e-3)
+
+
+def test_quickstart_takes_a_config_and_refuses_demos_in_it(tmp_path):
+    (tmp_path / "q.yaml").write_text("outer_iters: 2\ntrainer:\n  inner_steps: 2\n  inner_lr: 0.0005\n")
+    result = run_cli(tmp_path, "quickstart", "--run-dir", "qs", "--config", "q.yaml", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((tmp_path / "qs" / "config.json").read_text())
+    assert saved["run"]["outer_iters"] == 2 and saved["run"]["trainer"]["inner_steps"] == 2
+    assert saved["run"]["trainer"]["inner_lr"] == 0.0005 and saved["methods"] == list(METHODS)
+    metrics = json.loads((tmp_path / "qs" / "neural" / "metrics.json").read_text())
+    assert len(metrics["irl_loss_train"]) == 3  # before training + two outer iterations
+
+    (tmp_path / "d.yaml").write_text("demos: other.npz\n")
+    result = run_cli(tmp_path, "quickstart", "--run-dir", "qs2", "--config", "d.yaml", "--no-progress")
+    assert_one_line_error(result, "d.yaml", "makes its own demonstrations")
+    assert not (tmp_path / "qs2").exists()

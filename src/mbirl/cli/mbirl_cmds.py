@@ -143,26 +143,34 @@ def compare(
 
 
 def quickstart(
+    ctx: typer.Context,
     run_dir: RunDirOpt = Path("runs/quickstart"),
     seed: SeedOpt = MBIRLRunConfig.seed,
     outer_iters: OuterOpt = MBIRLRunConfig.outer_iters,
     progress: ProgressOpt = True,
+    config: ConfigOpt = None,
 ) -> None:
     """Placing demos + every cost and baseline with the original settings (3 train / 2 test, K=1)."""
     from mbirl.data.demos import save_keypoint_demos
-    from mbirl.envs.kuka import generate_demos, robot_from_options
+    from mbirl.envs.kuka import DEMO_COUNT, DEMO_TASK, generate_demos, robot_from_options
     from mbirl.experiments.kuka_irl import METHODS, run_compare
     from mbirl.reporting.plots import plot_demos
 
-    if outer_iters < 1:
-        raise InputError(f"must be >= 1, got {outer_iters}", field="outer_iters")
-    robot = robot_from_options(MBIRLRunConfig.robot)
     demo_path = run_dir / "demos_placing.npz"
-    trajs = generate_demos("placing", 6, seed=seed, robot=robot)
-    save_keypoint_demos(demo_path, trajs, {"task": "placing", "seed": seed, "robot": robot.describe(),
-                                           "command": f"mbirl kuka demos --task placing --n 6 --seed {seed}"})
-    plot_demos(trajs, run_dir / "demos_placing.png", title=f"placing: 6 demonstrations (seed {seed})")
-    cfg = MBIRLRunConfig(demos=str(demo_path), outer_iters=outer_iters, seed=seed)
+    cfg = build_config(ctx, MBIRLRunConfig, {"demos": str(demo_path), "seed": seed, "outer_iters": outer_iters},
+                       config)
+    if cfg.demos != str(demo_path):
+        raise InputError("the quickstart makes its own demonstrations; use `mbirl mbirl compare --demos` for a file",
+                         source=str(config), field="demos")
+    if cfg.outer_iters < 1:
+        raise InputError(f"must be >= 1, got {cfg.outer_iters}", field="outer_iters")
+    robot = robot_from_options(cfg.robot, cfg.urdf, cfg.keypoint_links)
+    trajs = generate_demos(DEMO_TASK, DEMO_COUNT, seed=cfg.seed, robot=robot)
+    save_keypoint_demos(demo_path, trajs, {"task": DEMO_TASK, "seed": cfg.seed, "robot": robot.describe(),
+                                           "command": f"mbirl kuka demos --task {DEMO_TASK} --n {DEMO_COUNT} "
+                                                      f"--seed {cfg.seed}"})
+    plot_demos(trajs, run_dir / "demos_placing.png",
+               title=f"{DEMO_TASK}: {DEMO_COUNT} demonstrations (seed {cfg.seed})")
     out = run_compare(cfg, list(METHODS), run_dir, resume=True, progress=progress)
     typer.echo(out["table"])
     typer.echo(f"figures: {run_dir}/learning_curves.png, predictions.png, weights.png; table: {run_dir}/summary.md")
