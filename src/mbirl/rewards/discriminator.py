@@ -112,17 +112,20 @@ class AIRLDiscriminator(Discriminator):
 
     Args:
         gamma: discount of the shaping term.
-        hidden: hidden widths of ``g`` and ``h`` (the original uses [200, 100]).
+        hidden: hidden widths of ``h`` and, unless ``reward_hidden`` is given, of ``g`` (the original uses
+            [200, 100]).
         state_only: ``g(s)`` instead of ``g(s, a)`` (the reward that transfers to changed dynamics).
+        reward_hidden: hidden widths of ``g`` when they differ from ``h``'s (None: ``hidden``).
     """
 
     def __init__(self, obs_dim: int, act_dim: int, *, gamma: float, hidden: Sequence[int],
-                 state_only: bool = False) -> None:
+                 state_only: bool = False, reward_hidden: Sequence[int] | None = None) -> None:
         super().__init__(obs_dim, act_dim)
         if not 0.0 < gamma <= 1.0:
             raise InputError(f"gamma must be in (0, 1], got {gamma}", field="gamma")
         self.gamma, self.state_only = gamma, state_only
-        self.g_net = mlp([obs_dim + (0 if state_only else act_dim), *hidden, 1])
+        g_hidden = hidden if reward_hidden is None else reward_hidden
+        self.g_net = mlp([obs_dim + (0 if state_only else act_dim), *g_hidden, 1])
         self.h_net = mlp([obs_dim, *hidden, 1])
 
     def g(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
