@@ -206,3 +206,15 @@ def test_cli_il_train_dac_end_to_end(tmp_path, capsys):
     assert out["algo"] == "dac" and out["env_steps_trained"] == 200
     assert _cli("il", "train", "--algo", "dac", "--demos", CARTPOLE, "--run-dir", str(tmp_path / "c")) == 2
     assert "DAC needs continuous actions" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_dac_learns_pendulum_in_3000_steps(tmp_path):
+    """Measured with seed 0: 0.21 before training, 0.99 after 3000 environment steps (500 random, then one
+    discriminator and one SAC update per step) with 64-unit networks and batches of 64 (~25-70 s on 2 busy cores;
+    the default 256-unit networks reach 0.99 at 5000 steps)."""
+    dac = DACConfig(net_arch=(64, 64), disc_hidden=(64, 64), batch_size=64, learning_starts=500)
+    cfg = ImitationRunConfig(demos=PENDULUM, algo="dac", seed=0, env_steps=3000, eval_every=3000, eval_episodes=5,
+                             dac=dac)
+    m = run_imitation(cfg, tmp_path / "r", progress=False)
+    assert m["eval"][0]["normalized_return"] < 0.3 and m["final_normalized_return"] >= 0.8, m["eval"]
