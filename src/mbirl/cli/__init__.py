@@ -1,7 +1,7 @@
 """The ``mbirl`` command line (Typer): the only place options and config files are parsed.
 
-Sub-apps live beside this module, one per family of commands (``kuka``, ``mbirl``, ``mairl``, ``il``, ...); errors
-in user input become a one-line message on stderr and exit code 2, never a traceback.
+Sub-apps live beside this module, one per family of commands (``kuka``, ``mbirl``, ``mairl``, ``il``, ``bench``,
+...); errors in user input become a one-line message on stderr and exit code 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from mbirl.cli.bench_cmds import bench_app
 from mbirl.cli.il_cmds import il_app
 from mbirl.cli.kuka import kuka_app
 from mbirl.cli.mairl_cmds import expert_app, mairl_app
@@ -45,6 +46,7 @@ app.add_typer(expert_app, name="expert")
 app.add_typer(mairl_app, name="mairl")
 app.add_typer(il_app, name="il")
 app.add_typer(visual_app, name="visual")
+app.add_typer(bench_app, name="bench")
 app.command("quickstart")(quickstart)
 
 
