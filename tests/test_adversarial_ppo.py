@@ -65,6 +65,11 @@ def test_presets_and_config():
                 {"disc_hidden": (0,)}, {"disc_updates": -1}, {"reward_norm": "centre"}):
         with pytest.raises(InputError):
             AdversarialPPOConfig(**bad)
+    # discriminator updates: imitation's 4 per round, or its rate of one per 512 steps on longer rollouts
+    pendulum = build_adversarial_ppo(AdversarialPPOConfig(), demo_stats(PENDULUM), discriminator="gail", seed=0)
+    assert (pendulum.rollout_size, pendulum.disc_updates, pendulum.demo_batch_size) == (4096, 8, 4096)
+    cartpole = build_adversarial_ppo(AdversarialPPOConfig(), demo_stats(CARTPOLE), discriminator="gail", seed=0)
+    assert (cartpole.rollout_size, cartpole.disc_updates) == (256, 4)
     with pytest.raises(InputError, match="state-only"):
         build_adversarial_ppo(AdversarialPPOConfig(state_only=True), demo_stats(PENDULUM), discriminator="gail",
                               seed=0)
@@ -141,7 +146,8 @@ def test_run_logs_the_harness_schema(tmp_path):
     m = run_imitation(cfg, tmp_path / "r", progress=False)
     assert json.loads((tmp_path / "r" / "metrics.json").read_text()) == m
     assert m["algo"] == "gail" and m["discriminator"] == "gail" and m["generator"] == "ppo"
-    assert m["rollout_steps"] == 96 and m["demo_batch_size"] == 64 and m["ppo"]["preset"] == "CartPole-v1"
+    assert (m["rollout_steps"], m["demo_batch_size"], m["disc_updates"]) == (96, 64, 2)
+    assert m["ppo"]["preset"] == "CartPole-v1"
     # the hyper-parameters the generator ran with: set fields, the preset's others, SB3's defaults for the rest
     assert (m["ppo"]["n_steps"], m["ppo"]["gamma"], m["ppo"]["vf_coef"], m["ppo"]["learning_rate"]) == \
         (48, 0.98, 0.5, 1e-3)
