@@ -1,4 +1,5 @@
-"""``mbirl il train|eval``: any imitation algorithm (MAIRL, MGAIL, behaviour cloning) through one harness.
+"""``mbirl il train|eval``: any imitation algorithm (MAIRL, MGAIL, GAIL, AIRL, DAC, behaviour cloning)
+through one harness.
 
 ``--config FILE.yaml`` sets any field of :class:`mbirl.experiments.imitation.ImitationRunConfig`, each algorithm
 family's hyper-parameters nested under its name (``mairl: {horizon: 10}``, ``bc: {patience: 10}``); options given on

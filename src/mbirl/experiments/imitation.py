@@ -33,7 +33,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from mbirl.algorithms.adversarial_ppo import AdversarialPPOConfig, build_adversarial_ppo
 from mbirl.algorithms.bc import BCConfig, build_bc
+from mbirl.algorithms.dac import DACConfig, build_dac
 from mbirl.algorithms.learner import ImitationLearner
 from mbirl.algorithms.mairl import VARIANTS, MAIRLConfig, build_mairl
 from mbirl.errors import InputError
@@ -64,6 +66,17 @@ def _mairl(*, cfg: ImitationRunConfig, demos: DemoStats) -> ImitationLearner:
 @ALGORITHMS.register("bc")
 def _bc(*, cfg: ImitationRunConfig, demos: DemoStats) -> ImitationLearner:
     return build_bc(cfg.bc, demos, seed=cfg.seed)
+
+
+@ALGORITHMS.register("dac")
+def _dac(*, cfg: ImitationRunConfig, demos: DemoStats) -> ImitationLearner:
+    return build_dac(cfg.dac, demos, seed=cfg.seed)
+
+
+@ALGORITHMS.register("airl")
+@ALGORITHMS.register("gail")
+def _adversarial_ppo(*, cfg: ImitationRunConfig, demos: DemoStats) -> ImitationLearner:
+    return build_adversarial_ppo(cfg.ppo, demos, discriminator=cfg.algo, seed=cfg.seed)
 
 
 @dataclass(frozen=True)
@@ -110,11 +123,17 @@ class ImitationRunConfig(BaseRunConfig):
 
     algo: str = "mairl"
     """the algorithm (:data:`ALGORITHMS` name): ``mairl``, ``mgail`` (the MAIRL trainer with the GAIL
-    discriminator) or ``bc`` (behaviour cloning)"""
+    discriminator), ``bc`` (behaviour cloning), ``gail`` / ``airl`` (SB3 PPO generator) or ``dac``
+    (Discriminator-Actor-Critic: SB3 SAC networks, absorbing states)"""
     mairl: MAIRLConfig = field(default_factory=MAIRLConfig)
     """hyper-parameters of ``mairl`` and ``mgail``; their ``variant`` follows ``algo`` (leave it out)"""
     bc: BCConfig = field(default_factory=BCConfig)
     """hyper-parameters of ``bc``"""
+    ppo: AdversarialPPOConfig = field(default_factory=AdversarialPPOConfig)
+    """hyper-parameters of ``gail`` and ``airl`` (their discriminator and PPO generator; unset PPO fields take the
+    environment's preset)"""
+    dac: DACConfig = field(default_factory=DACConfig)
+    """hyper-parameters of ``dac`` (Discriminator-Actor-Critic: SAC generator, absorbing states)"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
