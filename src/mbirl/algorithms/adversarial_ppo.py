@@ -61,10 +61,10 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, VecNormalize
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
-from mbirl.algorithms.learner import EVAL_SEED, StepInfo, numpy_rng_state, set_numpy_rng_state
+from mbirl.algorithms.learner import EVAL_SEED, StepInfo, evaluate_policy, numpy_rng_state, set_numpy_rng_state
 from mbirl.errors import InputError, check_finite
 from mbirl.experts.demos import DemoStats, check_demo_spaces
-from mbirl.experts.rollout import EpisodeResult, make_env, run_episodes
+from mbirl.experts.rollout import EpisodeResult, make_env
 from mbirl.experts.train import EXPERT_PRESETS, HOPPER_PPO, ExpertPreset
 from mbirl.rewards.discriminator import DISCRIMINATORS, AIRLDiscriminator, Discriminator
 from mbirl.types import TransitionBatch
@@ -616,11 +616,7 @@ class AdversarialPPO:
 
     def evaluate(self, episodes: int = 10, *, seed: int = EVAL_SEED) -> EpisodeResult:
         """Deterministic episodes on the true reward (fixed reset seeds, so evaluations are comparable)."""
-        env = make_env(self.env_id)
-        try:
-            return run_episodes(env, self.act_deterministic, episodes, seed=seed)
-        finally:
-            env.close()
+        return evaluate_policy(self.act_deterministic, self.env_id, episodes, seed=seed)
 
     # ----- state ----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from mbirl.algorithms.learner import EVAL_SEED, StepInfo, numpy_rng_state, set_numpy_rng_state
+from mbirl.algorithms.learner import EVAL_SEED, StepInfo, evaluate_policy, numpy_rng_state, set_numpy_rng_state
 from mbirl.errors import InputError, check_finite
 from mbirl.experts.demos import DemoStats, check_demo_spaces
-from mbirl.experts.rollout import EpisodeResult, make_env, run_episodes
+from mbirl.experts.rollout import EpisodeResult
 
 __all__ = ["BC", "BCConfig", "BCPolicy", "build_bc"]
 
@@ -287,11 +287,7 @@ class BC:
 
     def evaluate(self, episodes: int = 10, *, seed: int = EVAL_SEED) -> EpisodeResult:
         """Deterministic episodes of the kept policy on the true reward (fixed reset seeds)."""
-        env = make_env(self.env_id)
-        try:
-            return run_episodes(env, self.act_deterministic, episodes, seed=seed)
-        finally:
-            env.close()
+        return evaluate_policy(self.act_deterministic, self.env_id, episodes, seed=seed)
 
     # ----- state --------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -41,12 +41,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mbirl.algorithms.learner import EVAL_SEED, StepInfo, numpy_rng_state, set_numpy_rng_state
+from mbirl.algorithms.learner import EVAL_SEED, StepInfo, evaluate_policy, numpy_rng_state, set_numpy_rng_state
 from mbirl.algorithms.mairl import EnvSlot
 from mbirl.data.replay import ReplayBuffer
 from mbirl.errors import InputError, check_finite
 from mbirl.experts.demos import DemoStats, check_demo_spaces
-from mbirl.experts.rollout import EpisodeResult, make_env, run_episodes
+from mbirl.experts.rollout import EpisodeResult, make_env
 from mbirl.rewards.discriminator import DISCRIMINATORS, Discriminator
 from mbirl.types import TransitionBatch
 
@@ -539,11 +539,7 @@ class DAC:
 
     def evaluate(self, episodes: int = 10, *, seed: int = EVAL_SEED) -> EpisodeResult:
         """Deterministic episodes (the actor's squashed mean) on the true reward, reset seeds ``seed + i``."""
-        env = make_env(self.env_id)
-        try:
-            return run_episodes(env, self.act_deterministic, episodes, seed=seed)
-        finally:
-            env.close()
+        return evaluate_policy(self.act_deterministic, self.env_id, episodes, seed=seed)
 
     # ----- state --------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -8,14 +8,15 @@ buffers, RNG states, environment states) so that loading a checkpoint continues 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-from mbirl.experts.rollout import EpisodeResult
+from mbirl.experts.rollout import EpisodeResult, make_env, run_episodes
 
-__all__ = ["EVAL_SEED", "ImitationLearner", "StepInfo", "numpy_rng_state", "set_numpy_rng_state"]
+__all__ = ["EVAL_SEED", "ImitationLearner", "StepInfo", "evaluate_policy", "numpy_rng_state", "set_numpy_rng_state"]
 
 EVAL_SEED = 1_000_000
 """Reset seed of the first evaluation episode during training (episode ``i`` resets with ``EVAL_SEED + i``): every
@@ -95,3 +96,14 @@ def numpy_rng_state(rng: np.random.Generator) -> dict[str, Any]:
 def set_numpy_rng_state(rng: np.random.Generator, state: dict[str, Any]) -> None:
     """Restore what :func:`numpy_rng_state` captured."""
     rng.bit_generator.state = {**state, "state": {k: int(v) for k, v in state["state"].items()}}
+
+
+def evaluate_policy(act: Callable[[np.ndarray], Any], env_id: str, episodes: int, *, seed: int = EVAL_SEED,
+                    render: bool = False) -> EpisodeResult:
+    """The evaluation protocol every imitation learner shares: ``episodes`` deterministic episodes of ``act`` on
+    the true reward in a fresh environment, reset seeds ``seed + i`` (so evaluations are comparable)."""
+    env = make_env(env_id, render_mode="rgb_array" if render else None)
+    try:
+        return run_episodes(env, act, episodes, seed=seed, render=render)
+    finally:
+        env.close()

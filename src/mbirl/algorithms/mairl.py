@@ -31,14 +31,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from mbirl.algorithms.learner import EVAL_SEED, StepInfo, numpy_rng_state, set_numpy_rng_state
+from mbirl.algorithms.learner import EVAL_SEED, StepInfo, evaluate_policy, numpy_rng_state, set_numpy_rng_state
 from mbirl.algorithms.policies import GaussianPolicy, GumbelPolicy, Policy
 from mbirl.data.replay import ReplayBuffer
 from mbirl.dynamics.models import MODELS, ForwardModel
 from mbirl.dynamics.training import fit_forward_model
 from mbirl.errors import InputError, check_finite
 from mbirl.experts.demos import DemoStats, check_demo_spaces
-from mbirl.experts.rollout import EpisodeResult, make_env, run_episodes
+from mbirl.experts.rollout import EpisodeResult, make_env
 from mbirl.rewards.discriminator import DISCRIMINATORS, Discriminator
 from mbirl.types import TransitionBatch
 
@@ -444,11 +444,7 @@ class MAIRL:
 
     def evaluate(self, episodes: int = 10, *, seed: int = EVAL_SEED, render: bool = False) -> EpisodeResult:
         """Deterministic episodes on the true reward (fixed reset seeds, so evaluations are comparable)."""
-        env = make_env(self.env_id, render_mode="rgb_array" if render else None)
-        try:
-            return run_episodes(env, self.act_deterministic, episodes, seed=seed, render=render)
-        finally:
-            env.close()
+        return evaluate_policy(self.act_deterministic, self.env_id, episodes, seed=seed, render=render)
 
     # ----- state --------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
