@@ -66,7 +66,7 @@ from mbirl.errors import InputError, check_finite
 from mbirl.experts.demos import DemoStats, check_demo_spaces
 from mbirl.experts.rollout import EpisodeResult, make_env
 from mbirl.experts.train import EXPERT_PRESETS, HOPPER_PPO, ExpertPreset
-from mbirl.rewards.discriminator import DISCRIMINATORS, AIRLDiscriminator, Discriminator
+from mbirl.rewards.discriminator import DISCRIMINATORS, AIRLDiscriminator, Discriminator, mean_update_stats
 from mbirl.types import TransitionBatch
 
 __all__ = ["DEFAULT_PPO", "DISCRIMINATOR_NAMES", "PPO_PRESETS", "AdversarialPPO", "AdversarialPPOConfig",
@@ -557,16 +557,8 @@ class AdversarialPPO:
             expert = self.transitions(self.demos.obs[e], self.demos.acts[e], self.demos.next_obs[e],
                                       self.demos.dones[e])
             agent = self.transitions(rollout.obs[a], rollout.act[a], rollout.next_obs[a], rollout.done[a])
-            loss, stats = self.disc.loss(expert, agent, 1.0)
-            check_finite(loss, "discriminator loss", self.iteration + 1)
-            self.opt_disc.zero_grad()
-            loss.backward()
-            self.opt_disc.step()
-            out.append((float(loss.detach()), stats["expert_acc"], stats["agent_acc"]))
-        if not out:
-            return float("nan"), float("nan"), float("nan")
-        arr = np.asarray(out)
-        return float(arr[:, 0].mean()), float(arr[:, 1].mean()), float(arr[:, 2].mean())
+            out.append(self.disc.update(self.opt_disc, expert, agent, 1.0, iteration=self.iteration + 1))
+        return mean_update_stats(out)
 
     def iteration_step(self) -> StepInfo:
         """One round: a rollout on the current discriminator's reward, a PPO update, the discriminator updates."""

@@ -39,7 +39,7 @@ from mbirl.dynamics.training import fit_forward_model
 from mbirl.errors import InputError, check_finite
 from mbirl.experts.demos import DemoStats, check_demo_spaces
 from mbirl.experts.rollout import EpisodeResult, make_env
-from mbirl.rewards.discriminator import DISCRIMINATORS, Discriminator
+from mbirl.rewards.discriminator import DISCRIMINATORS, Discriminator, mean_update_stats
 from mbirl.types import TransitionBatch
 
 __all__ = ["MAIRL", "VARIANTS", "EnvSlot", "MAIRLConfig", "RolloutResult", "build_mairl", "model_based_rollout_loss"]
@@ -345,17 +345,9 @@ class MAIRL:
             recent = self.buffer.recent_indices(max(1, min(c.disc_window, self.env_steps - self.warmup_done)))
             agent = self._policy_log_pi(self.buffer.batch(recent[self.rng.integers(0, len(recent),
                                                                                    size=c.batch_size)]))
-            loss, stats = self.disc.loss(self.expert_batch(c.batch_size), agent, c.expert_weight,
-                                         c.disc_grad_penalty)
-            check_finite(loss, "discriminator loss", self.iteration + 1)
-            self.opt_disc.zero_grad()
-            loss.backward()
-            self.opt_disc.step()
-            out.append((float(loss.detach()), stats["expert_acc"], stats["agent_acc"]))
-        if not out:
-            return float("nan"), float("nan"), float("nan")
-        arr = np.asarray(out)
-        return float(arr[:, 0].mean()), float(arr[:, 1].mean()), float(arr[:, 2].mean())
+            out.append(self.disc.update(self.opt_disc, self.expert_batch(c.batch_size), agent, c.expert_weight,
+                                        c.disc_grad_penalty, iteration=self.iteration + 1))
+        return mean_update_stats(out)
 
     def reward_fn(self, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor, done: torch.Tensor
                   ) -> torch.Tensor:

@@ -18,16 +18,17 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mbirl.errors import InputError
+from mbirl.errors import InputError, check_finite
 from mbirl.nets import mlp
 from mbirl.registry import Registry
 from mbirl.types import TransitionBatch
 
-__all__ = ["DISCRIMINATORS", "AIRLDiscriminator", "Discriminator", "GAILDiscriminator"]
+__all__ = ["DISCRIMINATORS", "AIRLDiscriminator", "Discriminator", "GAILDiscriminator", "mean_update_stats"]
 
 
 class Discriminator(nn.Module, ABC):
@@ -98,6 +99,17 @@ class Discriminator(nn.Module, ABC):
             stats["grad_penalty"] = float(gp.detach())
         return loss, stats
 
+
+    def update(self, optimizer: torch.optim.Optimizer, expert: TransitionBatch, agent: TransitionBatch,
+               expert_weight: float, grad_penalty: float = 0.0, *, iteration: int) -> tuple[float, float, float]:
+        """One optimiser step on :meth:`loss`; returns (loss, expert accuracy, agent accuracy). A non-finite loss
+        stops the run (:class:`~mbirl.errors.NonFiniteError`) before the step."""
+        loss, stats = self.loss(expert, agent, expert_weight, grad_penalty)
+        check_finite(loss, "discriminator loss", iteration)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach()), stats["expert_acc"], stats["agent_acc"]
     def _log_pi(self, batch: TransitionBatch) -> torch.Tensor:
         if batch.log_pi is not None:
             return batch.log_pi
@@ -183,3 +195,12 @@ def _gail(*, gamma: float | None = None, state_only: bool = False, **kwargs: Any
     if state_only:
         raise InputError("the GAIL discriminator (variant mgail) has no state-only form", field="state_only")
     return GAILDiscriminator(**kwargs)
+
+
+def mean_update_stats(rows: Sequence[tuple[float, float, float]]) -> tuple[float, float, float]:
+    """Mean (loss, expert accuracy, agent accuracy) of a block of :meth:`Discriminator.update` results (NaNs for an
+    empty block)."""
+    if not rows:
+        return float("nan"), float("nan"), float("nan")
+    loss, expert_acc, agent_acc = np.asarray(rows, dtype=np.float64).mean(0)
+    return float(loss), float(expert_acc), float(agent_acc)
