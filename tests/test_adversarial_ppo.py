@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from imitation_helpers import cli as _cli
+from imitation_helpers import rows as _rows
+from imitation_helpers import untimed as _untimed
 from mbirl.algorithms.adversarial_ppo import (
     DEFAULT_PPO,
     PPO_PRESETS,
@@ -18,7 +21,6 @@ from mbirl.algorithms.adversarial_ppo import (
     RunningNorm,
     build_adversarial_ppo,
 )
-from mbirl.cli import main
 from mbirl.errors import InputError
 from mbirl.experiments.imitation import ALGORITHMS, ImitationRunConfig, run_imitation
 from mbirl.experts.demos import demo_stats
@@ -29,22 +31,6 @@ from mbirl.reporting.runs import checkpoint_stem
 CARTPOLE, PENDULUM = "data/demos/CartPole-v1.npz", "data/demos/Pendulum-v1.npz"
 # tiny rollouts (2 x 48 steps: Pendulum's 200-step episodes end mid-rollout) and cheap updates
 TINY = AdversarialPPOConfig(n_envs=2, n_steps=48, batch_size=48, n_epochs=2, demo_batch_size=64, disc_updates=2)
-TIMING = ("train_seconds", "seconds_per_1k_env_steps")
-
-
-def _untimed(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k not in TIMING}
-
-
-def _rows(run_dir) -> list[dict]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "charts/seconds"} for r in rows]
-
-
-def _cli(*args: str) -> int:
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    return int(exc.value.code or 0)
 
 
 def test_presets_and_config():

@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from imitation_helpers import cli as _cli
+from imitation_helpers import rows as _rows
+from imitation_helpers import untimed as _untimed
 from mbirl.algorithms.dac import (
     DACConfig,
     absorbing_transitions,
@@ -18,7 +21,6 @@ from mbirl.algorithms.dac import (
     interpolated_gradient_penalty,
     resolve_sac,
 )
-from mbirl.cli import main
 from mbirl.errors import InputError
 from mbirl.experiments.imitation import ALGORITHMS, ImitationRunConfig, run_imitation
 from mbirl.experts.demos import demo_stats
@@ -30,22 +32,6 @@ from mbirl.types import TransitionBatch
 CARTPOLE, PENDULUM, INVERTED = ("data/demos/CartPole-v1.npz", "data/demos/Pendulum-v1.npz",
                                 "data/demos/InvertedPendulum-v5.npz")
 TINY = DACConfig(learning_starts=100, batch_size=32, net_arch=(32, 32), disc_hidden=(32, 32), iteration_steps=50)
-TIMING = ("train_seconds", "seconds_per_1k_env_steps")
-
-
-def _untimed(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k not in TIMING}
-
-
-def _rows(run_dir) -> list[dict]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "charts/seconds"} for r in rows]
-
-
-def _cli(*args: str) -> int:
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    return int(exc.value.code or 0)
 
 
 def test_config_presets_and_refusals():

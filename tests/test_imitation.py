@@ -10,9 +10,11 @@ import warnings
 import pytest
 import torch
 
+from imitation_helpers import cli as _cli
+from imitation_helpers import rows as _rows
+from imitation_helpers import untimed as _untimed
 from mbirl.algorithms.bc import BC, BCConfig, build_bc
 from mbirl.algorithms.mairl import MAIRLConfig
-from mbirl.cli import main
 from mbirl.errors import InputError
 from mbirl.experiments.imitation import ALGORITHMS, ImitationRunConfig, run_imitation
 from mbirl.experiments.mairl_run import MAIRLRunConfig, run_mairl
@@ -23,22 +25,6 @@ from mbirl.reporting.runs import checkpoint_stem
 CARTPOLE, PENDULUM = "data/demos/CartPole-v1.npz", "data/demos/Pendulum-v1.npz"
 TINY_MAIRL = MAIRLConfig(warmup_steps=100, n_rollouts=2, horizon=5, batch_size=32, model_steps=2,
                          model_pretrain_steps=5)
-TIMING = ("train_seconds", "seconds_per_1k_env_steps")
-
-
-def _untimed(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k not in TIMING}
-
-
-def _rows(run_dir) -> list[dict]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "charts/seconds"} for r in rows]
-
-
-def _cli(*args: str) -> int:
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    return int(exc.value.code or 0)
 
 
 def test_registry_and_config():
