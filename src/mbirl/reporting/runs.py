@@ -105,10 +105,15 @@ class RunDir:
         if mismatched:
             raise InputError(f"--resume with a different configuration ({', '.join(mismatched)})", source=str(where))
 
-    def start(self) -> None:
-        """Create the directory and write ``config.json`` (after all validation, before the work)."""
+    def start(self, components: dict[str, str] | None = None) -> None:
+        """Create the directory and write ``config.json`` (after all validation, before the work) and ``run.json``
+        (:func:`mbirl.reporting.provenance.record_provenance`: version, git commit, command line and
+        ``components``, role -> class name of what the run was built from)."""
+        from mbirl.reporting.provenance import record_provenance
+
         self.path.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.path / "config.json", self.config_json)
+        record_provenance(self.path, components)
 
     def save(self, state: dict[str, Any]) -> None:
         """Checkpoint ``state`` (tensors + JSON values; the config is added) crash-safely."""
