@@ -26,11 +26,21 @@ app = typer.Typer(name="mbirl", help="Model-based inverse reinforcement learning
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from mbirl import __version__
+
+        print(f"mbirl {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _global(
     threads: Annotated[int, typer.Option(help="torch CPU threads for every command (mbirl --threads 2 ...). The "
                                               "networks and batches are small: on a busy 2-core machine a second "
                                               "OpenMP thread made runs up to 20x slower")] = 1,
+    version: Annotated[bool, typer.Option("--version", help="print the package version and exit",
+                                          callback=_print_version, is_eager=True)] = False,
 ) -> None:
     """Model-based inverse reinforcement learning from (visual) demonstrations."""
     import torch

@@ -46,7 +46,7 @@ from mbirl.reporting.runs import RunDir, checkpoint_stem
 from mbirl.validation import config_from_dict, read_json
 
 __all__ = ["ALGORITHMS", "BaseRunConfig", "ImitationRunConfig", "build_learner", "evaluate_imitation_run",
-           "load_imitation_config", "run_imitation", "train_learner"]
+           "learner_components", "load_imitation_config", "run_imitation", "train_learner"]
 
 ALGORITHMS = Registry[ImitationLearner]("algorithm")
 """The imitation algorithms by ``algo`` name; each factory takes ``cfg`` (an :class:`ImitationRunConfig`) and
@@ -155,6 +155,18 @@ def build_learner(cfg: ImitationRunConfig, demos: DemoStats | None = None) -> tu
     return ALGORITHMS.make(cfg.algo, cfg=cfg, demos=demos), demos
 
 
+def learner_components(learner: ImitationLearner) -> dict[str, str]:
+    """Role -> class name of a learner and of the networks it holds (what ``run.json`` records)."""
+    from mbirl.reporting.provenance import component_name
+
+    out = {"learner": component_name(learner)}
+    for role, attr in (("policy", "policy"), ("dynamics", "model"), ("discriminator", "disc")):
+        part = getattr(learner, attr, None)
+        if part is not None:
+            out[role] = component_name(part)
+    return out
+
+
 def run_imitation(cfg: ImitationRunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True
                   ) -> dict[str, Any]:
     """Train (or resume) one run of ``cfg.algo``; writes everything into ``run_dir`` and returns the final
@@ -173,7 +185,7 @@ def train_learner(run: RunDir, cfg: ImitationRunConfig, *, progress: bool = True
         learner.load_state_dict(run.state["trainer"])
         evals = [{k: float(v) for k, v in e.items()} for e in run.state["evals"]]
         seconds = float(run.state["seconds"])
-    run.start()
+    run.start(components=learner_components(learner))
 
     def save() -> None:
         run.save({"trainer": learner.state_dict(), "evals": evals, "seconds": seconds})

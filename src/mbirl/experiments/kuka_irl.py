@@ -25,6 +25,7 @@ from mbirl.dynamics.base import KeypointDynamics
 from mbirl.dynamics.kinematic import KinematicKeypointDynamics
 from mbirl.envs.kuka import DEFAULT_ROBOT, ROBOTS, robot_from_options
 from mbirl.errors import InputError, check_finite
+from mbirl.reporting.provenance import component_name
 from mbirl.reporting.runs import RunDir, rng_state, set_rng_state
 
 __all__ = ["METHODS", "MBIRLCompareConfig", "MBIRLRunConfig", "Prepared", "parse_split", "prepare_run",
@@ -162,12 +163,24 @@ def _weights_of(learner: CostLearner) -> np.ndarray | None:
     return None if table is None else table.cpu().numpy()
 
 
+def _record_custom_cost(cfg: MBIRLRunConfig, prep: Prepared) -> MBIRLRunConfig:
+    """``cfg`` with ``method = "custom:<module.Class>"`` when the prepared learner's cost is not the one
+    ``cfg.method`` names (a user's own cost), so that the run never records it under the default's name."""
+    if cfg.method in BASELINES:
+        return cfg
+    cost = prep.learner.cost
+    named = make_cost(cfg.method, horizon=prep.train.horizon, dim=int(prep.train.z.shape[-1]), seed=cfg.seed,
+                      rbf_original=cfg.rbf_original)
+    return cfg if type(cost) is type(named) else replace(cfg, method=f"custom:{component_name(cost)}")
+
+
 def run_mbirl(cfg: MBIRLRunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
               prepared: Prepared | None = None, figures: bool = True) -> dict[str, Any]:
     """Train (or resume) one run and write its outputs into ``run_dir``; returns the final metrics."""
     from mbirl.reporting.plots import plot_learning_curves, plot_predictions, plot_weights
 
     prep = prepared if prepared is not None else prepare_run(cfg)
+    cfg = _record_custom_cost(cfg, prep)
     run = RunDir(run_dir, cfg, resume=resume)
     history: dict[str, list[float]] = {"irl_loss_train": [], "irl_loss_test": [], "test_relative_goal_distance": [],
                                        "seconds": []}
@@ -183,7 +196,8 @@ def run_mbirl(cfg: MBIRLRunConfig, run_dir: str | Path, *, resume: bool = False,
             raise InputError(f"checkpoint does not match this run ({type(exc).__name__}: {exc})",
                              source=str(run.checkpoint.with_suffix(".json"))) from None
         set_rng_state(state["rng"])
-    run.start()
+    run.start(components={"learner": component_name(learner), "cost": component_name(learner.cost),
+                           "dynamics": component_name(prep.dynamics)})
     clip = cfg.trainer.grad_clip
 
     def save() -> None:
