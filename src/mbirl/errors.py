@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-__all__ = ["InputError", "NonFiniteError", "check_finite"]
+__all__ = ["MAX_MESSAGE_CHARS", "InputError", "NonFiniteError", "check_finite", "one_line"]
+
+MAX_MESSAGE_CHARS = 600
+"""One-line errors are cut to this length: a message quoting a hostile file must stay a line, not megabytes."""
+
+
+def one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` on one line (newlines and other control characters become spaces), cut to ``limit`` characters."""
+    flat = "".join(" " if (ord(c) < 32 or ord(c) == 127) else c for c in text[: 4 * limit])
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 class InputError(ValueError):
@@ -17,11 +26,11 @@ class InputError(ValueError):
         self.field = field
         parts = []
         if source:
-            parts.append(str(source))
+            parts.append(one_line(str(source), 200))
         if field:
-            parts.append(f"field '{field}'")
+            parts.append(f"field '{one_line(str(field), 100)}'")
         prefix = ": ".join(parts)
-        super().__init__(f"{prefix}: {message}" if prefix else message)
+        super().__init__(one_line(f"{prefix}: {message}" if prefix else message))
 
 
 class NonFiniteError(RuntimeError):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 import types
 import typing
 import warnings
@@ -16,9 +17,9 @@ import numpy as np
 
 from mbirl.errors import InputError
 
-__all__ = ["MAX_FILE_BYTES", "apply_overrides", "check_array", "check_file", "check_overrides", "config_from_dict",
-           "config_to_dict", "field_default", "flatten_config", "load_config",
-           "read_json", "to_plain"]
+__all__ = ["MAX_FILE_BYTES", "apply_overrides", "check_array", "check_file", "check_overrides", "check_tree",
+           "config_from_dict", "config_to_dict", "field_default", "flatten_config", "load_config", "read_json",
+           "to_plain"]
 
 T = TypeVar("T")
 
@@ -90,21 +91,70 @@ def check_array(
     return value
 
 
-def read_json(path: str | Path, *, what: str = "JSON file", max_bytes: int = 256 * 1024**2) -> Any:
-    """Parse a JSON file (e.g. a run's ``config.json``); InputError when missing, oversized or malformed."""
+MAX_TREE_NODES = 1_000_000
+"""Most values (list items, mapping entries, scalars) a parsed config, metadata or JSON file may hold, counting
+a YAML alias once per use: configs hold dozens, checkpoint skeletons thousands."""
+MAX_TREE_DEPTH = 64
+"""Deepest nesting accepted in parsed files (configs nest three levels, checkpoint skeletons about ten)."""
+
+
+def check_tree(value: Any, *, source: str | None = None, field: str | None = None,
+               max_nodes: int = MAX_TREE_NODES, max_depth: int = MAX_TREE_DEPTH) -> None:
+    """Refuse a parsed structure (JSON, YAML) that is nested deeper than ``max_depth`` or holds more than
+    ``max_nodes`` values once expanded. YAML aliases share one object per anchor, so a few hundred bytes can
+    stand for billions of values (an "alias bomb"); this walk counts every use and stops at the limit, so the
+    check itself costs at most ``max_nodes`` steps, as does everything that walks the structure afterwards."""
+    count = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > max_nodes:
+            raise InputError(f"too many values (more than {max_nodes}, YAML aliases expanded)", source=source,
+                             field=field)
+        if isinstance(node, dict):
+            children: Any = [*node.keys(), *node.values()]
+        elif isinstance(node, (list, tuple)):
+            children = node
+        else:
+            continue
+        if depth >= max_depth:
+            raise InputError(f"nested deeper than {max_depth} levels", source=source, field=field)
+        stack.extend((child, depth + 1) for child in children)
+
+
+MAX_JSON_BYTES = 64 * 1024**2
+"""Largest JSON file read (run configurations and metrics are kilobytes; checkpoint skeletons well under this)."""
+
+
+def read_json(path: str | Path, *, what: str = "JSON file", max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """Parse a JSON file (e.g. a run's ``config.json``); InputError when missing, oversized, malformed or nested
+    beyond :func:`check_tree`'s bounds. ``NaN``/``Infinity`` literals are not JSON and are refused."""
     import json
 
     path = check_file(path, what=what, max_bytes=max_bytes)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise InputError(f"invalid JSON ({type(exc).__name__})", source=str(path)) from None
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as exc:
+        raise InputError(f"invalid JSON ({type(exc).__name__}: {exc})", source=str(path)) from None
+    check_tree(data, source=str(path))
+    return data
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _short(value: Any, limit: int = 60) -> str:
-    """``repr(value)`` cut to ``limit`` characters (a rejected value may be huge)."""
-    text = repr(value)
+    """``repr(value)`` cut to ``limit`` characters, computed in bounded time and memory (a rejected value may be a
+    huge or self-referencing structure: only its first items and levels are looked at)."""
+    text = _REPR.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 3, 4, 4, 4
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = 80, 80, 40
 
 
 def _check_value(value: Any, annotation: Any, key: str, source: str, *, legacy: bool = True,
@@ -292,8 +342,10 @@ def field_default(cls: type, dotted: str) -> Any:
     return dataclasses.MISSING
 
 
-MAX_CONFIG_BYTES = 1024**2
+MAX_CONFIG_BYTES = 256 * 1024
 """YAML configs are a few hundred bytes; refusing larger ones bounds what parsing them can cost."""
+MAX_CONFIG_NODES = 10_000
+"""Most values a YAML config may hold once its aliases are expanded (:func:`check_tree`)."""
 
 
 def load_config(path: str | Path, cls: type, *, legacy: bool = True) -> dict[str, Any]:
@@ -311,10 +363,11 @@ def load_config(path: str | Path, cls: type, *, legacy: bool = True) -> dict[str
     except UnicodeDecodeError as exc:
         raise InputError(f"not UTF-8 text ({exc.reason})", source=src) from None
     except yaml.YAMLError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise InputError(f"invalid YAML ({first})", source=src) from None
+        lines = str(exc).strip().splitlines()
+        raise InputError(f"invalid YAML ({lines[0] if lines else type(exc).__name__})", source=src) from None
     except RecursionError:
         raise InputError("invalid YAML (nesting too deep)", source=src) from None
+    check_tree(raw, source=src, max_nodes=MAX_CONFIG_NODES, max_depth=16)
     if not isinstance(raw, dict):
         raise InputError(f"expected a mapping of options, got {type(raw).__name__}", source=src)
     return check_overrides(raw, cls, source=src, legacy=legacy)

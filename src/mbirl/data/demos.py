@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +23,7 @@ import numpy as np
 from mbirl.errors import InputError
 from mbirl.fileio import write_bytes_atomic
 from mbirl.types import KeypointTrajectory, Trajectory
-from mbirl.validation import check_array, check_file
+from mbirl.validation import check_array, check_file, check_tree
 
 __all__ = [
     "KeypointDemoSet",
@@ -36,9 +38,13 @@ __all__ = [
 
 KEYPOINT_FORMAT = "mbirl.keypoint_demos/v1"
 TRAJECTORY_FORMAT = "mbirl.trajectories/v1"
-# Guards against decompression bombs and absurd headers in files from elsewhere.
-MAX_ARRAY_BYTES = 4 * 1024**3
-MAX_ARRAYS = 64
+KEYPOINT_OPTIONAL = ("q", "images", "depth")
+"""Optional arrays of a keypoint demo file (``depth``: rendered visual demonstrations)."""
+# Guards against decompression bombs and absurd headers in files from elsewhere: what the members' headers
+# declare, in total, must fit (the largest legitimate files, rendered exploration data, hold a few hundred MB).
+MAX_NPZ_BYTES = 1024**3
+MAX_META_BYTES = 16 * 1024**2
+MAX_ARRAYS = 16
 
 
 @dataclass(frozen=True)
@@ -77,43 +83,96 @@ def atomic_write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
-def read_npz(path: str | Path, required: Sequence[str], fmt: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Read a project ``.npz`` without pickles; check the format tag and required keys."""
+def _member_headers(path: Path, allowed: set[str], src: str, max_bytes: int) -> list[str]:
+    """Check the members of the ``.npz`` at ``path`` that the format names from their ``.npy`` headers alone,
+    before any array is allocated: no object (pickled) dtypes, and declared shapes x item sizes within
+    ``max_bytes`` in total (the zip's own size fields say nothing about what a header declares). Returns the
+    names of members the format does not name (never read)."""
+    seen: set[str] = set()
+    unknown: list[str] = []
+    total = 0
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+        if len(infos) > MAX_ARRAYS:
+            raise InputError(f"too many arrays ({len(infos)})", source=src)
+        for info in infos:
+            key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            if key not in allowed or not info.filename.endswith(".npy"):
+                unknown.append(key)
+                continue
+            if key in seen:
+                raise InputError("member appears twice", source=src, field=key)
+            seen.add(key)
+            with zf.open(info) as fh:
+                version = np.lib.format.read_magic(fh)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+                else:
+                    raise InputError(f"unsupported .npy version {version}", source=src, field=key)
+            if dtype.hasobject:
+                raise InputError("object arrays (pickles) are not accepted", source=src, field=key)
+            limit = MAX_META_BYTES if key in ("format", "meta_json") else max_bytes
+            nbytes = math.prod(int(d) for d in shape) * dtype.itemsize
+            total += nbytes
+            if nbytes > limit or total > max_bytes:
+                raise InputError(f"declares a {dtype} array of shape {tuple(shape)} ({nbytes} bytes): more than "
+                                 f"the {limit if nbytes > limit else max_bytes} bytes this file may hold",
+                                 source=src, field=key)
+    return unknown
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def read_npz(path: str | Path, required: Sequence[str], fmt: str, optional: Sequence[str] = (), *,
+             max_bytes: int = MAX_NPZ_BYTES) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read a project ``.npz`` without pickles; check the format tag and required keys.
+
+    Only the members the format names (``format``, ``meta_json``, ``required``, ``optional``) are accepted, and
+    each member's header is checked before its array is read (:func:`_member_headers`), so memory is bounded by
+    ``max_bytes``, not by what a file claims.
+    """
     path = check_file(path, what="demonstration file")
     src = str(path)
+    allowed = {"format", "meta_json", *required, *optional}
     try:
+        unknown = _member_headers(path, allowed, src, max_bytes)
         with np.load(path, allow_pickle=False) as data:
-            arrays: dict[str, np.ndarray] = {}
-            if len(data.files) > MAX_ARRAYS:
-                raise InputError(f"too many arrays ({len(data.files)})", source=src)
-            for key in data.files:
-                info = data.zip.getinfo(f"{key}.npy")
-                if info.file_size > MAX_ARRAY_BYTES:
-                    raise InputError(f"array is too large ({info.file_size} bytes)", source=src, field=key)
-                arrays[key] = data[key]
+            if "format" not in data.files:
+                raise InputError(f"missing format tag (expected '{fmt}')", source=src, field="format")
+            tag = str(data["format"])
+            if tag != fmt:
+                raise InputError(f"expected format '{fmt}', got '{_clip(tag)}'", source=src, field="format")
+            if unknown:
+                raise InputError(f"unexpected member (this format holds {', '.join(sorted(allowed))})",
+                                 source=src, field=unknown[0])
+            arrays = {key: data[key] for key in data.files}
     except InputError:
         raise
     except ValueError as exc:
-        # numpy raises ValueError for object (pickled) arrays when allow_pickle=False.
+        # numpy raises ValueError for object (pickled) arrays when allow_pickle=False and for malformed headers.
         raise InputError(f"not a valid demonstration file ({exc})", source=src) from None
-    except (OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+    except (OSError, zipfile.BadZipFile, EOFError, KeyError, zlib.error, NotImplementedError,
+            RuntimeError) as exc:
         raise InputError(f"not a readable .npz file ({type(exc).__name__}: {exc})", source=src) from None
-    if "format" not in arrays:
-        raise InputError(f"missing format tag (expected '{fmt}')", source=src, field="format")
-    tag = str(arrays["format"])
-    if tag != fmt:
-        raise InputError(f"expected format '{fmt}', got '{tag}'", source=src, field="format")
     for key in required:
         if key not in arrays:
             raise InputError("missing required array", source=src, field=key)
     meta: dict[str, Any] = {}
     if "meta_json" in arrays:
+        meta_text = arrays["meta_json"]
+        if meta_text.dtype.kind != "U" or meta_text.ndim != 0:
+            raise InputError("expected a JSON string", source=src, field="meta_json")
         try:
-            meta = json.loads(str(arrays["meta_json"]))
-        except json.JSONDecodeError as exc:
-            raise InputError(f"invalid JSON ({exc})", source=src, field="meta_json") from None
+            meta = json.loads(str(meta_text))
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise InputError(f"invalid JSON ({type(exc).__name__})", source=src, field="meta_json") from None
         if not isinstance(meta, dict):
             raise InputError("expected a JSON object", source=src, field="meta_json")
+        check_tree(meta, source=src, field="meta_json")
     return arrays, meta
 
 
@@ -142,7 +201,7 @@ def load_keypoint_demos(path: str | Path) -> KeypointDemoSet:
     if path.suffix == ".pt":
         return import_original_mbirl(path)
     src = str(path)
-    arrays, meta = read_npz(path, ("start_q", "keypoints"), KEYPOINT_FORMAT)
+    arrays, meta = read_npz(path, ("start_q", "keypoints"), KEYPOINT_FORMAT, KEYPOINT_OPTIONAL)
     start_q = check_array(arrays["start_q"], "start_q", ndim=2, source=src)
     keypoints = check_array(arrays["keypoints"], "keypoints", ndim=4, source=src, shape=(len(start_q), None, None, 3))
     n = len(start_q)
@@ -220,7 +279,7 @@ def save_trajectories(path: str | Path, trajectories: Sequence[Trajectory], meta
 def load_trajectories(path: str | Path) -> tuple[list[Trajectory], dict[str, Any]]:
     """Load trajectories saved by :func:`save_trajectories`; returns ``(trajectories, meta)``."""
     src = str(path)
-    arrays, meta = read_npz(path, ("lengths", "obs", "acts", "dones"), TRAJECTORY_FORMAT)
+    arrays, meta = read_npz(path, ("lengths", "obs", "acts", "dones"), TRAJECTORY_FORMAT, ("rews",))
     lengths = check_array(arrays["lengths"], "lengths", ndim=1, dtype_kind="i", source=src)
     if (lengths < 1).any():
         raise InputError("every trajectory needs at least one step", source=src, field="lengths")

@@ -22,7 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from mbirl.data.demos import KEYPOINT_FORMAT, KeypointDemoSet, atomic_write_npz, load_keypoint_demos, read_npz
+from mbirl.data.demos import (
+    KEYPOINT_FORMAT,
+    KEYPOINT_OPTIONAL,
+    KeypointDemoSet,
+    atomic_write_npz,
+    load_keypoint_demos,
+    read_npz,
+)
 from mbirl.envs.kuka import REST_POSE
 from mbirl.envs.render import Camera, KukaRenderer
 from mbirl.envs.robot import KeypointRobot
@@ -231,7 +238,7 @@ def load_visual_demos(path: str | Path) -> VisualDemos:
     if any(d.images is None for d in demo_set.demos):
         raise InputError("demonstrations have no images; make them with `mbirl visual demos`", source=src,
                          field="images")
-    arrays, _ = read_npz(path, ("depth",), KEYPOINT_FORMAT)
+    arrays, _ = read_npz(path, ("depth",), KEYPOINT_FORMAT, KEYPOINT_OPTIONAL)
     images = demo_set[0].images
     assert images is not None
     depth = check_array(arrays["depth"].astype(np.float32), "depth", ndim=4, source=src,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import numpy as np
 from mbirl.data.demos import load_trajectories, save_trajectories
 from mbirl.errors import InputError
 from mbirl.experts.policy import ExpertPolicy
-from mbirl.experts.rollout import make_env, random_policy, run_episodes
+from mbirl.experts.rollout import check_env_id, make_env, random_policy, run_episodes
 from mbirl.types import Trajectory
 
 __all__ = ["DemoStats", "check_demo_spaces", "demo_stats", "generate_expert_demos", "normalized_return"]
@@ -52,18 +53,25 @@ def generate_expert_demos(env_id: str, expert: ExpertPolicy, n: int, out: str | 
 
 
 class DemoStats:
-    """What a learner needs from a demo file: transitions, normalisation returns and observation statistics."""
+    """What a learner needs from a demo file: transitions, normalisation returns and observation statistics.
 
-    def __init__(self, trajectories: list[Trajectory], meta: dict[str, Any], source: str) -> None:
+    The metadata is checked: ``env_id`` a plain registered id (:func:`~mbirl.experts.rollout.check_env_id`; a
+    ``module:Env`` id only when it equals ``env``, the one typed on the command line), the expert's and the random
+    policy's mean returns finite numbers with the expert above random (every normalised return divides by their
+    difference).
+    """
+
+    def __init__(self, trajectories: list[Trajectory], meta: dict[str, Any], source: str, *, env: str | None = None
+                 ) -> None:
         for key in ("env_id", "expert_mean_return", "random_mean_return"):
             if key not in meta:
                 raise InputError("missing metadata (regenerate with `mbirl expert demos`)", source=source,
                                  field=f"meta_json.{key}")
         self.trajectories = trajectories
         self.meta = meta
-        self.env_id = str(meta["env_id"])
-        self.expert_return = float(meta["expert_mean_return"])
-        self.random_return = float(meta["random_mean_return"])
+        self.env_id = check_env_id(meta["env_id"], source=source, field="meta_json.env_id", trusted=env or None)
+        self.expert_return = _finite(meta["expert_mean_return"], source, "meta_json.expert_mean_return")
+        self.random_return = _finite(meta["random_mean_return"], source, "meta_json.random_mean_return")
         if not self.expert_return > self.random_return:
             raise InputError(f"expert return {self.expert_return} is not above random {self.random_return}",
                              source=source, field="meta_json.expert_mean_return")
@@ -73,10 +81,25 @@ class DemoStats:
         self.dones = np.concatenate([t.dones for t in trajectories]).astype(np.float32)
 
 
-def demo_stats(path: str | Path) -> DemoStats:
-    """Load a demo file written by :func:`generate_expert_demos` (InputError when it lacks the metadata)."""
+def _finite(value: Any, source: str, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(f"expected a finite number, got {_short(value)}", source=source, field=field)
+    return float(value)
+
+
+def _short(value: Any) -> str:
+    import reprlib
+
+    return reprlib.repr(value)
+
+
+def demo_stats(path: str | Path, *, env: str | None = None) -> DemoStats:
+    """Load a demo file written by :func:`generate_expert_demos` (InputError when it lacks the metadata).
+
+    ``env``: the environment id typed on the command line; the file's ``env_id`` may be ``module:Env`` only when it
+    is this one (:func:`~mbirl.experts.rollout.check_env_id`)."""
     trajs, meta = load_trajectories(path)
-    return DemoStats(trajs, meta, str(path))
+    return DemoStats(trajs, meta, str(path), env=env)
 
 
 def normalized_return(ret: float, expert: float, random: float) -> float:
@@ -108,9 +131,22 @@ def check_demo_spaces(demos: DemoStats) -> tuple[Any, Any]:
             raise InputError(f"demo actions outside 0..{act_dim - 1}", field="acts")
     elif isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
         act_dim = int(space.shape[0])
-        if demos.acts.reshape(len(demos.acts), -1).shape[1] != act_dim:
-            raise InputError(f"demo actions have size {demos.acts.reshape(len(demos.acts), -1).shape[1]}, "
-                             f"{env_id} has {act_dim}", field="acts")
+        if demos.acts.dtype.kind != "f":
+            raise InputError(f"{env_id} has continuous actions, the demonstrations' are {demos.acts.dtype}",
+                             field="acts")
+        flat = demos.acts.reshape(len(demos.acts), -1)
+        if flat.shape[1] != act_dim:
+            raise InputError(f"demo actions have size {flat.shape[1]}, {env_id} has {act_dim}", field="acts")
+        # a little slack for float32 rounding of actions stored at the bounds
+        low, high = space.low.astype(np.float64), space.high.astype(np.float64)
+        slack = 1e-4 * np.maximum(1.0, np.abs(np.where(np.isfinite(low), low, 0)) + np.abs(
+            np.where(np.isfinite(high), high, 0)))
+        outside = (flat < low - slack) | (flat > high + slack)
+        if outside.any():
+            i, j = map(int, np.argwhere(outside)[0])
+            raise InputError(f"{int(outside.any(axis=1).sum())} demo actions lie outside {env_id}'s action space "
+                             f"[{low[j]:g}, {high[j]:g}] (e.g. {float(flat[i, j]):g} at transition {i})",
+                             field="acts")
     else:
         raise InputError(f"unsupported action space {space}", field="env", source=env_id)
     return obs_space, space

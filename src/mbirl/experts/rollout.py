@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,21 +13,56 @@ import numpy as np
 from mbirl.errors import InputError
 from mbirl.types import Trajectory
 
-__all__ = ["EpisodeResult", "make_env", "random_policy", "record_video", "run_episodes"]
+__all__ = ["ENV_ID", "EpisodeResult", "check_env_id", "make_env", "random_policy", "record_video", "run_episodes"]
 
 Policy = Callable[[np.ndarray], Any]
 
 
 def make_env(env_id: str, render_mode: str | None = None, **kwargs: Any) -> Any:
     """``gymnasium.make`` (extra keyword arguments go to the environment) with an InputError, not a traceback, for
-    an unknown id."""
+    an unknown id or an environment that cannot be built as asked.
+
+    ``render_mode`` is passed only when one is asked for, so an environment whose constructor takes no
+    ``render_mode`` (a user's own, registered as ``module:Env``) works for everything but rendering. ``env_id``
+    may be ``module:Env`` (gymnasium imports ``module``): only ever pass an id the user typed; ids read from files
+    go through :func:`check_env_id` first.
+    """
     import gymnasium as gym
 
+    if render_mode is not None:
+        kwargs["render_mode"] = render_mode
     try:
-        return gym.make(env_id, render_mode=render_mode, **kwargs)
+        return gym.make(env_id, **kwargs)
     except (gym.error.Error, ModuleNotFoundError, ImportError) as exc:
         raise InputError(f"cannot make environment ({type(exc).__name__}: {exc})", field="env",
                          source=env_id) from None
+    except TypeError as exc:  # the constructor does not take an argument (render_mode, a preset's keyword)
+        what = f"cannot render ({render_mode})" if render_mode is not None else "cannot be built"
+        raise InputError(f"environment {what}: {exc}", field="env", source=env_id) from None
+
+
+ENV_ID = re.compile(r"^(?:[\w.-]+/)?[\w.-]+(?:-v\d+)?$")
+"""A plain gymnasium id (``[namespace/]Name[-vN]``): no ``module:`` prefix."""
+
+
+def check_env_id(env_id: Any, *, source: str | None = None, field: str = "env_id", trusted: str | None = None
+                 ) -> str:
+    """``env_id`` read from a file (demo metadata, a run's ``config.json``), after checking that it is a plain id
+    registered with gymnasium. Gymnasium imports ``module`` for an id ``module:Env`` (and a registered entry point
+    can name any code), so a file must not be able to choose one: ``module:Env`` is accepted only when it equals
+    ``trusted``, the id the user typed on the command line."""
+    import gymnasium as gym
+
+    if not isinstance(env_id, str) or not env_id:
+        raise InputError(f"expected an environment id, got {type(env_id).__name__}", source=source, field=field)
+    if trusted is not None and env_id == trusted:
+        return env_id
+    if not ENV_ID.match(env_id) or len(env_id) > 200:
+        raise InputError(f"'{env_id[:80]}' is not a plain registered environment id (an environment from your own "
+                         "module is named on the command line, --env module:Env)", source=source, field=field)
+    if env_id not in gym.registry:
+        raise InputError(f"'{env_id}' is not a registered gymnasium environment", source=source, field=field)
+    return env_id
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ that points at a missing or partial tensor file. Nothing is pickled.
 from __future__ import annotations
 
 import hashlib
-import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,11 @@ import torch
 
 from mbirl.errors import InputError
 from mbirl.fileio import write_bytes_atomic, write_json_atomic
-from mbirl.validation import check_file
+from mbirl.validation import check_file, read_json
 
 FORMAT = "mbirl.checkpoint/v2"
 
-__all__ = ["FORMAT", "flatten_state", "load_checkpoint", "save_checkpoint", "unflatten_state"]
+__all__ = ["FORMAT", "flatten_state", "load_checkpoint", "restoring", "save_checkpoint", "unflatten_state"]
 
 
 def flatten_state(state: Any, prefix: str = "") -> tuple[dict[str, torch.Tensor], Any]:
@@ -77,11 +78,8 @@ def load_checkpoint(stem: str | Path) -> dict[str, Any]:
     from safetensors.torch import load
 
     stem = Path(stem)
-    json_path = check_file(stem.with_suffix(".json"), what="checkpoint file", max_bytes=256 * 1024**2)
-    try:
-        meta = json.loads(json_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise InputError(f"invalid checkpoint JSON ({type(exc).__name__})", source=str(json_path)) from None
+    json_path = stem.with_suffix(".json")
+    meta = read_json(json_path, what="checkpoint file")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or "state" not in meta:
         raise InputError(f"not an mbirl checkpoint (expected format '{FORMAT}')", source=str(json_path),
                          field="format")
@@ -98,8 +96,23 @@ def load_checkpoint(stem: str | Path) -> dict[str, Any]:
         raise InputError(f"unreadable safetensors ({exc})", source=str(tensor_path)) from None
     try:
         state = unflatten_state(meta["state"], tensors)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"checkpoint structure is inconsistent ({exc})", source=str(json_path)) from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InputError(f"checkpoint structure is inconsistent ({type(exc).__name__}: {exc})",
+                         source=str(json_path)) from None
     if not isinstance(state, dict):
         raise InputError("checkpoint state is not a mapping", source=str(json_path))
     return state
+
+
+@contextmanager
+def restoring(source: str | Path) -> Iterator[None]:
+    """Restore a loaded checkpoint inside this block: a state that does not fit the object it is loaded into
+    (missing entries, strings for counters, another model's tensors) becomes one :class:`InputError` naming
+    ``source``, whichever trainer reads it."""
+    try:
+        yield
+    except InputError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+        raise InputError(f"checkpoint does not match this run ({type(exc).__name__}: {exc})",
+                         source=str(source)) from None
