@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from mbirl.cli.bench_cmds import bench_app
+from mbirl.cli.data_cmds import data_app
 from mbirl.cli.il_cmds import il_app
 from mbirl.cli.kuka import kuka_app
 from mbirl.cli.mairl_cmds import expert_app, mairl_app
@@ -57,6 +58,7 @@ app.add_typer(mairl_app, name="mairl")
 app.add_typer(il_app, name="il")
 app.add_typer(visual_app, name="visual")
 app.add_typer(bench_app, name="bench")
+app.add_typer(data_app, name="data")
 app.command("quickstart")(quickstart)
 
 
