@@ -214,3 +214,73 @@ def test_demo_actions_outside_the_action_space_are_refused(tmp_path, acts, match
     code, err = run_cli("mairl", "train", "--demos", path, "--run-dir", tmp_path / "run", "--no-progress")
     assert_one_line_error(code, err, match=match)
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------ 1. sizing options are bounded
+
+
+@pytest.mark.parametrize("args", [
+    ("visual", "demos", "--resolution", "100000"),
+    ("visual", "explore", "--resolution", "100000"),
+    ("visual", "explore", "--n", "100000", "--horizon", "100"),
+    ("visual", "train-detector", "--keypoints", "100000", "--data", "x.npz"),
+    ("visual", "train-detector", "--width", "100000", "--data", "x.npz"),
+    ("visual", "train-dynamics", "--hidden", "10000000", "--data", "x.npz", "--detector", "d"),
+    ("visual", "pipeline", "--resolution", "100000"),
+])
+def test_sizing_options_have_upper_bounds(tmp_path, monkeypatch, args):
+    monkeypatch.chdir(tmp_path)
+    t0 = time.perf_counter()
+    code, err = run_cli(*args)
+    assert_one_line_error(code, err)
+    assert time.perf_counter() - t0 < 10 and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    ({"target": (-0.6, 0.82, 1.0)}, "eye and target coincide"),
+    ({"scale": 0.0}, "scale"),
+    ({"up": (0.0, 0.0, 0.0)}, "parallel"),
+    ({"fov": float("nan")}, "finite"),
+])
+def test_degenerate_cameras_are_refused(change, match):
+    from mbirl.envs.render import Camera
+
+    with pytest.raises(InputError, match=match):
+        Camera(**change)
+
+
+def _fake_exploration(path: Path, *, camera_size: int = 16, image_size: int = 16, joints: int = 7) -> Path:
+    from mbirl.data.visual import EXPLORATION_FORMAT
+    from mbirl.envs.kuka import default_kuka
+    from mbirl.envs.render import Camera
+
+    n, t1 = 4, 3
+    meta = {"camera": Camera(width=camera_size, height=camera_size).to_meta(), "robot": default_kuka().describe()}
+    np.savez(path, format=np.asarray(EXPLORATION_FORMAT), meta_json=np.asarray(json.dumps(meta)),
+             q=np.zeros((n, t1, joints), np.float32), actions=np.zeros((n, t1 - 1, joints), np.float32),
+             images=np.zeros((n, t1, image_size, image_size, 3), np.uint8),
+             depth=np.ones((n, t1, image_size, image_size), np.float16),
+             keypoints=np.zeros((n, t1, 2, 3), np.float32))
+    return path
+
+
+def test_detector_stage_refuses_a_camera_that_disagrees_with_the_images_before_writing(tmp_path):
+    data = _fake_exploration(tmp_path / "e.npz", camera_size=32, image_size=16)
+    code, err = run_cli("visual", "train-detector", "--data", data, "--run-dir", tmp_path / "run", "--steps", "2",
+                        "--no-progress")
+    assert_one_line_error(code, err, match="camera is 32x32, images are 16x16")
+    assert not (tmp_path / "run").exists()
+
+
+def test_dynamics_stage_refuses_joint_states_of_another_robot_before_writing(tmp_path):
+    data = _fake_exploration(tmp_path / "e.npz", joints=5)
+    code, err = run_cli("visual", "train-dynamics", "--data", data, "--detector", tmp_path / "none",
+                        "--run-dir", tmp_path / "run", "--no-progress")
+    assert_one_line_error(code, err, match="5 joints")
+    assert not (tmp_path / "run").exists()
+
+
+def test_dynamics_stage_refuses_a_nan_learning_rate(tmp_path):
+    code, err = run_cli("visual", "train-dynamics", "--data", tmp_path / "e.npz", "--detector", tmp_path / "d",
+                        "--lr", "nan", "--run-dir", tmp_path / "run", "--no-progress")
+    assert_one_line_error(code, err)

@@ -128,8 +128,10 @@ def _clip(text: str, limit: int = 60) -> str:
 
 
 def read_npz(path: str | Path, required: Sequence[str], fmt: str, optional: Sequence[str] = (), *,
-             max_bytes: int = MAX_NPZ_BYTES) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Read a project ``.npz`` without pickles; check the format tag and required keys.
+             max_bytes: int = MAX_NPZ_BYTES, only: Sequence[str] | None = None
+             ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read a project ``.npz`` without pickles; check the format tag and required keys (``only``: read just these
+    arrays, and the metadata).
 
     Only the members the format names (``format``, ``meta_json``, ``required``, ``optional``) are accepted, and
     each member's header is checked before its array is read (:func:`_member_headers`), so memory is bounded by
@@ -149,7 +151,9 @@ def read_npz(path: str | Path, required: Sequence[str], fmt: str, optional: Sequ
             if unknown:
                 raise InputError(f"unexpected member (this format holds {', '.join(sorted(allowed))})",
                                  source=src, field=unknown[0])
-            arrays = {key: data[key] for key in data.files}
+            members = list(data.files)
+            arrays = {key: data[key] for key in members
+                      if only is None or key in only or key in ("format", "meta_json")}
     except InputError:
         raise
     except ValueError as exc:
@@ -159,7 +163,7 @@ def read_npz(path: str | Path, required: Sequence[str], fmt: str, optional: Sequ
             RuntimeError) as exc:
         raise InputError(f"not a readable .npz file ({type(exc).__name__}: {exc})", source=src) from None
     for key in required:
-        if key not in arrays:
+        if key not in members:
             raise InputError("missing required array", source=src, field=key)
     meta: dict[str, Any] = {}
     if "meta_json" in arrays:

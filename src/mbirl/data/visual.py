@@ -25,6 +25,7 @@ import torch
 from mbirl.data.demos import (
     KEYPOINT_FORMAT,
     KEYPOINT_OPTIONAL,
+    MAX_NPZ_BYTES,
     KeypointDemoSet,
     atomic_write_npz,
     load_keypoint_demos,
@@ -36,7 +37,8 @@ from mbirl.envs.robot import KeypointRobot
 from mbirl.errors import InputError
 from mbirl.types import KeypointTrajectory, check_array
 
-__all__ = ["EXPLORATION_FORMAT", "ExplorationData", "VisualDemos", "generate_exploration", "load_exploration",
+__all__ = ["EXPLORATION_FORMAT", "ExplorationData", "VisualDemos", "check_rendered_size", "generate_exploration",
+           "load_exploration",
            "load_visual_demos", "random_joint_motions", "render_demos", "save_exploration", "save_visual_demos"]
 
 EXPLORATION_FORMAT = "mbirl.exploration/v1"
@@ -80,6 +82,10 @@ class ExplorationData:
             object.__setattr__(self, name, value)
         if "camera" not in self.meta:
             raise InputError("metadata lacks the camera", source=src, field="meta_json")
+        camera = self.camera
+        if (camera.height, camera.width) != images.shape[2:4]:
+            raise InputError(f"camera is {camera.width}x{camera.height}, images are {images.shape[3]}x"
+                             f"{images.shape[2]}", source=src, field="camera")
 
     @property
     def camera(self) -> Camera:
@@ -170,9 +176,20 @@ def _render(renderer: KukaRenderer, qs: np.ndarray, progress: Progress | None) -
     return images.reshape(*lead, *images.shape[1:]), depth.reshape(*lead, *depth.shape[1:])
 
 
+def check_rendered_size(frames: int, camera: Camera, field: str = "n") -> None:
+    """Refuse a data set of ``frames`` rendered frames that would not fit a readable file (images + float16 depth
+    beyond :data:`~mbirl.data.demos.MAX_NPZ_BYTES`), before rendering anything."""
+    nbytes = frames * camera.width * camera.height * (3 + 2)
+    if frames < 1 or nbytes > MAX_NPZ_BYTES:
+        raise InputError(f"{frames} frames of {camera.width}x{camera.height} would take {nbytes / 1024**2:.0f} MiB, "
+                         f"more than the {MAX_NPZ_BYTES // 1024**2} MiB a data file may hold; render fewer or "
+                         "smaller frames", field=field)
+
+
 def generate_exploration(robot: KeypointRobot, camera: Camera, n: int, horizon: int, *, seed: int = 0,
                          progress: Progress | None = None, **motion: Any) -> ExplorationData:
     """Random joint motions (:func:`random_joint_motions`) rendered from ``camera``."""
+    check_rendered_size(n * (horizon + 1), camera)
     q, actions = random_joint_motions(robot, n, horizon, seed=seed, camera=camera, **motion)
     with KukaRenderer(robot, camera) as renderer:
         images, depth = _render(renderer, q, progress)
@@ -204,6 +221,7 @@ def render_demos(demos: Sequence[KeypointTrajectory], robot: KeypointRobot, came
     """Render every frame of demonstrations that carry joint states: ``(demos with images, depth (N, T, H, W))``."""
     if any(d.q is None for d in demos):
         raise InputError("rendering needs the joint states 'q' of every demonstration", field="q")
+    check_rendered_size(sum(d.horizon for d in demos), camera)
     qs = np.stack([d.q for d in demos if d.q is not None])
     with KukaRenderer(robot, camera) as renderer:
         images, depth = _render(renderer, qs, progress)
@@ -238,7 +256,8 @@ def load_visual_demos(path: str | Path) -> VisualDemos:
     if any(d.images is None for d in demo_set.demos):
         raise InputError("demonstrations have no images; make them with `mbirl visual demos`", source=src,
                          field="images")
-    arrays, _ = read_npz(path, ("depth",), KEYPOINT_FORMAT, KEYPOINT_OPTIONAL)
+    arrays, _ = read_npz(path, ("start_q", "keypoints", "depth"), KEYPOINT_FORMAT, KEYPOINT_OPTIONAL,
+                         only=("depth",))
     images = demo_set[0].images
     assert images is not None
     depth = check_array(arrays["depth"].astype(np.float32), "depth", ndim=4, source=src,

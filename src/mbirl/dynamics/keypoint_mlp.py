@@ -51,9 +51,9 @@ class KeypointMLPConfig:
     """ensemble members (their own initialisation; predictions average them)"""
 
     def __post_init__(self) -> None:
-        if self.hidden < 1 or self.layers < 1 or self.ensemble < 1:
-            raise InputError(f"invalid model sizes (hidden {self.hidden}, layers {self.layers}, ensemble "
-                             f"{self.ensemble})", field="dynamics")
+        if not (1 <= self.hidden <= 8192 and 1 <= self.layers <= 64 and 1 <= self.ensemble <= 64):
+            raise InputError(f"invalid model sizes (hidden {self.hidden} in [1, 8192], layers {self.layers} in "
+                             f"[1, 64], ensemble {self.ensemble} in [1, 64])", field="dynamics")
 
 
 class _EnsembleLinear(nn.Module):
@@ -245,7 +245,7 @@ class DynamicsTrainConfig:
     detected keypoints do not dominate"""
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.batch_size < 1 or not (math.isfinite(self.lr) and self.lr > 0):
+        if self.steps < 0 or not 1 <= self.batch_size <= 2**16 or not (math.isfinite(self.lr) and self.lr > 0):
             raise InputError(f"invalid dynamics training settings (steps {self.steps}, batch {self.batch_size}, "
                              f"lr {self.lr})", field="dynamics")
         if self.huber_delta is not None and not (math.isfinite(self.huber_delta) and self.huber_delta > 0):

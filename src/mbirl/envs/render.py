@@ -30,6 +30,10 @@ DEFAULT_RESOLUTION = 64
 """Image size (pixels, square) of the visual experiments unless chosen otherwise."""
 
 
+MAX_CAMERA_SIZE = 1024
+"""Largest image side rendered (a frame is width x height x (3 + 4) bytes with depth)."""
+
+
 @dataclass(frozen=True)
 class Camera:
     """A pinhole camera looking from ``eye`` at ``target`` (metres, robot base frame).
@@ -53,8 +57,20 @@ class Camera:
     scale: float = 100.0
 
     def __post_init__(self) -> None:
-        if self.width < 8 or self.height < 8:
-            raise InputError(f"image size must be at least 8x8, got {self.width}x{self.height}", field="resolution")
+        if not (8 <= self.width <= MAX_CAMERA_SIZE and 8 <= self.height <= MAX_CAMERA_SIZE):
+            raise InputError(f"image size must be at least 8x8 and at most {MAX_CAMERA_SIZE}x{MAX_CAMERA_SIZE}, got "
+                             f"{self.width}x{self.height}", field="resolution")
+        values = (*self.eye, *self.target, *self.up, self.fov, self.near, self.far, self.scale)
+        if len(self.eye) != 3 or len(self.target) != 3 or len(self.up) != 3 or not all(map(math.isfinite, values)):
+            raise InputError("eye, target and up need 3 finite coordinates; fov, near, far, scale finite numbers",
+                             field="camera")
+        if not self.scale > 0:
+            raise InputError(f"scale (robot units per metre) must be positive, got {self.scale}", field="camera")
+        direction = np.subtract(self.target, self.eye)
+        if np.linalg.norm(direction) < 1e-6:
+            raise InputError("camera eye and target coincide", field="camera")
+        if np.linalg.norm(np.cross(direction, self.up)) < 1e-6 * np.linalg.norm(direction):
+            raise InputError("camera 'up' is parallel to the viewing direction (or zero)", field="camera")
         if not 0 < self.near < self.far:
             raise InputError(f"need 0 < near < far, got near={self.near}, far={self.far}", field="camera")
         if not 1.0 <= self.fov < 179.0:
@@ -154,7 +170,9 @@ class Camera:
                        up=tuple(float(x) for x in meta["up"]),  # type: ignore[arg-type]
                        fov=float(meta["fov"]), near=float(meta["near"]), far=float(meta["far"]),
                        scale=float(meta["scale"]))
-        except (TypeError, ValueError) as exc:
+        except InputError as exc:
+            raise InputError(f"invalid camera metadata ({exc})", source=source, field="camera") from None
+        except (TypeError, ValueError, OverflowError) as exc:
             raise InputError(f"invalid camera metadata ({exc})", source=source, field="camera") from None
 
 

@@ -43,6 +43,7 @@ from mbirl.algorithms.mbirl import DemoBatch, MBIRLConfig, evaluate_on_robot
 from mbirl.data.demos import KeypointDemoSet, save_keypoint_demos
 from mbirl.data.visual import (
     ExplorationData,
+    check_rendered_size,
     generate_exploration,
     load_exploration,
     load_visual_demos,
@@ -360,6 +361,7 @@ def make_visual_demos(out: str | Path, cfg: VisualDemosConfig | None = None, *, 
     if not (np.isfinite(cfg.noise) and cfg.noise >= 0):
         raise InputError(f"must be >= 0, got {cfg.noise}", field="noise")
     camera = camera if camera is not None else default_camera()
+    check_rendered_size(cfg.n * cfg.horizon, camera)
     robot = robot if robot is not None else default_kuka()
     demos = generate_demos(cfg.task, cfg.n, seed=cfg.seed, horizon=cfg.horizon, robot=robot,  # type: ignore[arg-type]
                            noise=cfg.noise)
@@ -528,6 +530,10 @@ def run_dynamics_stage(cfg: DynamicsStageConfig, run_dir: str | Path, *, resume:
     from mbirl.perception.plots import plot_dynamics_rollouts
 
     data = data if data is not None else load_exploration(cfg.data)
+    robot = _robot_of(data.meta, cfg.data)
+    if data.q.shape[-1] != robot.n_joints:
+        raise InputError(f"joint states have {data.q.shape[-1]} joints, the data's robot has {robot.n_joints}",
+                         source=cfg.data, field="q")
     detector = TrainedDetector.load(cfg.detector)
     if detector.camera != data.camera:
         raise InputError("the detector was trained with a different camera than this data set's",
@@ -536,7 +542,6 @@ def run_dynamics_stage(cfg: DynamicsStageConfig, run_dir: str | Path, *, resume:
         raise InputError("eval_horizon and checkpoint_every must be >= 1", field="dynamics")
     if cfg.train.steps < 1:
         raise InputError(f"need at least one training step, got {cfg.train.steps}", field="steps")
-    robot = _robot_of(data.meta, cfg.data)
     n_train = _split(len(data), cfg.holdout_fraction)
     run = RunDir(run_dir, cfg, resume=resume)
     z, valid = _detect_exploration(detector, data)

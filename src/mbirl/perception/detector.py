@@ -26,6 +26,14 @@ __all__ = ["DetectorConfig", "KeypointAutoencoder", "SpatialSoftmax", "check_ima
            "images_to_tensor"]
 
 
+MAX_KEYPOINTS = 256
+"""Most learned keypoints (each is a feature map of the image's size: the bound keeps memory bounded)."""
+MAX_WIDTH = 512
+"""Most convolution channels."""
+MAX_IMAGE_SIZE = 512
+"""Largest (square) image side the detector takes."""
+
+
 @dataclass(frozen=True)
 class DetectorConfig:
     """Architecture of :class:`KeypointAutoencoder` (the image size comes from the data it is trained on)."""
@@ -38,16 +46,17 @@ class DetectorConfig:
     """standard deviation of the decoder's Gaussian blobs, in feature-map pixels (half the image resolution)"""
 
     def __post_init__(self) -> None:
-        if self.n_keypoints < 1:
-            raise InputError(f"need at least one keypoint, got {self.n_keypoints}", field="n_keypoints")
-        if self.width < 4 or not (math.isfinite(self.sigma) and self.sigma > 0):
-            raise InputError(f"invalid width {self.width} or sigma {self.sigma}", field="detector")
+        if not 1 <= self.n_keypoints <= MAX_KEYPOINTS:
+            raise InputError(f"must be in [1, {MAX_KEYPOINTS}], got {self.n_keypoints}", field="n_keypoints")
+        if not 4 <= self.width <= MAX_WIDTH or not (math.isfinite(self.sigma) and 0 < self.sigma <= 100):
+            raise InputError(f"invalid width {self.width} (4..{MAX_WIDTH}) or sigma {self.sigma}", field="detector")
 
 
 def check_image_size(image_size: int) -> int:
     """``image_size`` after checking that the detector can take square images of that size (even, >= 8)."""
-    if image_size < 8 or image_size % 2:
-        raise InputError(f"image size must be an even number >= 8, got {image_size}", field="resolution")
+    if not 8 <= image_size <= MAX_IMAGE_SIZE or image_size % 2:
+        raise InputError(f"image size must be an even number in [8, {MAX_IMAGE_SIZE}], got {image_size}",
+                         field="resolution")
     return image_size
 
 

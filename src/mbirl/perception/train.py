@@ -36,7 +36,7 @@ class DetectorTrainConfig:
     """extra loss weight of pixels that differ from the static background (see the module docstring)"""
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.batch_size < 1 or not (math.isfinite(self.lr) and self.lr > 0) \
+        if self.steps < 0 or not 1 <= self.batch_size <= 4096 or not (math.isfinite(self.lr) and self.lr > 0) \
                 or not (math.isfinite(self.saliency_weight) and self.saliency_weight >= 0):
             raise InputError(f"invalid detector training settings (steps {self.steps}, batch {self.batch_size}, "
                              f"lr {self.lr}, saliency weight {self.saliency_weight})", field="detector")
