@@ -52,16 +52,20 @@ def expert_train(
                            ] = ExpertRunConfig.max_minutes,
     eval_every: Annotated[int, typer.Option(help="steps between evaluations of the exported policy")
                           ] = ExpertRunConfig.eval_every,
+    algo: Annotated[str | None, typer.Option(help="sac|td3|ppo with Stable-Baselines3's defaults: for an "
+                                                  "environment without a preset (default: the preset)")] = None,
     config: Annotated[Path | None, _config_opt(ExpertRunConfig)] = None,
     overwrite: Annotated[bool, typer.Option(help="train a new expert in place of the one in OUT (SB3 training "
                                                  "cannot resume)")] = False,
     progress: ProgressOpt = True,
 ) -> None:
-    """Train the preset expert of ENV; writes OUT/expert.{safetensors,json} (the best exported policy)."""
+    """Train the expert of ENV (its preset, or --algo with SB3's defaults for any environment, module:EnvId
+    included); writes OUT/expert.{safetensors,json} (the best exported policy)."""
     from mbirl.experts.train import train_expert
 
     cfg = build_config(ctx, ExpertRunConfig, _given({"env": env, "seed": seed, "steps": steps,
-                                                     "max_minutes": max_minutes, "eval_every": eval_every}), config)
+                                                     "max_minutes": max_minutes, "eval_every": eval_every,
+                                                     "algo": algo}), config)
     out_dir = out if out is not None else Path("runs/experts") / cfg.env
     res = train_expert(cfg, out_dir, progress=progress, overwrite=overwrite)
     typer.echo(f"{cfg.env}: best evaluation return {res.best_return:.1f} after {res.env_steps} steps "
@@ -140,12 +144,15 @@ def mairl_eval(
     video: Annotated[Path | None, typer.Option(help="write an .mp4 of one episode")] = None,
     seed: Annotated[int, typer.Option(
         help="reset seed of the first episode (then seed+1, ...); training's evaluations use 1000000+")] = 2_000_000,
+    out: Annotated[Path | None, typer.Option(help="JSON file for the result with every episode's return, written "
+                                                  "before the video (default: RUN_DIR/eval.json)")] = None,
 ) -> None:
     """Evaluate a run's policy on the true reward (and optionally record a video); any imitation algorithm's."""
     from mbirl.experiments.mairl_run import evaluate_run
 
-    out = evaluate_run(run_dir, episodes, video=video, seed=seed)
-    typer.echo(json.dumps({k: v for k, v in out.items() if k != "returns"}))
+    result = evaluate_run(run_dir, episodes, video=video, seed=seed, out=out if out is not None else
+                          run_dir / "eval.json")
+    typer.echo(json.dumps({k: v for k, v in result.items() if k != "returns"}))
 
 
 @mairl_app.command("plot")

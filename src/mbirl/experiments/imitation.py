@@ -40,10 +40,11 @@ from mbirl.algorithms.learner import ImitationLearner
 from mbirl.algorithms.mairl import VARIANTS, MAIRLConfig, build_mairl
 from mbirl.errors import InputError
 from mbirl.experts.demos import DemoStats, demo_stats, normalized_return
+from mbirl.experts.rollout import check_env_id
 from mbirl.registry import Registry
-from mbirl.reporting.checkpoint import load_checkpoint
+from mbirl.reporting.checkpoint import load_checkpoint, restoring
 from mbirl.reporting.runs import RunDir, checkpoint_stem
-from mbirl.validation import config_from_dict, read_json
+from mbirl.validation import check_output_path, config_from_dict, read_json
 
 __all__ = ["ALGORITHMS", "BaseRunConfig", "ImitationRunConfig", "build_learner", "evaluate_imitation_run",
            "learner_components", "load_imitation_config", "run_imitation", "train_learner"]
@@ -103,6 +104,8 @@ class BaseRunConfig:
 
     RESUMABLE: ClassVar[tuple[str, ...]] = ("env_steps", "eval_every", "eval_episodes", "checkpoint_every")
     """What ``--resume`` may change: how long the run goes and how often it reports."""
+    PATHS: ClassVar[tuple[str, ...]] = ("demos",)
+    """Input files: recorded absolute in ``config.json`` (:class:`~mbirl.reporting.runs.RunDir`)."""
 
     def __post_init__(self) -> None:
         for name in ("env_steps", "eval_every", "eval_episodes", "checkpoint_every"):
@@ -149,7 +152,7 @@ class ImitationRunConfig(BaseRunConfig):
 
 def build_learner(cfg: ImitationRunConfig, demos: DemoStats | None = None) -> tuple[ImitationLearner, DemoStats]:
     """The learner of ``cfg`` (reads the demo file unless ``demos`` is given; writes nothing)."""
-    demos = demos if demos is not None else demo_stats(cfg.demos)
+    demos = demos if demos is not None else demo_stats(cfg.demos, env=cfg.env or None)
     if cfg.env and cfg.env != demos.env_id:
         raise InputError(f"demos are for '{demos.env_id}', not '{cfg.env}'", source=cfg.demos, field="env")
     return ALGORITHMS.make(cfg.algo, cfg=cfg, demos=demos), demos
@@ -182,9 +185,12 @@ def train_learner(run: RunDir, cfg: ImitationRunConfig, *, progress: bool = True
     evals: list[dict[str, float]] = []
     seconds = 0.0
     if run.state is not None:
-        learner.load_state_dict(run.state["trainer"])
-        evals = [{k: float(v) for k, v in e.items()} for e in run.state["evals"]]
-        seconds = float(run.state["seconds"])
+        with restoring(run.checkpoint.with_suffix(".json")):
+            learner.load_state_dict(run.state["trainer"])
+            evals = [{k: float(v) for k, v in e.items()} for e in run.state["evals"]]
+            seconds = float(run.state["seconds"])
+            if not evals or not all(math.isfinite(v) for e in evals for v in e.values()):
+                raise ValueError("evals must be a non-empty list of finite evaluations")
     run.start(components=learner_components(learner))
 
     def save() -> None:
@@ -261,39 +267,56 @@ def load_imitation_config(run_dir: str | Path) -> ImitationRunConfig:
     if isinstance(data, dict) and "algo" in data:
         with warnings.catch_warnings():  # a saved run's layout is not the user's to fix: no deprecation warning
             warnings.simplefilter("ignore", FutureWarning)
-            return config_from_dict(ImitationRunConfig, data, source=str(path))
-    return load_run_config(run_dir).to_imitation()
+            cfg = config_from_dict(ImitationRunConfig, data, source=str(path))
+    else:
+        cfg = load_run_config(run_dir).to_imitation()
+    if cfg.env:  # read from a file: a plain registered id, never module:Env
+        check_env_id(cfg.env, source=str(path), field="env")
+    return cfg
 
 
 def evaluate_imitation_run(run_dir: str | Path, episodes: int = 10, *, video: str | Path | None = None,
-                           seed: int = 2_000_000) -> dict[str, Any]:
+                           seed: int = 2_000_000, out: str | Path | None = None) -> dict[str, Any]:
     """Deterministic episodes of a run's last checkpointed policy (any algorithm); optionally an ``.mp4`` of the
     first episodes.
 
     Episode ``i`` resets with seed ``seed + i``; the default keeps clear of training's evaluations (1,000,000+).
+    ``out`` (a ``.json`` path) receives the result, per-episode ``returns`` included, before any video is recorded,
+    so a video that fails leaves the evaluation saved.
     """
+    if out is not None and Path(out).suffix != ".json":
+        raise InputError(f"must end in .json, got '{out}'", field="out")
     if episodes < 1:
         raise InputError(f"must be >= 1, got {episodes}", field="episodes")
     if seed < 0:
         raise InputError(f"must be >= 0, got {seed}", field="seed")
-    if video is not None and Path(video).suffix != ".mp4":
-        raise InputError(f"video must end in .mp4, got '{video}'", field="video")
+    if video is not None:
+        check_output_path(video, ".mp4", field="video")
     cfg = load_imitation_config(run_dir)
     learner, demos = build_learner(cfg)
-    state = load_checkpoint(checkpoint_stem(run_dir))
-    learner.load_policy(state["trainer"])
+    stem = checkpoint_stem(run_dir)
+    state = load_checkpoint(stem)
+    with restoring(stem.with_suffix(".json")):
+        learner.load_policy(state["trainer"])
+        trained = int(state["trainer"]["env_steps"])
     result = learner.evaluate(episodes, seed=seed)
-    out: dict[str, Any] = {
+    result_row: dict[str, Any] = {
         "env_id": demos.env_id, "algo": cfg.algo, "episodes": episodes, "seed": seed,
         "returns": result.returns.tolist(), "mean_return": result.mean_return,
         "normalized_return": normalized_return(result.mean_return, demos.expert_return, demos.random_return),
-        "env_steps_trained": int(state["trainer"]["env_steps"]),
+        "env_steps_trained": trained,
     }
+    if not math.isfinite(result_row["mean_return"]):
+        raise InputError("evaluation produced a non-finite return", source=str(run_dir))
+    if out is not None:
+        from mbirl.fileio import write_json_atomic
+
+        write_json_atomic(out, result_row)
     if video is not None:
         from mbirl.experts.rollout import record_video
 
-        out["video"] = str(record_video(learner.act_deterministic, demos.env_id, video, seed=seed))
-    if not math.isfinite(out["mean_return"]):
-        raise InputError("evaluation produced a non-finite return", source=str(run_dir))
-    return out
+        result_row["video"] = str(record_video(learner.act_deterministic, demos.env_id, video, seed=seed))
+        if out is not None:
+            write_json_atomic(out, result_row)
+    return result_row
 

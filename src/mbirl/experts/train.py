@@ -25,8 +25,8 @@ from mbirl.experts.policy import ExpertPolicy, export_sb3_policy
 from mbirl.experts.rollout import make_env, run_episodes
 from mbirl.reporting.runs import ALREADY_HOLDS_A_RUN, RunDir
 
-__all__ = ["EXPERT_PRESETS", "HOPPER_PPO", "ExpertPreset", "ExpertResult", "ExpertRunConfig", "load_expert",
-           "train_expert"]
+__all__ = ["EXPERT_PRESETS", "GENERIC_ALGOS", "GENERIC_STEPS", "HOPPER_PPO", "ExpertPreset", "ExpertResult",
+           "ExpertRunConfig", "load_expert", "train_expert"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,12 @@ EXPERT_PRESETS: dict[str, ExpertPreset] = {
     "Hopper-v5": ExpertPreset("sac", 1_000_000, {"learning_starts": 10_000}, target=2500.0),
 }
 
+GENERIC_ALGOS = ("sac", "td3", "ppo")
+"""Algorithms ``--algo`` trains with Stable-Baselines3's default hyper-parameters (any environment)."""
+
+GENERIC_STEPS = {"sac": 100_000, "td3": 100_000, "ppo": 200_000}
+"""Default environment-step budgets of :data:`GENERIC_ALGOS` (``--steps`` overrides)."""
+
 HOPPER_PPO = ExpertPreset("ppo", 2_000_000, _hopper_ppo_kwargs(), target=2500.0, normalize=True)
 """Alternative Hopper preset (``train_expert(cfg, out, preset=HOPPER_PPO)``): ~13x more env steps/s than SAC on these
 CPUs, but it stood still (return ~1000) through 0.4-1M steps in 2 of 2 seeds, so SAC stays the default."""
@@ -91,6 +97,9 @@ class ExpertRunConfig:
     """environment steps between evaluations of the exported deterministic policy"""
     eval_episodes: int = 5
     """episodes per evaluation"""
+    algo: str | None = None
+    """``sac``, ``td3`` or ``ppo`` with Stable-Baselines3's default hyper-parameters, for an environment without a
+    preset (or instead of its preset's algorithm); None: the preset"""
 
     RESUMABLE: ClassVar[tuple[str, ...]] = ()
     """Nothing: SB3 training cannot be resumed exactly."""
@@ -102,6 +111,23 @@ class ExpertRunConfig:
                 raise InputError(f"must be >= 1, got {value}", field=name.replace("_", "-"))
         if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
             raise InputError(f"must be a positive number, got {self.max_minutes}", field="max-minutes")
+        if self.algo is not None and self.algo not in GENERIC_ALGOS:
+            raise InputError(f"unknown algorithm '{self.algo}' (expected one of {', '.join(GENERIC_ALGOS)})",
+                             field="algo")
+
+    def preset(self) -> ExpertPreset:
+        """The preset this run trains with: :data:`EXPERT_PRESETS`' for the environment, or SB3's defaults for
+        ``algo`` (:data:`GENERIC_STEPS` steps unless ``steps`` says otherwise)."""
+        known = EXPERT_PRESETS.get(self.env)
+        if self.algo is None:
+            if known is None:
+                raise InputError(f"no expert preset for '{self.env}' (known: {', '.join(EXPERT_PRESETS)}); pass "
+                                 f"--algo {'|'.join(GENERIC_ALGOS)} to train with Stable-Baselines3's defaults",
+                                 field="env")
+            return known
+        if known is not None and known.algo == self.algo:
+            return known
+        return ExpertPreset(self.algo, GENERIC_STEPS[self.algo])
 
 
 @dataclass(frozen=True)
@@ -157,9 +183,8 @@ def train_expert(cfg: ExpertRunConfig, out_dir: str | Path, *, progress: bool = 
 
     env_id, seed = cfg.env, cfg.seed
     if preset is None:
-        if env_id not in EXPERT_PRESETS:
-            raise InputError(f"no expert preset for '{env_id}' (known: {', '.join(EXPERT_PRESETS)})", field="env")
-        preset = EXPERT_PRESETS[env_id]
+        preset = cfg.preset()
+    _check_action_space(env_id, preset.algo)
     if preset.normalize and preset.algo != "ppo":
         raise InputError(f"normalize is only supported with ppo, not {preset.algo}", field="normalize")
     total = preset.steps if cfg.steps is None else cfg.steps
@@ -211,8 +236,22 @@ def train_expert(cfg: ExpertRunConfig, out_dir: str | Path, *, progress: bool = 
                 "best_eval_return": float(best["ret"]), "best_at_env_steps": int(best["steps"]),
                 "seconds": seconds, "target": preset.target,
                 "command": f"mbirl expert train --env {env_id} --seed {seed} --out {out}"
-                           + (f" --steps {cfg.steps}" if cfg.steps is not None else "")})
+                           + (f" --steps {cfg.steps}" if cfg.steps is not None else "")
+                           + (f" --algo {cfg.algo}" if cfg.algo is not None else "")})
     return ExpertResult(out / "expert", float(best["ret"]), int(model.num_timesteps), seconds)
+
+
+def _check_action_space(env_id: str, algo: str) -> None:
+    """SAC and TD3 need a bounded Box action space: an InputError, not SB3's assertion, for any other."""
+    import gymnasium as gym
+
+    if algo not in ("sac", "td3", "tqc"):
+        return
+    env = make_env(env_id)
+    space = env.action_space
+    env.close()
+    if not isinstance(space, gym.spaces.Box):
+        raise InputError(f"{algo} needs continuous (Box) actions, {env_id} has {space}; use --algo ppo", field="algo")
 
 
 def _open_run(out: Path, cfg: ExpertRunConfig, overwrite: bool) -> RunDir:
