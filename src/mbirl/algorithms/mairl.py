@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,9 @@ import torch
 from mbirl.algorithms.learner import EVAL_SEED, StepInfo, evaluate_policy, numpy_rng_state, set_numpy_rng_state
 from mbirl.algorithms.policies import GaussianPolicy, GumbelPolicy, Policy
 from mbirl.data.replay import ReplayBuffer
+from mbirl.dynamics.ensemble import ModelEnsemble
 from mbirl.dynamics.models import MODELS, ForwardModel
+from mbirl.dynamics.termination import TerminationFn, termination_fn
 from mbirl.dynamics.training import fit_forward_model
 from mbirl.errors import InputError, check_finite
 from mbirl.experts.demos import DemoStats, check_demo_spaces
@@ -42,7 +45,8 @@ from mbirl.experts.rollout import EpisodeResult, make_env
 from mbirl.rewards.discriminator import DISCRIMINATORS, Discriminator, mean_update_stats
 from mbirl.types import TransitionBatch
 
-__all__ = ["MAIRL", "VARIANTS", "EnvSlot", "MAIRLConfig", "RolloutResult", "build_mairl", "model_based_rollout_loss"]
+__all__ = ["MAIRL", "VARIANTS", "EnvSlot", "ImaginedResult", "MAIRLConfig", "RolloutResult", "build_mairl",
+           "imagined_rollout_loss", "model_based_rollout_loss"]
 
 VARIANTS = {"mairl": "airl", "mgail": "gail"}
 """The trainer's variants and the discriminator (:data:`mbirl.rewards.DISCRIMINATORS` name) each uses."""
@@ -109,6 +113,29 @@ class MAIRLConfig:
     """forward-model updates after the warm-up"""
     ema_rate: float = 1.0
     """< 1 evaluates (and exports) an exponential moving average of the policy weights (rate per update)"""
+    policy_utd: float = 0.0
+    """imagined policy updates per environment step (the update-to-data ratio of the imagined block; 0: none,
+    the paper's variant). Each one rolls ``imagine_horizon`` steps through the learned model only, from
+    ``imagine_batch`` start states drawn from the replay buffer"""
+    real_update: bool = True
+    """the real ``n_rollouts x horizon`` segment that collects data is also a policy update with the real-state
+    correction (the paper's update); ``False``: plain data collection with the current stochastic policy"""
+    imagine_horizon: int = 10
+    """steps of each imagined rollout"""
+    imagine_batch: int = 64
+    """start states per imagined policy update"""
+    start_window: int = 0
+    """imagined start states come from this many most recent replay transitions (0: the whole buffer)"""
+    demo_starts: float = 0.0
+    """fraction of the imagined start states drawn from the demonstrations instead of the replay buffer"""
+    ensemble_size: int = 1
+    """forward models in the ensemble (1: one model, the paper's); imagined steps use a random member per sample"""
+    model_penalty: float = 0.0
+    """lambda of the MOPO-style reward penalty ``r - lambda * disagreement`` in imagined rollouts (needs an
+    ensemble)"""
+    max_disagreement: float = 0.0
+    """an imagined rollout stops after a step whose ensemble disagreement exceeds this (in observation standard
+    deviations; needs an ensemble; 0: no limit)"""
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -119,7 +146,7 @@ class MAIRLConfig:
             raise InputError("state_only needs the AIRL discriminator (variant mairl); the GAIL discriminator of "
                              "mgail has no state-only form", field="state_only")
         for name in ("horizon", "n_rollouts", "batch_size", "replay_size", "disc_every", "disc_window",
-                     "warmup_steps"):
+                     "warmup_steps", "imagine_horizon", "imagine_batch", "ensemble_size"):
             if getattr(self, name) < 1:
                 raise InputError(f"must be >= 1, got {getattr(self, name)}", field=name)
         for name in ("model_steps", "disc_steps", "model_pretrain_steps"):
@@ -129,6 +156,23 @@ class MAIRLConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise InputError(f"must be a positive finite number, got {value}", field=name)
+        if self.start_window < 0:
+            raise InputError(f"must be >= 0, got {self.start_window}", field="start_window")
+        for name in ("policy_utd", "model_penalty"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise InputError(f"must be a finite number >= 0, got {value}", field=name)
+        if not 0.0 <= self.demo_starts <= 1.0:
+            raise InputError(f"must be in [0, 1], got {self.demo_starts}", field="demo_starts")
+        if not (math.isfinite(self.max_disagreement) and self.max_disagreement >= 0):
+            raise InputError(f"must be a finite number >= 0 (0: no limit), got {self.max_disagreement}",
+                             field="max_disagreement")
+        if self.ensemble_size == 1 and (self.model_penalty > 0 or self.max_disagreement > 0):
+            raise InputError("model_penalty and max_disagreement measure an ensemble's disagreement: set "
+                             "ensemble_size >= 2", field="ensemble_size")
+        if not self.real_update and self.policy_utd == 0:
+            raise InputError("real_update=False with policy_utd=0 would never update the policy",
+                             field="policy_utd")
         if not 0.0 < self.gamma <= 1.0:
             raise InputError(f"must be in (0, 1], got {self.gamma}", field="gamma")
         if not 0.0 < self.ema_rate <= 1.0:
@@ -163,9 +207,9 @@ class RolloutResult:
     over: np.ndarray
 
 
-def model_based_rollout_loss(policy: Policy, model: ForwardModel, reward_fn: Callable[..., torch.Tensor],
-                             s0: torch.Tensor, env_step: EnvStep, *, horizon: int, gamma: float, alpha: float,
-                             generator: torch.Generator) -> RolloutResult:
+def model_based_rollout_loss(policy: Policy, model: ForwardModel | ModelEnsemble,
+                             reward_fn: Callable[..., torch.Tensor], s0: torch.Tensor, env_step: EnvStep, *,
+                             horizon: int, gamma: float, alpha: float, generator: torch.Generator) -> RolloutResult:
     """Run ``horizon`` steps from the real states ``s0`` ``(B, obs_dim)`` and return the pathwise policy loss.
 
     ``reward_fn(obs, act, next_obs, done)`` is the discriminator's reward. Environments whose episode ends stop
@@ -204,6 +248,52 @@ def model_based_rollout_loss(policy: Policy, model: ForwardModel, reward_fn: Cal
                          cat["done"], cat["rew"].astype(np.float32), cat["env"], cat["over"])
 
 
+@dataclass
+class ImaginedResult:
+    """One batched imagined rollout: the loss to minimise and what it saw (for logging)."""
+
+    loss: torch.Tensor
+    mean_reward: float
+    mean_disagreement: float
+    mean_length: float
+
+
+def imagined_rollout_loss(policy: Policy, model: ForwardModel | ModelEnsemble, reward_fn: Callable[..., torch.Tensor],
+                          s0: torch.Tensor, *, horizon: int, gamma: float, alpha: float, generator: torch.Generator,
+                          terminal_fn: TerminationFn, penalty: float = 0.0, max_disagreement: float = math.inf
+                          ) -> ImaginedResult:
+    """Roll the policy ``horizon`` steps from ``s0`` ``(B, obs_dim)`` through the learned model only and return the
+    pathwise policy loss (SVG(H)-style: the gradient flows through the rewards and the model's Jacobians).
+
+    Per step: ``a ~ pi(s)``; ``s' = f(s, a)`` (an ensemble's random member per sample, with its disagreement
+    ``u``); ``r = f_omega(s, a, s', done) - alpha * stopgrad(log pi) - penalty * u``. A rollout stops contributing
+    after a step that ``terminal_fn`` says ends the episode or whose disagreement exceeds ``max_disagreement``.
+    """
+    s = s0
+    alive = torch.ones(s0.shape[0], dtype=s0.dtype)
+    loss = torch.zeros((), dtype=s0.dtype)
+    rewards, disagreements, length = [], [], torch.zeros((), dtype=s0.dtype)
+    for t in range(horizon):
+        a, log_pi = policy.sample(s, generator)
+        if isinstance(model, ModelEnsemble):
+            s_next, u = model.sample(s, a, generator)
+        else:
+            s_next, u = model(s, a), torch.zeros(s0.shape[0], dtype=s0.dtype)
+        ended = terminal_fn(s_next.detach())
+        r = reward_fn(s, a, s_next, ended.to(s0.dtype)) - alpha * log_pi.detach() - penalty * u
+        loss = loss - (gamma**t) * (alive * r).sum() / s0.shape[0]
+        live = alive > 0
+        rewards.append(r.detach()[live])
+        disagreements.append(u[live])
+        length = length + alive.sum()
+        alive = alive * (~ended & (u <= max_disagreement)).to(s0.dtype)
+        if not bool((alive > 0).any()):
+            break
+        s = s_next
+    return ImaginedResult(loss, float(torch.cat(rewards).mean()), float(torch.cat(disagreements).mean()),
+                          float(length) / s0.shape[0])
+
+
 def _step_subset(env_step: EnvStep, a_env: np.ndarray, idx: np.ndarray, s_hat: torch.Tensor
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Step only the environments in ``idx``; the others keep the model's prediction (masked out anyway)."""
@@ -240,7 +330,7 @@ class MAIRL:
         seed: seeds the sampling generator, the replay sampling and the environment resets.
     """
 
-    def __init__(self, config: MAIRLConfig, demos: DemoStats, policy: Policy, model: ForwardModel,
+    def __init__(self, config: MAIRLConfig, demos: DemoStats, policy: Policy, model: ForwardModel | ModelEnsemble,
                  disc: Discriminator, *, seed: int) -> None:
         obs_dim = demos.obs.shape[1]
         for part, module in (("policy", policy), ("model", model), ("discriminator", disc)):
@@ -261,8 +351,13 @@ class MAIRL:
         self.generator = torch.Generator().manual_seed(seed)
         self.rng = np.random.default_rng(seed)
         self.envs = [EnvSlot(make_env(self.env_id), 0, [], np.zeros(0)) for _ in range(config.n_rollouts)]
+        self.terminal_fn, known = termination_fn(self.env_id)
+        if config.policy_utd > 0 and not known:
+            warnings.warn(f"no termination rule is known for {self.env_id}: imagined rollouts assume its episodes "
+                          "end only by the time limit", stacklevel=2)
         self.env_steps = 0
         self.iteration = 0
+        self.update_credit = 0.0
         self.episodes_started = 0
         self.warmup_done = 0
         for slot in self.envs:
@@ -367,17 +462,12 @@ class MAIRL:
             alive = alive[~out[2]]
             return out
 
-        res = model_based_rollout_loss(self.policy, self.model, self.reward_fn, s0, tracked, horizon=c.horizon,
-                                       gamma=c.gamma, alpha=c.alpha, generator=self.generator)
-        self.opt_policy.zero_grad()
-        loss = res.loss + c.policy_reg * self.policy.saturation(s0) if c.policy_reg > 0 else res.loss
-        check_finite(loss, "policy loss", self.iteration + 1)
-        loss.backward()
-        norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), c.grad_clip))
-        # A NaN reward or model would poison the policy: stop (the last good checkpoint stays on disk).
-        check_finite(norm, "policy gradient norm", self.iteration + 1)
-        self.opt_policy.step()
-        self._update_ema()
+        with torch.set_grad_enabled(c.real_update):
+            res = model_based_rollout_loss(self.policy, self.model, self.reward_fn, s0, tracked, horizon=c.horizon,
+                                           gamma=c.gamma, alpha=c.alpha, generator=self.generator)
+        norm = math.nan
+        if c.real_update:
+            norm = self._policy_step(res.loss, s0)
         self.buffer.add(res.obs, res.act, res.next_obs, res.done)
         self.env_steps += len(res.obs)
         finished = []
@@ -387,12 +477,60 @@ class MAIRL:
                 self._reset(slot)
         return float(res.loss.detach()), norm, res.mean_reward, finished
 
+    def _policy_step(self, rollout_loss: torch.Tensor, s0: torch.Tensor) -> float:
+        """One optimiser step of the policy on a rollout loss (plus the saturation penalty at the start states);
+        returns the gradient norm before clipping."""
+        c = self.config
+        self.opt_policy.zero_grad()
+        loss = rollout_loss + c.policy_reg * self.policy.saturation(s0) if c.policy_reg > 0 else rollout_loss
+        check_finite(loss, "policy loss", self.iteration + 1)
+        loss.backward()
+        norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), c.grad_clip))
+        # A NaN reward or model would poison the policy: stop (the last good checkpoint stays on disk).
+        check_finite(norm, "policy gradient norm", self.iteration + 1)
+        self.opt_policy.step()
+        self._update_ema()
+        return norm
+
+    def start_states(self, n: int) -> torch.Tensor:
+        """``n`` start states for imagined rollouts: a ``demo_starts`` fraction from the demonstrations, the rest
+        from the replay buffer (its ``start_window`` most recent transitions; all when 0)."""
+        c = self.config
+        n_demo = int(round(c.demo_starts * n))
+        window = self.buffer.recent_indices(c.start_window if c.start_window > 0 else self.buffer.size)
+        replay = self.buffer.obs[window[self.rng.integers(0, len(window), size=n - n_demo)]]
+        demo = self.demos.obs[self.rng.integers(0, len(self.demos.obs), size=n_demo)]
+        return torch.as_tensor(np.concatenate([replay, demo]).astype(np.float32))
+
+    def imagined_updates(self, n: int) -> tuple[float, float, float, float]:
+        """``n`` policy updates on imagined rollouts; mean (loss, gradient norm, reward, disagreement) (NaN for 0)."""
+        c = self.config
+        out = []
+        for _ in range(n):
+            s0 = self.start_states(c.imagine_batch)
+            res = imagined_rollout_loss(self.policy, self.model, self.reward_fn, s0, horizon=c.imagine_horizon,
+                                        gamma=c.gamma, alpha=c.alpha, generator=self.generator,
+                                        terminal_fn=self.terminal_fn, penalty=c.model_penalty,
+                                        max_disagreement=c.max_disagreement or math.inf)
+            norm = self._policy_step(res.loss, s0)
+            out.append((float(res.loss.detach()), norm, res.mean_reward, res.mean_disagreement))
+        if not out:
+            return math.nan, math.nan, math.nan, math.nan
+        loss, norm, reward, disagreement = (float(np.mean(col)) for col in zip(*out, strict=True))
+        return loss, norm, reward, disagreement
+
     def iteration_step(self) -> StepInfo:
-        """One iteration: a policy block (one update, ``n_rollouts * horizon`` env steps), a model block and,
-        every ``disc_every`` iterations, a discriminator block."""
+        """One iteration: a policy block (the real segment of ``n_rollouts * horizon`` env steps, with or without
+        its update, then ``policy_utd`` imagined updates per env step taken), a model block and, every
+        ``disc_every`` iterations, a discriminator block."""
         self.warmup()
+        steps_before = self.env_steps
         loss, norm, mean_r, finished = self.policy_update()
         model_loss = self.train_model(self.config.model_steps)
+        self.update_credit += self.config.policy_utd * (self.env_steps - steps_before)
+        n_imagined = int(self.update_credit)
+        self.update_credit -= n_imagined
+        im_loss, im_norm, im_r, im_u = self.imagined_updates(n_imagined)
         d = (float("nan"),) * 3
         if self.iteration % self.config.disc_every == 0:
             d = self.train_discriminator(self.config.disc_steps)
@@ -403,6 +541,10 @@ class MAIRL:
         scalars = {"losses/policy": loss, "losses/model": model_loss, "losses/discriminator": d[0],
                    "charts/policy_grad_norm": norm, "charts/mean_reward": mean_r, "charts/disc_expert_acc": d[1],
                    "charts/disc_agent_acc": d[2]}
+        if self.config.policy_utd > 0:
+            scalars |= {"losses/imagined_policy": im_loss, "charts/imagined_grad_norm": im_norm,
+                        "charts/imagined_reward": im_r, "charts/model_disagreement": im_u,
+                        "charts/imagined_updates": float(n_imagined)}
         return StepInfo(scalars, finished)
 
     def finished(self, env_steps: int) -> bool:
@@ -413,7 +555,10 @@ class MAIRL:
         return self.env_steps, env_steps
 
     def describe(self) -> dict[str, Any]:
-        return {"variant": self.config.variant, "dynamics": self.config.dynamics}
+        c = self.config
+        real = 1 if c.real_update else 0
+        return {"variant": c.variant, "dynamics": c.dynamics, "ensemble_size": c.ensemble_size,
+                "policy_updates_per_env_step": real / (c.n_rollouts * c.horizon) + c.policy_utd}
 
     # ----- evaluation ---------------------------------------------------------------------------------
     def _update_ema(self) -> None:
@@ -448,6 +593,7 @@ class MAIRL:
             "buffer": self.buffer.state_dict(), "generator": self.generator.get_state(),
             "rng": numpy_rng_state(self.rng), "env_steps": self.env_steps,
             "iteration": self.iteration, "episodes_started": self.episodes_started, "warmup_done": self.warmup_done,
+            "update_credit": self.update_credit,
             "envs": [{"seed": s.episode_seed, "return": s.episode_return, "obs": torch.as_tensor(s.obs),
                       "actions": torch.as_tensor(np.asarray(s.actions)) if s.actions else None}
                      for s in self.envs],
@@ -472,6 +618,7 @@ class MAIRL:
         self.env_steps, self.iteration = int(state["env_steps"]), int(state["iteration"])
         self.episodes_started = int(state["episodes_started"])
         self.warmup_done = int(state["warmup_done"])
+        self.update_credit = float(state.get("update_credit", 0.0))
         if len(state["envs"]) != len(self.envs):
             raise InputError("checkpoint has a different number of environments", field="n_rollouts")
         for slot, saved in zip(self.envs, state["envs"], strict=True):
@@ -504,7 +651,11 @@ def build_mairl(config: MAIRLConfig, demos: DemoStats, *, seed: int) -> MAIRL:
         policy = GaussianPolicy.for_demos(obs_dim, space.low.astype(np.float32), space.high.astype(np.float32),
                                           demos.acts, sigma_scale=config.sigma_scale,
                                           sigma_floor=config.sigma_floor, hidden=config.policy_hidden)
-    model = MODELS.make(config.dynamics, obs_dim=obs_dim, act_dim=act_dim)
+    model: ForwardModel | ModelEnsemble
+    if config.ensemble_size > 1:
+        model = ModelEnsemble(config.dynamics, config.ensemble_size, obs_dim=obs_dim, act_dim=act_dim)
+    else:
+        model = MODELS.make(config.dynamics, obs_dim=obs_dim, act_dim=act_dim)
     disc = DISCRIMINATORS.make(VARIANTS[config.variant], obs_dim=obs_dim, act_dim=act_dim, gamma=config.gamma,
                                hidden=config.disc_hidden, state_only=config.state_only)
     return MAIRL(config, demos, policy, model, disc, seed=seed)

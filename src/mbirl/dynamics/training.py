@@ -13,13 +13,14 @@ from mbirl.errors import check_finite
 
 if TYPE_CHECKING:
     from mbirl.data.replay import ReplayBuffer
+    from mbirl.dynamics.ensemble import ModelEnsemble
     from mbirl.dynamics.models import ForwardModel
 
 __all__ = ["fit_forward_model"]
 
 
-def fit_forward_model(model: ForwardModel, optimizer: torch.optim.Optimizer, data: ReplayBuffer, steps: int, *,
-                      batch_size: int, rng: np.random.Generator, iteration: int = 0) -> float:
+def fit_forward_model(model: ForwardModel | ModelEnsemble, optimizer: torch.optim.Optimizer, data: ReplayBuffer,
+                      steps: int, *, batch_size: int, rng: np.random.Generator, iteration: int = 0) -> float:
     """``steps`` optimiser updates of ``model`` on minibatches of ``batch_size`` transitions drawn uniformly
     (with replacement, by ``rng.integers``) from all of ``data``; returns the mean loss (NaN for zero steps).
 
