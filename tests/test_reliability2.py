@@ -284,3 +284,264 @@ def test_dynamics_stage_refuses_a_nan_learning_rate(tmp_path):
     code, err = run_cli("visual", "train-dynamics", "--data", tmp_path / "e.npz", "--detector", tmp_path / "d",
                         "--lr", "nan", "--run-dir", tmp_path / "run", "--no-progress")
     assert_one_line_error(code, err)
+
+
+# ------------------------------------------------------------------------------ a tiny MAIRL run to edit
+
+TINY_MAIRL = "trainer:\n  warmup_steps: 100\n  model_pretrain_steps: 5\n  batch_size: 32\n  model_steps: 1\n"
+
+
+def tiny_mairl_args(tmp: Path, run_dir: Path | str) -> list:
+    (tmp / "tiny.yaml").write_text(TINY_MAIRL)
+    return ["mairl", "train", "--demos", PENDULUM_DEMOS, "--env-steps", "150", "--eval-every", "200",
+            "--eval-episodes", "1", "--horizon", "5", "--n-rollouts", "1", "--dynamics", "mlp", "--config",
+            tmp / "tiny.yaml", "--run-dir", run_dir, "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def mairl_run(tmp_path_factory) -> Path:
+    """A finished two-evaluation MAIRL run (about a second in this process)."""
+    tmp = tmp_path_factory.mktemp("mairl")
+    code, err = run_cli(*tiny_mairl_args(tmp, tmp / "run"))
+    assert code == 0, err
+    return tmp / "run"
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".lock"))
+    return dst
+
+
+def _edit_checkpoint(run: Path, edit) -> None:
+    from mbirl.reporting.checkpoint import load_checkpoint, save_checkpoint
+    from mbirl.reporting.runs import checkpoint_stem
+
+    stem = checkpoint_stem(run)
+    state = load_checkpoint(stem)
+    edit(state)
+    save_checkpoint(stem, state)
+
+
+@pytest.mark.parametrize("edit", [
+    pytest.param(lambda s: s.pop("trainer"), id="no-trainer"),
+    pytest.param(lambda s: s.pop("evals"), id="no-evals"),
+    pytest.param(lambda s: s.update(evals="abc"), id="evals-string"),
+    pytest.param(lambda s: s["trainer"].update(env_steps="many"), id="counter-string"),
+    pytest.param(lambda s: s["trainer"].update(iteration=[1]), id="counter-list"),
+    pytest.param(lambda s: s["trainer"].update(policy={k: v[..., :1] if v.ndim else v
+                                                       for k, v in s["trainer"]["policy"].items()}),
+                 id="other-tensors"),
+])
+def test_edited_mairl_checkpoints_are_refused_on_resume_and_eval(tmp_path, mairl_run, edit):
+    run = _copy_run(mairl_run, tmp_path / "run")
+    _edit_checkpoint(run, edit)
+    code, err = run_cli(*tiny_mairl_args(tmp_path, run), "--resume")
+    assert_one_line_error(code, err)
+    code, err = run_cli("mairl", "eval", "--run-dir", run, "--episodes", "1")
+    assert code in (0, 2) and "Traceback" not in err, err  # eval reads only the policy and the step counter
+
+
+@pytest.mark.parametrize("text", ['{"algo": "mairl", "demos": 3}', "[1, 2]", '{"demos": "x", "env_steps": "many"}',
+                                  '{"algo": "mairl", "demos": "d.npz", "env": "this:Pendulum-v1"}', "{" * 10])
+def test_mairl_eval_with_a_malformed_config_json(tmp_path, mairl_run, text):
+    run = _copy_run(mairl_run, tmp_path / "run")
+    (run / "config.json").write_text(text)
+    code, err = run_cli("mairl", "eval", "--run-dir", run, "--episodes", "1")
+    assert_one_line_error(code, err)
+
+
+def test_run_configs_store_demo_paths_absolute_and_eval_works_from_elsewhere(tmp_path, mairl_run, monkeypatch):
+    import shutil
+
+    shutil.copy(PENDULUM_DEMOS, tmp_path / "d.npz")
+    monkeypatch.chdir(tmp_path)
+    args = tiny_mairl_args(tmp_path, "run")
+    args[args.index(PENDULUM_DEMOS)] = "d.npz"
+    assert run_cli(*args)[0] == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["demos"] == str(tmp_path / "d.npz")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    code, err = run_cli("mairl", "eval", "--run-dir", tmp_path / "run", "--episodes", "1")
+    assert code == 0, err
+    monkeypatch.chdir(tmp_path)
+    args[args.index("--env-steps") + 1] = "160"
+    for spelling in ("d.npz", str(tmp_path / "d.npz")):  # either spelling resumes
+        args[args.index("--demos") + 1] = spelling
+        code, err = run_cli(*args, "--resume")
+        assert code == 0, err
+
+
+def test_threads_option_has_an_upper_bound():
+    code, err = run_cli("--threads", "100000", "kuka", "--help")
+    assert_one_line_error(code, err, match="threads")
+
+
+# ------------------------------------------------------------------------------ 5. one writer per run directory
+
+HOLD = """
+import sys, time
+from dataclasses import dataclass
+from mbirl.reporting.runs import RunDir
+
+@dataclass
+class C:
+    x: int = 1
+
+run = RunDir(sys.argv[1], C())
+run.start()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_one_writer_per_run_directory_and_a_dead_writer_leaves_no_lock(tmp_path):
+    import subprocess
+    from dataclasses import dataclass
+
+    from mbirl.reporting.runs import RunDir
+
+    @dataclass
+    class C:
+        x: int = 1
+
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "r")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        with pytest.raises(InputError, match=rf"in use by another process \(pid {proc.pid}\)"):
+            RunDir(tmp_path / "r", C(), resume=True)
+        fresh = RunDir(tmp_path / "new", C())  # the directory did not exist: the lock is taken at start()
+        fresh.start()
+        fresh.close()
+    finally:
+        proc.kill()
+        proc.wait()
+    run = RunDir(tmp_path / "r", C(), resume=True)  # the killed holder's lock went with it
+    again = RunDir(tmp_path / "r", C(), resume=True)  # handles of one process share the lock
+    run.close()
+    again.close()
+
+
+def test_two_runs_started_together_on_one_directory(tmp_path):
+    """The second of two fresh runs that both opened an empty directory is refused at start()."""
+    from dataclasses import dataclass
+
+    from mbirl.reporting.runs import ALREADY_HOLDS_A_RUN, RunDir
+
+    @dataclass
+    class C:
+        x: int = 1
+
+    first, second = RunDir(tmp_path / "r", C()), RunDir(tmp_path / "r", C())
+    first.start()
+    with pytest.raises(InputError, match=ALREADY_HOLDS_A_RUN.split(";")[0]):
+        second.start()
+
+
+# ------------------------------------------------------------------------------ 8. interrupts say what to do
+
+
+def _checkpoint_text(run: Path) -> str:
+    path = run / "checkpoints" / "last.json"
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _interrupt(cwd: Path, args: list[str], sig: int, checkpoints: int = 1) -> tuple[int, str]:
+    """Start ``mbirl ARGS`` in a subprocess and send it ``sig`` once it has written ``checkpoints`` checkpoints
+    of its own (so its handlers are installed)."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+    seen = _checkpoint_text(cwd / "run")
+    proc = subprocess.Popen([sys.executable, "-c", "from mbirl.cli import main; main()", *args], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and checkpoints > 0:
+        text = _checkpoint_text(cwd / "run")
+        if text and text != seen:
+            seen, checkpoints = text, checkpoints - 1
+        time.sleep(0.005)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
+def _interrupt_in_process(run: Path, args: list, sig: int) -> tuple[int, str]:
+    """Run ``mbirl ARGS`` in this process; a thread sends ``sig`` to it once a new checkpoint is written."""
+    import os
+    import threading
+
+    seen = _checkpoint_text(run)
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            text = _checkpoint_text(run)
+            if text and text != seen:
+                os.kill(os.getpid(), sig)
+                return
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        return run_cli(*args)
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _mbirl_args(cwd: Path, placing_demos, iters: int) -> list[str]:
+    from mbirl.data import save_keypoint_demos
+
+    save_keypoint_demos(cwd / "d.npz", placing_demos)
+    return ["mbirl", "train", "--demos", "d.npz", "--cost", "weighted", "--outer-iters", str(iters),
+            "--checkpoint-every", "3", "--seed", "3", "--no-progress", "--run-dir", "run"]
+
+
+def test_sigterm_and_sigint_exit_143_and_130_with_one_line_naming_resume(tmp_path, placing_demos, monkeypatch):
+    import signal
+
+    from mbirl.reporting.checkpoint import load_checkpoint
+    from mbirl.reporting.runs import checkpoint_stem
+
+    monkeypatch.chdir(tmp_path)
+    args = _mbirl_args(tmp_path, placing_demos, 400)
+    for sig, code, flag in ((signal.SIGTERM, 143, []), (signal.SIGINT, 130, ["--resume"])):
+        rc, err = _interrupt_in_process(tmp_path / "run", [*args, *flag], sig)
+        assert_one_line_error(rc, err, want=code, match="--resume")
+        assert signal.Signals(sig).name in err and "the last checkpoint is safe in run" in err
+        state = load_checkpoint(checkpoint_stem(tmp_path / "run"))  # complete, not cut short
+        assert state["iteration"] >= 0 and not (tmp_path / "run" / "metrics.json").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the CLI put the handlers back
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_interrupted_runs_resume_to_the_uninterrupted_result(tmp_path, placing_demos, sig):
+    import random
+    import signal
+
+    args = _mbirl_args(tmp_path, placing_demos, 60)
+    ref = [*args[:-1], "ref"]
+    assert run_cli(*ref)[0] == 0
+    rng = random.Random(sig)
+    flag: list[str] = []
+    for _ in range(3):
+        rc, err = _interrupt(tmp_path, [*args, *flag], getattr(signal, sig), checkpoints=rng.randint(1, 6))
+        assert rc in (0, 128 + getattr(signal, sig)), err
+        flag = ["--resume"]
+    assert run_cli(*args, "--resume")[0] == 0
+
+    def comparable(run: Path) -> tuple[dict, list]:
+        metrics = {k: v for k, v in json.loads((run / "metrics.json").read_text()).items() if "seconds" not in k}
+        rows = [{k: v for k, v in json.loads(line).items() if "seconds" not in k}
+                for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return metrics, rows
+
+    assert comparable(tmp_path / "run") == comparable(tmp_path / "ref")

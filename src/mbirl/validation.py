@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import reprlib
 import types
 import typing
@@ -17,9 +18,9 @@ import numpy as np
 
 from mbirl.errors import InputError
 
-__all__ = ["MAX_FILE_BYTES", "apply_overrides", "check_array", "check_file", "check_overrides", "check_tree",
-           "config_from_dict", "config_to_dict", "field_default", "flatten_config", "load_config", "read_json",
-           "to_plain"]
+__all__ = ["MAX_FILE_BYTES", "apply_overrides", "check_array", "check_file", "check_output_path", "check_overrides",
+           "check_tree", "config_from_dict", "config_to_dict", "field_default", "flatten_config", "load_config",
+           "read_json", "to_plain"]
 
 T = TypeVar("T")
 
@@ -43,6 +44,30 @@ def check_file(path: str | Path, *, what: str = "file", max_bytes: int = MAX_FIL
         raise InputError(f"{what} is empty", source=str(path))
     if size > max_bytes:
         raise InputError(f"{what} is too large ({size} bytes)", source=str(path))
+    return path
+
+
+def check_output_path(path: str | Path, suffix: str | None = None, *, field: str = "out", directory: bool = False
+                      ) -> Path:
+    """``path`` as a Path after checking that an output can be written there, before any work is done: the
+    expected suffix, not a directory where a file goes (or a file where a directory goes), and a nearest existing
+    ancestor that is a writable directory."""
+    try:
+        path = Path(path)
+        if suffix is not None and path.suffix != suffix:
+            raise InputError(f"{field} must end in {suffix}, got '{path}'", field=field)
+        if path.exists() and path.is_dir() != directory:
+            raise InputError(f"'{path}' is {'not ' if directory else ''}a directory", field=field)
+        ancestor = path if directory else path.parent
+        ancestor = ancestor.absolute()
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+    except (OSError, ValueError) as exc:
+        raise InputError(f"invalid output path ({exc})", field=field) from None
+    if not ancestor.is_dir():
+        raise InputError(f"cannot write below '{ancestor}': not a directory", field=field)
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write below '{ancestor}': permission denied", field=field)
     return path
 
 

@@ -6,6 +6,7 @@ Sub-apps live beside this module, one per family of commands (``kuka``, ``mbirl`
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Annotated
@@ -19,9 +20,12 @@ from mbirl.cli.kuka import kuka_app
 from mbirl.cli.mairl_cmds import expert_app, mairl_app
 from mbirl.cli.mbirl_cmds import mbirl_app, quickstart
 from mbirl.cli.visual_cmds import visual_app
-from mbirl.errors import InputError, NonFiniteError
+from mbirl.errors import InputError, NonFiniteError, one_line
 
 __all__ = ["app", "main"]
+
+MAX_THREADS = 256
+"""Most torch threads accepted (far more than these small networks can use; 100000 crashed OpenMP)."""
 
 app = typer.Typer(name="mbirl", help="Model-based inverse reinforcement learning from (visual) demonstrations.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -46,8 +50,8 @@ def _global(
     """Model-based inverse reinforcement learning from (visual) demonstrations."""
     import torch
 
-    if threads < 1:
-        raise InputError(f"must be >= 1, got {threads}", field="threads")
+    if not 1 <= threads <= MAX_THREADS:
+        raise InputError(f"must be in [1, {MAX_THREADS}], got {threads}", field="threads")
     torch.set_num_threads(threads)
 
 
@@ -63,20 +67,45 @@ app.command("quickstart")(quickstart)
 
 
 def _fail(message: str, code: int) -> None:
-    print(f"mbirl: error: {message}", file=sys.stderr)
+    print(f"mbirl: error: {one_line(message)}", file=sys.stderr)
     sys.exit(code)
 
 
+def _checkpoint_note() -> str:
+    """What an interrupted or failed run left to continue from (the run-directory driver knows)."""
+    from mbirl.reporting.runs import last_checkpoint
+
+    where = last_checkpoint()
+    return f"the last checkpoint is safe in {where.parent.parent}" if where is not None else \
+        "no checkpoint was written yet"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point: run the Typer app and turn expected failures into one-line errors."""
+    """Entry point: run the Typer app and turn expected failures into one-line errors.
+
+    SIGINT and SIGTERM end the command with one line naming ``--resume`` and exit code 130 / 143, delivered only
+    between checkpoint writes (:mod:`mbirl.interrupts`)."""
+    from mbirl.interrupts import Interrupted, install
+    from mbirl.reporting.runs import forget_checkpoints
+
+    forget_checkpoints()
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    install()
     try:
         # Standalone mode: usage errors print themselves and exit 2; our exceptions propagate to here.
         app(args=list(argv) if argv is not None else None, prog_name="mbirl")
     except InputError as exc:
         _fail(str(exc), 2)
+    except Interrupted as exc:
+        _fail(f"interrupted by {exc}; {_checkpoint_note()}: rerun the command with --resume to continue",
+              exc.exit_code)
     except KeyboardInterrupt:
-        _fail("interrupted; rerun with --resume to continue from the last checkpoint", 130)
+        _fail(f"interrupted; {_checkpoint_note()}: rerun the command with --resume to continue", 130)
     except NonFiniteError as exc:
-        _fail(f"{exc}; the last good checkpoint is kept", 3)
+        _fail(f"{exc}; {_checkpoint_note()}", 3)
     except OSError as exc:
         _fail(f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc), 1)
+    finally:
+        for s, handler in previous.items():
+            if handler is not None:
+                signal.signal(s, handler)

@@ -19,6 +19,7 @@ import torch
 
 from mbirl.errors import InputError
 from mbirl.fileio import write_bytes_atomic, write_json_atomic
+from mbirl.interrupts import deferred
 from mbirl.validation import check_file, read_json
 
 FORMAT = "mbirl.checkpoint/v2"
@@ -65,12 +66,13 @@ def save_checkpoint(stem: str | Path, state: dict[str, Any]) -> None:
     blob = save(tensors) if tensors else save({"__empty__": torch.zeros(0)})
     digest = hashlib.sha256(blob).hexdigest()
     tensor_name = f"{stem.name}-{digest[:16]}.safetensors"
-    write_bytes_atomic(stem.parent / tensor_name, blob)
-    meta = {"format": FORMAT, "sha256": digest, "tensors": tensor_name, "state": skeleton}
-    write_json_atomic(stem.with_suffix(".json"), meta)
-    for old in stem.parent.glob(f"{stem.name}-*.safetensors"):
-        if old.name != tensor_name:
-            old.unlink(missing_ok=True)
+    with deferred():  # an interrupt waits for the checkpoint to be complete (and its old tensor file removed)
+        write_bytes_atomic(stem.parent / tensor_name, blob)
+        meta = {"format": FORMAT, "sha256": digest, "tensors": tensor_name, "state": skeleton}
+        write_json_atomic(stem.with_suffix(".json"), meta)
+        for old in stem.parent.glob(f"{stem.name}-*.safetensors"):
+            if old.name != tensor_name:
+                old.unlink(missing_ok=True)
 
 
 def load_checkpoint(stem: str | Path) -> dict[str, Any]:

@@ -7,14 +7,23 @@ finishes, ``metrics.json`` (and optionally ``summary.md``), each written atomica
 never silently overwritten. ``--resume`` follows one rule everywhere: the fields a config class lists in its
 ``RESUMABLE`` class variable (how long the run goes, how often it reports) may change; any other difference is
 refused. Python/numpy/torch RNG states travel with checkpoints so a resumed run continues exactly.
+
+One process writes a run directory at a time: :class:`RunDir` holds an exclusive ``flock`` on ``RUN_DIR/.lock``
+while the run is open. The kernel releases it when the process ends, however it ends (a SIGKILL included), so the
+lock of a dead process is never in the way, and the pid written in the file says who holds a live one. Fields a
+config class lists in ``PATHS`` (input files) are recorded resolved (absolute), so a run's ``config.json`` means
+the same from any directory, and either spelling resumes.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import fcntl
+import os
 import random
 import warnings
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,10 +38,59 @@ from mbirl.reporting.checkpoint import load_checkpoint, save_checkpoint
 from mbirl.reporting.logger import MetricsLogger
 from mbirl.validation import check_overrides, config_to_dict, field_default, flatten_config, read_json, to_plain
 
-__all__ = ["ALREADY_HOLDS_A_RUN", "RunDir", "checkpoint_stem", "rng_state", "set_rng_state"]
+__all__ = ["ALREADY_HOLDS_A_RUN", "LOCK_FILE", "RunDir", "checkpoint_stem", "forget_checkpoints", "last_checkpoint",
+           "rng_state", "set_rng_state"]
 
 ALREADY_HOLDS_A_RUN = "run directory already holds a run; pass --resume to continue it or choose another --run-dir"
+LOCK_FILE = ".lock"
+"""The run directory's lock file (its content: the pid of the process that last held it)."""
 
+_locks: dict[str, list[int]] = {}
+"""Resolved run directory -> [lock file descriptor, handles open in this process]. Handles of one process share
+the lock (a trainer and the checks before it open the same directory); other processes are refused."""
+_last_checkpoint: list[Path] = []
+
+
+def forget_checkpoints() -> None:
+    """Start a new command: :func:`last_checkpoint` is None until a run saves or resumes one."""
+    _last_checkpoint.clear()
+
+
+def last_checkpoint() -> Path | None:
+    """The checkpoint this process wrote or resumed from most recently (its ``.json``), if any: what an
+    interrupted or failed command can point the user to."""
+    return _last_checkpoint[-1] if _last_checkpoint else None
+
+
+def _acquire(path: Path) -> str:
+    """Take (or share, within this process) the exclusive lock of run directory ``path``, which must exist."""
+    key = str(path.resolve())
+    held = _locks.get(key)
+    if held is not None:
+        held[1] += 1
+        return key
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise InputError(f"run directory is in use by another process (pid {holder}); wait for it to end or choose "
+                         "another --run-dir", source=str(path)) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _locks[key] = [fd, 1]
+    return key
+
+
+def _release(key: str) -> None:
+    held = _locks.get(key)
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] <= 0:
+        del _locks[key]
+        os.close(held[0])  # closing the descriptor releases the flock
 
 def checkpoint_stem(run_dir: str | Path) -> Path:
     """Where a run keeps its last checkpoint: ``run_dir/checkpoints/last``."""
@@ -60,25 +118,49 @@ class RunDir:
             raise TypeError("RunDir needs a config dataclass instance")
         self.path = Path(path)
         self.config = config
-        self.config_json = config_to_dict(config)
+        self.config_json = _resolve_paths(config_to_dict(config), type(config))
         self.checkpoint = checkpoint_stem(self.path)
         self.state: dict[str, Any] | None = None
+        self.resume = resume
+        self._lock: weakref.finalize | None = None
+        if self.path.is_dir():
+            self._hold()
+        try:
+            self._held_run = self._open(resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _hold(self) -> None:
+        self._lock = weakref.finalize(self, _release, _acquire(self.path))
+
+    def close(self) -> None:
+        """Release this handle's share of the directory's lock (also done when the handle is garbage-collected
+        and, by the kernel, when the process ends)."""
+        if self._lock is not None:
+            self._lock()
+
+    def _holds_run(self) -> bool:
+        return (self.path / "config.json").exists() or self.checkpoint.with_suffix(".json").exists()
+
+    def _open(self, resume: bool) -> bool:
         config_path = self.path / "config.json"
-        holds_run = config_path.exists() or self.checkpoint.with_suffix(".json").exists()
-        if not holds_run:
-            return
+        if not self._holds_run():
+            return False
         if not resume:
             raise InputError(ALREADY_HOLDS_A_RUN, source=str(self.path))
         if self.checkpoint.with_suffix(".json").exists():
             self.state = load_checkpoint(self.checkpoint)
             saved = self.state.get("config")
             where = self.checkpoint.with_suffix(".json")
+            _last_checkpoint.append(where)
         else:
             saved = read_json(config_path)
             where = config_path
         if not isinstance(saved, dict):
             raise InputError("the saved run has no configuration", source=str(where), field="config")
         self._check_unchanged(saved, where)
+        return True
 
     @property
     def resumed(self) -> bool:
@@ -98,7 +180,7 @@ class RunDir:
                 saved = to_plain(check_overrides(saved, cls, source=str(where), ignore_unknown=True))
         except InputError:
             pass  # compared as saved; a mistyped value shows as a difference below
-        old, new = flatten_config(saved), flatten_config(self.config_json)
+        old, new = flatten_config(_resolve_paths(saved, cls)), flatten_config(self.config_json)
         # a key the saved run predates (added to the config later) counts as its default
         mismatched = [k for k, v in new.items()
                       if k not in allowed and old.get(k, field_default(cls, k)) != v]
@@ -112,12 +194,18 @@ class RunDir:
         from mbirl.reporting.provenance import record_provenance
 
         self.path.mkdir(parents=True, exist_ok=True)
+        if self._lock is None:  # the directory did not exist when the run was opened
+            self._hold()
+            if self._holds_run() != self._held_run:  # another process started a run here meanwhile
+                raise InputError(ALREADY_HOLDS_A_RUN, source=str(self.path))
         write_json_atomic(self.path / "config.json", self.config_json)
         record_provenance(self.path, components)
 
     def save(self, state: dict[str, Any]) -> None:
         """Checkpoint ``state`` (tensors + JSON values; the config is added) crash-safely."""
         save_checkpoint(self.checkpoint, {**state, "config": self.config_json})
+        _last_checkpoint.append(self.checkpoint.with_suffix(".json"))
+        del _last_checkpoint[:-1]
 
     def logger(self, *, resume_from_step: int | None = None, tensorboard: bool = True) -> MetricsLogger:
         """The run's JSONL + TensorBoard log; on resume, rows at or after ``resume_from_step`` are dropped."""
@@ -147,6 +235,17 @@ class RunDir:
         write_json_atomic(self.path / "metrics.json", metrics)
         if summary is not None:
             write_text_atomic(self.path / "summary.md", summary)
+
+
+def _resolve_paths(data: dict[str, Any], cls: type) -> dict[str, Any]:
+    """``data`` (a config as a mapping) with the top-level fields ``cls.PATHS`` names made absolute; empty or
+    non-string values stay as they are."""
+    out = dict(data)
+    for name in getattr(cls, "PATHS", ()):
+        value = out.get(name)
+        if isinstance(value, str) and value:
+            out[name] = str(Path(value).expanduser().resolve())
+    return out
 
 
 def rng_state() -> dict[str, Any]:
