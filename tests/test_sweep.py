@@ -301,6 +301,45 @@ def test_sweep_config_and_cli_errors(tmp_path, capsys):
     assert not (tmp_path / "sweep").exists()  # nothing ran, nothing was written
 
 
+def test_variants_are_named_configurations_of_an_algorithm(tmp_path, monkeypatch, capsys):
+    from mbirl.experiments.sweep import SweepConfig
+
+    variants = {"mairl-im": {"algo": "mairl", "mairl": {"policy_utd": 0.1, "horizon": 6}}}
+    sweep = SweepConfig(algos=("mairl", "mairl-im"), envs=("Pendulum-v1",), seeds=(0,),
+                        run={"env_steps": 3000, "mairl": {"horizon": 4, "n_rollouts": 2}}, variants=variants)
+    plain, variant = (c.config() for c in sweep.cells())
+    assert [c.name for c in sweep.cells()] == ["Pendulum-v1/mairl/s0", "Pendulum-v1/mairl-im/s0"]
+    assert plain.algo == variant.algo == "mairl"
+    assert (plain.mairl.policy_utd, plain.mairl.horizon) == (0.0, 4)
+    # the variant's overrides go over the shared settings, key by key
+    assert (variant.mairl.policy_utd, variant.mairl.horizon, variant.mairl.n_rollouts) == (0.1, 6, 2)
+    assert SweepConfig.from_json(json.loads(json.dumps(sweep.to_json())), source="x") == sweep
+    for bad, message in [({"mairl": {"algo": "bc"}}, "other than the algorithms' own"),
+                         ({"Bad/Name": {"algo": "bc"}}, "variant names"),
+                         ({"v": {"bc": {"max_epochs": 3}}}, "must name its algo"),
+                         ({"v": {"algo": "dagger"}}, "unknown algorithm 'dagger'"),
+                         ({"v": {"algo": "bc", "seed": 3}}, "set by the sweep's grid")]:
+        with pytest.raises(InputError, match=message):
+            SweepConfig(algos=("bc",), envs=("Pendulum-v1",), variants=bad)
+    with pytest.raises(InputError, match="sweep cell Pendulum-v1/v/s0: field 'policy_utd'"):
+        SweepConfig(algos=("v",), envs=("Pendulum-v1",), variants={"v": {"algo": "mairl",
+                                                                          "mairl": {"policy_utd": -1}}})
+    # from the command line: --variant NAME=FILE, recorded in the sweep's command
+    file = tmp_path / "im.yaml"
+    file.write_text("algo: bc\nbc:\n  max_epochs: 2\n")
+    seen = {}
+    monkeypatch.setattr("mbirl.experiments.sweep.run_sweep",
+                        lambda sweep, out, **kw: seen.update(sweep=sweep, command=kw["command"]) or
+                        type("R", (), {"finished": [], "skipped": [], "failed": {}, "out": out})())
+    assert _cli("bench", "run", "--algos", "bc,bc2", "--envs", "Pendulum-v1", "--seeds", "0", "--variant",
+                f"bc2={file}", "--out", str(tmp_path / "s")) == 0
+    assert seen["sweep"].cells()[1].config().bc.max_epochs == 2
+    assert f"--variant bc2={file.resolve()}" in seen["command"]
+    assert _cli("bench", "run", "--algos", "bc", "--envs", "Pendulum-v1", "--variant", "x", "--out",
+                str(tmp_path / "s")) == 2
+    assert "expected NAME=FILE" in capsys.readouterr().err
+
+
 def test_missing_bench_extra_is_a_clear_error(tmp_path, monkeypatch, capsys):
     from mbirl.experiments.sweep import bench_import
 

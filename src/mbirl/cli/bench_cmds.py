@@ -29,16 +29,20 @@ SEEDS = f"{SweepConfig.seeds[0]}-{SweepConfig.seeds[-1]}"
 BUDGETS = ",".join(map(str, ReportConfig.budgets))
 
 
-def _parse_demos(items: list[str]) -> dict[str, str]:
+def _parse_pairs(items: list[str], what: str, form: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items:
-        env, sep, path = item.partition("=")
-        if not sep or not env or not path:
-            raise InputError(f"expected ENV=FILE, got '{item}'", field="demos")
-        if env in out:
-            raise InputError(f"demonstrations for '{env}' given twice", field="demos")
-        out[env] = path
+        key, sep, path = item.partition("=")
+        if not sep or not key or not path:
+            raise InputError(f"expected {form}, got '{item[:80]}'", field=what)
+        if key in out:
+            raise InputError(f"'{key[:40]}' given twice", field=what)
+        out[key] = path
     return out
+
+
+def _parse_demos(items: list[str]) -> dict[str, str]:
+    return _parse_pairs(items, "demos", "ENV=FILE")
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
@@ -68,6 +72,9 @@ def bench_run(
     config: Annotated[Path | None, typer.Option(
         help="YAML run settings shared by every run: the fields of ImitationRunConfig but algo/env/seed/demos, "
              "each algorithm family's nested under its name (mairl: {horizon: 10}, bc: {patience: 10})")] = None,
+    variant: Annotated[list[str] | None, typer.Option(
+        help="NAME=FILE: a named configuration usable in --algos (repeatable); FILE is YAML run settings that name "
+             "their algo (algo: mairl, mairl: {policy_utd: 0.1}), applied over --config's")] = None,
     cpus_per_trial: Annotated[float, typer.Option(help="CPUs per trial (torch threads)")
                               ] = SweepConfig.cpus_per_trial,
     max_failures: Annotated[int, typer.Option(help="restarts of a failed trial (each continues from its "
@@ -117,12 +124,17 @@ def bench_run(
         if count is not None:
             run[name] = count
     base["run"] = run
+    variant_files = _parse_pairs(variant or [], "variant", "NAME=FILE")
+    if variant_files:
+        base["variants"] = {name: load_config(Path(path), ImitationRunConfig, legacy=False)
+                            for name, path in variant_files.items()}
     for name, resource in (("cpus_per_trial", cpus_per_trial), ("max_failures", max_failures)):
         if name in given or name not in base:
             base[name] = resource
     sweep = SweepConfig.from_json(base, source="command line" if config is None else f"command line / {config}")
     command = sweep_command(sweep, out.resolve(), config_file=str(config.resolve()) if config else None,
-                            address=address)
+                            address=address, variant_files={k: str(Path(v).resolve())
+                                                            for k, v in variant_files.items()})
     if resume:
         command += " --resume"
 

@@ -47,6 +47,9 @@ SWEEP_FILE = "sweep.json"
 TUNE_DIR = "_tune"
 """Ray Tune's own results, under the sweep's output directory."""
 
+VARIANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+"""What a variant's name may be (it is a directory name of the sweep)."""
+
 GRID_FIELDS = ("algo", "env", "seed", "demos")
 """The run-level fields the grid sets for each cell (a sweep's ``--config`` file may not)."""
 
@@ -126,7 +129,7 @@ class SweepConfig:
     trials. Validated on construction (names, demonstration files, every cell's run configuration)."""
 
     algos: tuple[str, ...]
-    """algorithms, :data:`mbirl.experiments.imitation.ALGORITHMS` names"""
+    """algorithms: :data:`mbirl.experiments.imitation.ALGORITHMS` names or names of ``variants``"""
     envs: tuple[str, ...]
     """environment ids; each needs demonstrations: ``demos[env]`` or the shipped ``data/demos/<env>.npz``"""
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
@@ -140,12 +143,30 @@ class SweepConfig:
     """CPUs Ray reserves for each trial (torch uses that many threads, at least one)"""
     max_failures: int = 2
     """times Ray restarts a failed trial; each restart continues from the trial's last checkpoint"""
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """named configurations of an algorithm, usable in ``algos`` beside the plain names: each is the run settings'
+    overrides, nested as :class:`ImitationRunConfig` nests, and names its ``algo`` (e.g. ``mairl-imagined``:
+    ``{algo: mairl, mairl: {policy_utd: 0.1}}``); applied over ``run``"""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "algos", _names(self.algos, "algos"))
         object.__setattr__(self, "envs", _names(self.envs, "envs"))
+        variants: dict[str, dict[str, Any]] = {}
+        for name, overrides in self.variants.items():
+            if not isinstance(name, str) or not VARIANT_NAME.fullmatch(name) or name in ALGORITHMS:
+                raise InputError(f"variant names are lower-case letters, digits, '-' and '_', other than the "
+                                 f"algorithms' own; got '{str(name)[:60]}'", field="variants")
+            if not isinstance(overrides, dict) or not isinstance(overrides.get("algo"), str):
+                raise InputError(f"variant '{name}' must name its algo", field=f"variants.{name}.algo")
+            ALGORITHMS.check(overrides["algo"], field=f"variants.{name}.algo")
+            fixed = sorted(set(overrides) & (set(GRID_FIELDS) - {"algo"}))
+            if fixed:
+                raise InputError(f"{fixed[0]} is set by the sweep's grid, not a variant", field=f"variants.{name}")
+            variants[name] = config_to_dict(overrides)
+        object.__setattr__(self, "variants", variants)
         for algo in self.algos:
-            ALGORITHMS.check(algo, field="algos")
+            if algo not in variants:
+                ALGORITHMS.check(algo, field="algos")
         if not self.seeds or any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
             raise InputError(f"expected distinct seeds >= 0, got {list(self.seeds)}", field="seeds")
         if self.cpus_per_trial <= 0:
@@ -228,8 +249,10 @@ class SweepCell:
         return Path(out) / self.env / self.algo / f"s{self.seed}"
 
     def config_dict(self) -> dict[str, Any]:
-        return {**self.sweep.run, "demos": self.sweep.demos[self.env], "env": self.env, "algo": self.algo,
-                "seed": self.seed}
+        """The run's settings: the sweep's, a variant's overrides over them, then the grid's fields."""
+        settings = _merge(self.sweep.run, self.sweep.variants.get(self.algo, {}))
+        algo = self.sweep.variants[self.algo]["algo"] if self.algo in self.sweep.variants else self.algo
+        return {**settings, "demos": self.sweep.demos[self.env], "env": self.env, "algo": algo, "seed": self.seed}
 
     def config(self) -> ImitationRunConfig:
         """The run's configuration (an InputError names the cell)."""
@@ -240,6 +263,14 @@ class SweepCell:
             if exc.source:
                 raise
             raise InputError(str(exc), source=source) from None
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` applied, nested mappings merged key by key."""
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def cell_is_finished(config: ImitationRunConfig, run_dir: str | Path) -> bool:
@@ -303,7 +334,7 @@ def plan_sweep(sweep: SweepConfig, out: str | Path, *, resume: bool = False) -> 
                              source=str(out))
         saved = read_json(record, what="sweep record")
         old = SweepConfig.from_json(saved.get("config") if isinstance(saved, dict) else None, source=str(record))
-        changed = [k for k in ("algos", "envs", "seeds", "demos") if getattr(old, k) != getattr(sweep, k)]
+        changed = [k for k in ("algos", "envs", "seeds", "demos", "variants") if getattr(old, k) != getattr(sweep, k)]
         old_run = {k: v for k, v in old.run.items() if k not in ImitationRunConfig.RESUMABLE}
         new_run = {k: v for k, v in sweep.run.items() if k not in ImitationRunConfig.RESUMABLE}
         if old_run != new_run:
@@ -323,8 +354,8 @@ def plan_sweep(sweep: SweepConfig, out: str | Path, *, resume: bool = False) -> 
     return SweepPlan(sweep, out, cells, todo)
 
 
-def sweep_command(sweep: SweepConfig, out: Path, *, config_file: str | None = None, address: str | None = None
-                  ) -> str:
+def sweep_command(sweep: SweepConfig, out: Path, *, config_file: str | None = None, address: str | None = None,
+                  variant_files: dict[str, str] | None = None) -> str:
     """The ``mbirl bench run`` command line that runs ``sweep`` (the grid options; the run settings are in
     ``config_file`` or the sweep record)."""
     args = ["mbirl", "bench", "run", "--algos", ",".join(sweep.algos), "--envs", ",".join(sweep.envs),
@@ -334,6 +365,8 @@ def sweep_command(sweep: SweepConfig, out: Path, *, config_file: str | None = No
             args += ["--demos", f"{env}={path}"]
     if config_file:
         args += ["--config", config_file]
+    for name, path in (variant_files or {}).items():
+        args += ["--variant", f"{name}={path}"]
     args += ["--cpus-per-trial", f"{sweep.cpus_per_trial:g}", "--max-failures", str(sweep.max_failures)]
     if address:
         args += ["--address", address]
