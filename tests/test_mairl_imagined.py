@@ -92,16 +92,16 @@ def test_imagined_loss_is_the_discounted_model_rollout_and_its_gradient_matches_
         s_next = model(s, a)
         total = total - 0.9**t * float((_reward(s, a, s_next, None) - 0.5 * log_pi).sum().detach()) / 3
         s = s_next
-    assert math.isclose(float(res.loss), total, rel_tol=1e-9) and res.mean_length == 5
+    assert math.isclose(float(res.loss.detach()), total, rel_tol=1e-9) and res.mean_length == 5
     p = next(policy.parameters())
     g = torch.autograd.grad(res.loss, p)[0].view(-1)
     eps, i = 1e-6, 3
     flat = p.data.view(-1)
     old = float(flat[i])
     flat[i] = old + eps
-    up = float(_imagined(policy, model, s0).loss)
+    up = float(_imagined(policy, model, s0).loss.detach())
     flat[i] = old - eps
-    down = float(_imagined(policy, model, s0).loss)
+    down = float(_imagined(policy, model, s0).loss.detach())
     flat[i] = old
     assert math.isclose(float(g[i]), (up - down) / (2 * eps), rel_tol=1e-5, abs_tol=1e-8)
 
@@ -111,7 +111,7 @@ def test_imagined_rollouts_stop_at_termination_and_at_high_disagreement():
     first_ends = _imagined(policy, LinearModel(A), s0, terminal_fn=lambda s: torch.ones(len(s), dtype=torch.bool))
     assert first_ends.mean_length == 1
     full = _imagined(policy, LinearModel(A), s0, horizon=1)
-    assert math.isclose(float(first_ends.loss), float(full.loss), rel_tol=1e-9)
+    assert math.isclose(float(first_ends.loss.detach()), float(full.loss.detach()), rel_tol=1e-9)
     ens = _ensemble().double()
     s0f = np.random.default_rng(0).normal(size=(50, 2))
     free = _imagined(policy, ens, s0f, horizon=4)
@@ -130,6 +130,7 @@ def test_imagined_rollouts_stop_at_termination_and_at_high_disagreement():
                                            ({"ensemble_size": 0}, "ensemble_size"),
                                            ({"imagine_horizon": 0}, "imagine_horizon"),
                                            ({"start_window": -1}, "start_window"),
+                                           ({"disc_half_life": -5}, "disc_half_life"),
                                            ({"max_disagreement": math.inf}, "max_disagreement")])
 def test_imagined_options_are_validated(kw, field):
     with pytest.raises(InputError) as err:
@@ -150,3 +151,27 @@ def test_trainer_takes_policy_utd_imagined_updates_per_env_step():
     starts = trainer.start_states(8)
     demo_rows = {tuple(r) for r in demos.obs.tolist()}
     assert sum(tuple(r) in demo_rows for r in starts.tolist()) == 4
+
+
+def test_discriminator_agent_batches_weight_recent_transitions_by_half_life():
+    demos = demo_stats("data/demos/Pendulum-v1.npz")
+    cfg = MAIRLConfig(warmup_steps=50, n_rollouts=2, horizon=3, batch_size=4000, model_steps=0,
+                      model_pretrain_steps=0, disc_steps=0, disc_half_life=20)
+    trainer = build_mairl(cfg, demos, seed=0)
+    for _ in range(40):
+        trainer.iteration_step()  # 240 policy transitions after 50 warm-up ones
+    seen = []
+    original = trainer.disc.update
+
+    def spy(opt, expert, agent, *args, **kw):
+        seen.append(agent.obs.numpy())
+        return original(opt, expert, agent, *args, **kw)
+
+    trainer.disc.update = spy
+    trainer.train_discriminator(1)
+    newest_first = trainer.buffer.obs[trainer.buffer.recent_indices(len(trainer.buffer))]
+    age = {tuple(row): k for k, row in reversed(list(enumerate(newest_first.tolist())))}
+    ages = np.array([age[tuple(row)] for row in seen[0].tolist()])
+    assert ages.max() < 240  # never the warm-up's random transitions
+    # ages follow the geometric half-life law: median ~ half_life, a quarter of the mass beyond 2 half-lives
+    assert 15 <= np.median(ages) <= 25 and 0.2 <= (ages >= 40).mean() <= 0.3

@@ -103,6 +103,10 @@ class MAIRLConfig:
     """iterations between discriminator blocks"""
     disc_window: int = 700
     """the discriminator's agent samples come from this many most recent transitions"""
+    disc_half_life: int = 0
+    """> 0: the agent samples come from all of the policy's transitions in the replay buffer instead, a transition
+    ``k`` steps old drawn with weight ``0.5 ** (k / disc_half_life)`` (recent data dominates; old data still
+    keeps the discriminator from overfitting the last few hundred transitions)"""
     expert_weight: float = 1.0
     """weight of the expert term of the discriminator loss (the original: 0.8)"""
     disc_grad_penalty: float = 0.0
@@ -156,6 +160,8 @@ class MAIRLConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise InputError(f"must be a positive finite number, got {value}", field=name)
+        if self.disc_half_life < 0:
+            raise InputError(f"must be >= 0, got {self.disc_half_life}", field="disc_half_life")
         if self.start_window < 0:
             raise InputError(f"must be >= 0, got {self.start_window}", field="start_window")
         for name in ("policy_utd", "model_penalty"):
@@ -436,10 +442,16 @@ class MAIRL:
         c = self.config
         out = []
         for _ in range(steps):
-            # only the policy's own recent transitions: log pi of the warm-up's random actions is meaningless
-            recent = self.buffer.recent_indices(max(1, min(c.disc_window, self.env_steps - self.warmup_done)))
-            agent = self._policy_log_pi(self.buffer.batch(recent[self.rng.integers(0, len(recent),
-                                                                                   size=c.batch_size)]))
+            # only the policy's own transitions: log pi of the warm-up's random actions is meaningless
+            own = max(1, self.env_steps - self.warmup_done)
+            if c.disc_half_life > 0:
+                recent = self.buffer.recent_indices(own)  # newest first
+                weights = 0.5 ** (np.arange(len(recent)) / c.disc_half_life)
+                pick = self.rng.choice(len(recent), size=c.batch_size, p=weights / weights.sum())
+            else:
+                recent = self.buffer.recent_indices(min(c.disc_window, own))
+                pick = self.rng.integers(0, len(recent), size=c.batch_size)
+            agent = self._policy_log_pi(self.buffer.batch(recent[pick]))
             out.append(self.disc.update(self.opt_disc, self.expert_batch(c.batch_size), agent, c.expert_weight,
                                         c.disc_grad_penalty, iteration=self.iteration + 1))
         return mean_update_stats(out)
