@@ -14,6 +14,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+"""The package version (``mbirl --version``; the wheel's version is read from here)."""
 
 _EXPORTS = {
     # runs as objects, learned rewards
