@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -170,8 +171,10 @@ def test_config_file_nested_and_flat(tmp_path, demos_npz):
     assert result.returncode == 0, result.stderr
     config = json.loads((tmp_path / "nested" / "config.json").read_text())
     assert config["outer_iters"] == 1 and config["robot"] == "kuka" and config["demos"] == str(demos_npz)
-    assert config["trainer"] == {"inner_steps": 1, "inner_lr": 0.002, "inner_optimizer": "sgd", "outer_lr": 0.01,
-                                 "update": "per_demo", "grad_mode": "unrolled", "grad_clip": None}
+    from mbirl.algorithms import MBIRLConfig
+
+    assert config["trainer"] == {**asdict(MBIRLConfig()), "inner_steps": 1, "inner_lr": 0.002, "inner_optimizer": "sgd",
+                                 "outer_lr": 0.01, "update": "per_demo", "grad_mode": "unrolled", "grad_clip": None}
     (tmp_path / "old.yaml").write_text(f"demos: {demos_npz}\nmethod: timedep\nouter_iters: 1\ninner_lr: 0.003\n")
     result = run_cli(tmp_path, "mbirl", "train", "--config", "old.yaml", "--run-dir", "flat", "--no-progress")
     assert result.returncode == 0, result.stderr

@@ -61,7 +61,7 @@ def test_unknown_cost_is_an_input_error():
 
 
 def test_registry_lists_every_cost_once_in_order():
-    assert COSTS.names == ("default", "weighted", "timedep", "rbf", "neural")
+    assert COSTS.names == ("default", "weighted", "timedep", "rbf", "neural", "path")
     for name in COSTS.names:
         assert make_cost(name, horizon=10, dim=6).dim == 6
 

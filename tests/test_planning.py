@@ -124,3 +124,110 @@ def test_jacobian_fast_path_equals_autograd(dyn64, batch64, lr):
     q = dyn64.joint_rollout(batch64.q0, out[True][0])
     at_limit = bool(((q <= dyn64.robot.lower) | (q >= dyn64.robot.upper)).any())
     assert at_limit == (lr > 1e-3)
+
+
+# --- converged inner solvers and the implicit gradient -------------------------------------------------------------
+
+CONVERGED = {"n_steps": 50, "lr": 0.0, "optimizer": "gauss-newton", "tol": 1e-11, "action_weight": 0.05,
+             "damping": 0.0, "cg_max_iters": 500, "cg_rtol": 1e-12}
+"""Gauss-Newton to a tight tolerance in float64, with a small action term so that the solution is unique (a
+7-joint arm placing two keypoints has a null space of joint motions)."""
+
+
+def _trained_cost(name: str, batch: DemoBatch) -> torch.nn.Module:
+    """A cost away from its initialisation (random parameters), so the gradients are not special."""
+    cost = make_cost(name, horizon=batch.horizon, dim=batch.z.shape[-1]).double()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for pname, p in cost.named_parameters():
+            # Fractions of the start's offset from the goal move targets by tens of cm: keep them reachable.
+            noise = (0.05 if pname == "fraction" else 0.5) * torch.randn(p.shape, generator=gen, dtype=p.dtype)
+            p.mul_(noise.exp()) if bool((p > 0).all()) else p.add_(noise)  # weights stay positive
+    return cost
+
+
+@pytest.mark.parametrize("name", ["timedep", "path"])
+def test_implicit_gradient_matches_finite_differences(dyn64, batch64, name):
+    cost = _trained_cost(name, batch64)
+    params = [p for p in cost.parameters() if p.requires_grad]
+    loss = _outer_loss(dyn64, cost, batch64, grad_mode=GradientMode.IMPLICIT, **CONVERGED)
+    grads = torch.autograd.grad(loss, params)
+    scale = float(torch.cat([g.flatten() for g in grads]).abs().max())
+    assert scale > 1e-3
+    gen = torch.Generator().manual_seed(1)
+    for p, g in zip(params, grads, strict=True):
+        for idx in torch.randperm(p.numel(), generator=gen)[:1 if name == "path" else 2].tolist():
+            eps = 1e-3 * max(abs(p.view(-1)[idx].item()), 1e-2)
+            with torch.no_grad():
+                orig = p.view(-1)[idx].item()
+                p.view(-1)[idx] = orig + eps
+                up = _outer_loss(dyn64, cost, batch64, grad_mode=GradientMode.NONE, **CONVERGED).item()
+                p.view(-1)[idx] = orig - eps
+                down = _outer_loss(dyn64, cost, batch64, grad_mode=GradientMode.NONE, **CONVERGED).item()
+                p.view(-1)[idx] = orig
+            fd = (up - down) / (2 * eps)
+            assert g.view(-1)[idx].item() == pytest.approx(fd, rel=1e-3, abs=1e-5 * scale)
+
+
+def test_implicit_gradient_equals_unrolled_gradient_at_convergence(dyn64, batch64):
+    """Differentiating through every step of a converged solver and differentiating its optimality condition give
+    the same gradient; a solver stopped early does not."""
+    cost = _trained_cost("path", batch64)
+    params = [p for p in cost.parameters() if p.requires_grad]
+
+    def flat_grad(**inner) -> torch.Tensor:
+        grads = torch.autograd.grad(_outer_loss(dyn64, cost, batch64, **inner), params)
+        return torch.cat([g.flatten() for g in grads])
+
+    implicit = flat_grad(grad_mode=GradientMode.IMPLICIT, **CONVERGED)
+    unrolled = flat_grad(grad_mode=GradientMode.UNROLLED, **{**CONVERGED, "n_steps": 20, "tol": None})
+    early = flat_grad(grad_mode=GradientMode.UNROLLED, **{**CONVERGED, "n_steps": 1, "tol": None})
+    torch.testing.assert_close(implicit, unrolled, rtol=1e-3, atol=1e-5 * float(unrolled.abs().max()))
+    assert torch.nn.functional.cosine_similarity(implicit, early, dim=0) < 0.99
+
+
+def test_gauss_newton_converges_and_matches_first_order_solvers(dyn64, batch64):
+    """Gauss-Newton reaches the tolerance in a few steps, at the point plain gradient descent creeps towards; its
+    analytic-Jacobian path equals the generic autograd Jacobian."""
+    cost = _trained_cost("path", batch64)
+    u_gn, info = optimize_actions(dyn64, cost, batch64.q0, batch64.goal, batch64.horizon,
+                                  grad_mode=GradientMode.NONE, record=True, **CONVERGED)
+    _, fast = optimize_actions(dyn64, cost, batch64.q0, batch64.goal, batch64.horizon, grad_mode=GradientMode.NONE,
+                               **{**CONVERGED, "tol": 1e-6})
+    assert fast.converged and fast.steps <= 10 and fast.grad_norm < 1e-6
+    assert info.grad_norm < 1e-8
+    assert info.cost_history[-1] < 0.5 * info.cost_history[0]
+    _, sgd = optimize_actions(dyn64, cost, batch64.q0, batch64.goal, batch64.horizon, grad_mode=GradientMode.NONE,
+                              record=True, **{**CONVERGED, "optimizer": "adam", "lr": 3e-3, "n_steps": 200,
+                                              "tol": None})
+    assert info.cost_history[-1] <= sgd.cost_history[-1] + 1e-9
+    from mbirl.planning.gradient_mpc import _kinematic_residual_jacobian, _residual_jacobian, _residuals
+
+    u = u_gn + 0.01
+    fast = _kinematic_residual_jacobian(dyn64, cost, batch64.q0, batch64.goal, u, 1e-3, 1e-2, create_graph=False)
+    assert fast is not None
+    generic = _residual_jacobian(lambda x: _residuals(dyn64, cost, batch64.q0, batch64.goal, x.reshape(u.shape),
+                                                      1e-3, 1e-2), u.reshape(len(u), -1), create_graph=False)
+    torch.testing.assert_close(fast[0], generic[0].detach())
+    torch.testing.assert_close(fast[1], generic[1])
+
+
+@pytest.mark.parametrize("name", ["default", "weighted", "timedep", "rbf", "neural", "path"])
+def test_residuals_square_to_the_cost(name):
+    torch.manual_seed(0)
+    cost = make_cost(name, horizon=7, dim=6, rbf_original=name == "rbf").double()
+    z, goal = 10 * torch.randn(3, 7, 6, dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64)
+    torch.testing.assert_close(cost.residuals(z, goal).pow(2).sum(-1), cost(z, goal))
+
+
+def test_stopping_rule_and_truncation(dyn64, batch64):
+    """The inner loop stops on the gradient norm; a truncated gradient after early convergence passes through the
+    last steps taken, so it is not zero."""
+    cost = make_cost("weighted", horizon=batch64.horizon, dim=batch64.z.shape[-1]).double()
+    inner = {"n_steps": 500, "lr": 0.05, "optimizer": "adam", "tol": 1.0, "action_weight": 0.0}
+    _, info = optimize_actions(dyn64, cost, batch64.q0, batch64.goal, batch64.horizon, grad_mode=GradientMode.NONE,
+                               **inner)
+    assert info.converged and 1 < info.steps < 500 and info.grad_norm < 1.0
+    (g,) = torch.autograd.grad(_outer_loss(dyn64, cost, batch64, grad_mode=GradientMode.TRUNCATED, truncate=2,
+                                           **inner), cost.weights)
+    assert g.abs().max() > 0

@@ -22,7 +22,7 @@ import torch
 from mbirl.costs.base import KeypointCost
 from mbirl.dynamics.base import KeypointDynamics
 from mbirl.errors import InputError, NonFiniteError, check_finite
-from mbirl.planning.gradient_mpc import GradientMode, optimize_actions
+from mbirl.planning.gradient_mpc import INNER_SOLVERS, ActionOptInfo, GradientMode, optimize_actions
 from mbirl.types import KeypointTrajectory
 
 __all__ = ["MBIRL", "CostLearner", "DemoBatch", "EvalResult", "MBIRLConfig", "NonFiniteError", "evaluate_on_robot",
@@ -34,13 +34,27 @@ class MBIRLConfig:
     """Hyper-parameters of the bi-level cost learner (the defaults are the original placing experiment's)."""
 
     inner_steps: int = 1
-    """inner gradient steps K of the action optimisation (also used to evaluate a cost)"""
+    """inner steps K of the action optimisation, at most (also used to evaluate a cost)"""
     inner_lr: float = 1e-3
-    """inner (action) step size"""
+    """inner (action) step size of ``sgd`` and ``adam``"""
     inner_optimizer: str = "sgd"
-    """inner optimiser: ``sgd`` or ``adam`` (functional, differentiable)"""
+    """inner solver: ``sgd``, ``adam`` (functional, differentiable) or ``gauss-newton`` (Levenberg-Marquardt over
+    the whole action sequence, for least-squares costs)"""
     grad_mode: str = "unrolled"
-    """gradient through the inner loop: ``unrolled`` (every step) or ``truncated`` (the last step only)"""
+    """gradient through the inner loop: ``unrolled`` (every step), ``truncated`` (the last ``truncate_steps``) or
+    ``implicit`` (implicit function theorem at the inner solution; needs a converged inner solver)"""
+    inner_tol: float | None = None
+    """stop the inner loop once every demo's inner gradient norm is below this (None: always K steps)"""
+    truncate_steps: int = 1
+    """inner steps the ``truncated`` gradient passes through"""
+    action_reg: float = 0.0
+    """weight of ``mean_t |u_t|^2`` in the inner objective (action magnitude; 0: none)"""
+    smooth_reg: float = 0.0
+    """weight of ``mean_t |u_t - u_{t-1}|^2`` in the inner objective (smoothness; 0: none)"""
+    implicit_damping: float = 1e-6
+    """``implicit``: damping added to the inner Hessian before the conjugate-gradient solve"""
+    cg_iters: int = 100
+    """``implicit``: conjugate-gradient iterations, at most"""
     outer_lr: float = 1e-2
     """Adam learning rate on the cost parameters"""
     update: str = "per_demo"
@@ -55,12 +69,20 @@ class MBIRLConfig:
             lr = getattr(self, name)
             if not math.isfinite(lr) or lr <= 0:
                 raise InputError(f"must be a positive finite number, got {lr}", field=name)
-        if self.inner_optimizer not in ("sgd", "adam"):
-            raise InputError(f"unknown inner optimizer '{self.inner_optimizer}' (expected sgd or adam)",
-                             field="inner_optimizer")
-        if self.grad_mode not in (GradientMode.UNROLLED, GradientMode.TRUNCATED):
-            raise InputError(f"unknown gradient mode '{self.grad_mode}' (expected unrolled or truncated)",
+        if self.inner_optimizer not in INNER_SOLVERS:
+            raise InputError(f"unknown inner optimizer '{self.inner_optimizer}' (expected "
+                             f"{', '.join(INNER_SOLVERS)})", field="inner_optimizer")
+        modes = (GradientMode.UNROLLED, GradientMode.TRUNCATED, GradientMode.IMPLICIT)
+        if self.grad_mode not in modes:
+            raise InputError(f"unknown gradient mode '{self.grad_mode}' (expected {', '.join(modes)})",
                              field="grad_mode")
+        for name in ("truncate_steps", "cg_iters"):
+            if getattr(self, name) < 1:
+                raise InputError(f"must be >= 1, got {getattr(self, name)}", field=name)
+        for name in ("inner_tol", "action_reg", "smooth_reg", "implicit_damping"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise InputError(f"must be a non-negative finite number, got {value}", field=name)
         if self.update not in ("per_demo", "batched"):
             raise InputError(f"unknown update '{self.update}' (expected per_demo or batched)", field="update")
         if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
@@ -68,7 +90,9 @@ class MBIRLConfig:
 
     def inner_kwargs(self) -> dict[str, Any]:
         """The inner loop's settings as keyword arguments of :func:`~mbirl.planning.optimize_actions`."""
-        return {"n_steps": self.inner_steps, "lr": self.inner_lr, "optimizer": self.inner_optimizer}
+        return {"n_steps": self.inner_steps, "lr": self.inner_lr, "optimizer": self.inner_optimizer,
+                "tol": self.inner_tol, "truncate": self.truncate_steps, "action_weight": self.action_reg,
+                "smooth_weight": self.smooth_reg, "damping": self.implicit_damping, "cg_max_iters": self.cg_iters}
 
 
 @dataclass(frozen=True)
@@ -219,12 +243,14 @@ class MBIRL:
         self.iteration = 0
         self.last_grad_norm = 0.0
         self.clipped = False
+        self.last_inner: ActionOptInfo | None = None
+        """what the last inner loop did (steps taken, final inner gradient norm)"""
 
     def predict(self, batch: DemoBatch, *, differentiable: bool) -> torch.Tensor:
         """Keypoints ``(B, T, D)`` after the inner loop with the current cost."""
         mode = self.grad_mode if differentiable else GradientMode.NONE
-        u, _ = optimize_actions(self.dynamics, self.cost, batch.q0, batch.goal, batch.horizon, grad_mode=mode,
-                                **self.inner)
+        u, self.last_inner = optimize_actions(self.dynamics, self.cost, batch.q0, batch.goal, batch.horizon,
+                                              grad_mode=mode, **self.inner)
         if differentiable:
             _, z = self.dynamics.rollout(batch.q0, u)
         else:

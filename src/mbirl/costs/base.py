@@ -31,6 +31,11 @@ class KeypointCost(torch.nn.Module, ABC):
     @abstractmethod
     def forward(self, z: torch.Tensor, goal: torch.Tensor) -> torch.Tensor: ...
 
+    def residuals(self, z: torch.Tensor, goal: torch.Tensor) -> torch.Tensor | None:
+        """Residuals ``(B, R)`` with ``forward(z, goal) == residuals(z, goal).pow(2).sum(-1)``, for the
+        Gauss-Newton inner solver; None for a cost that is not a sum of squares."""
+        return None
+
     def weights_table(self) -> torch.Tensor | None:
         """The effective weights (``(D,)`` or ``(T, D)``) for figures, or None when not a weighted cost."""
         return None

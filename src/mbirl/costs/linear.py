@@ -26,11 +26,23 @@ def _sq_err(z: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
     return (z - goal.unsqueeze(1)).pow(2)
 
 
+def _weighted_residuals(err: torch.Tensor, weights: torch.Tensor, scale: float) -> torch.Tensor:
+    """``sqrt(scale * w) * err`` flattened per demonstration: its squares sum to ``scale * sum w err^2``.
+
+    Negative weights (a cost no longer bounded below) count as zero; the floor keeps the square root's
+    derivative finite.
+    """
+    return (weights.clamp_min(1e-12) * scale).sqrt() * err
+
+
 class DefaultCost(KeypointCost):
     """Squared distance to the goal, summed over dimensions and averaged over time."""
 
     def forward(self, z: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
         return _sq_err(z, goal).sum(-1).mean(-1)
+
+    def residuals(self, z: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        return ((z - goal.unsqueeze(1)) / z.shape[1] ** 0.5).flatten(1)
 
 
 class WeightedCost(KeypointCost):
@@ -46,6 +58,9 @@ class WeightedCost(KeypointCost):
     def forward(self, z: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
         return (_sq_err(z, goal) * self.weights).sum(-1).mean(-1)
 
+    def residuals(self, z: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        return _weighted_residuals(z - goal.unsqueeze(1), self.weights, 1.0 / z.shape[1]).flatten(1)
+
     def weights_table(self) -> torch.Tensor:
         return self.weights.detach()
 
@@ -60,6 +75,9 @@ class TimeDependentCost(KeypointCost):
 
     def forward(self, z: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
         return (_sq_err(z, goal) * self.weights).mean(dim=(-2, -1))
+
+    def residuals(self, z: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        return _weighted_residuals(z - goal.unsqueeze(1), self.weights, 1.0 / (z.shape[1] * z.shape[2])).flatten(1)
 
     def weights_table(self) -> torch.Tensor:
         return self.weights.detach()
@@ -104,6 +122,10 @@ class RBFWeightedCost(KeypointCost):
         if self.original:
             return weighted.sum(-2).mean(-1)
         return weighted.mean(dim=(-2, -1))
+
+    def residuals(self, z: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        scale = 1.0 / (z.shape[2] if self.original else z.shape[1] * z.shape[2])
+        return _weighted_residuals(z - goal.unsqueeze(1), self.time_weights(), scale).flatten(1)
 
     def weights_table(self) -> torch.Tensor:
         return self.time_weights().detach()

@@ -35,13 +35,23 @@ class NeuralCost(KeypointCost):
         # A learnable quadratic skip term, softplus(-4.6) = 0.01 as the linear costs' initial weights.
         self.quad_weight = torch.nn.Parameter(torch.tensor(-4.6))
 
-    def forward(self, z: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+    def _terms(self, z: torch.Tensor, goal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The network's term ``(B, T)``, the error ``(B, T, D)`` and the quadratic weight."""
         err = z - goal.unsqueeze(1)
         T = z.shape[1]
         t = torch.linspace(0.0, 1.0, T, dtype=z.dtype, device=z.device).expand(z.shape[0], T).unsqueeze(-1)
         out = torch.nn.functional.softplus(self.net(torch.cat([err / self.scale, t], dim=-1))).squeeze(-1)
-        quad = torch.nn.functional.softplus(self.quad_weight) * err.pow(2).sum(-1)
-        return (out + quad).mean(-1)
+        return out, err, torch.nn.functional.softplus(self.quad_weight)
+
+    def forward(self, z: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        out, err, quad = self._terms(z, goal)
+        return (out + quad * err.pow(2).sum(-1)).mean(-1)
+
+    def residuals(self, z: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        """``sqrt(softplus(.))`` per step (smooth: softplus > 0) and the quadratic term's weighted errors."""
+        out, err, quad = self._terms(z, goal)
+        T = z.shape[1]
+        return torch.cat([(out / T).sqrt(), ((quad / T).sqrt() * err).flatten(1)], dim=-1)
 
 
 @COSTS.register("neural")
