@@ -545,3 +545,100 @@ def test_interrupted_runs_resume_to_the_uninterrupted_result(tmp_path, placing_d
         return metrics, rows
 
     assert comparable(tmp_path / "run") == comparable(tmp_path / "ref")
+
+
+# ------------------------------------------------------------------------------ 3./7./10. more commands
+
+
+@pytest.mark.parametrize("text", ["[1]", '{"env_id": "Pendulum-v1", "algo": "bc", "seed": 0, "env_steps": 0}',
+                                  '{"env_id": "P", "algo": "bc", "seed": 0, "env_steps": "x", "eval": [],'
+                                  ' "final_normalized_return": 1}',
+                                  '{"env_id": "P", "algo": "bc", "seed": 0, "env_steps": 5, "eval": [{"x": 1}],'
+                                  ' "final_normalized_return": 1}', '{"a": NaN}'])
+def test_mairl_plot_with_malformed_metrics(tmp_path, text):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text(text)
+    code, err = run_cli("mairl", "plot", tmp_path / "run", "--out", tmp_path / "f.png")
+    assert_one_line_error(code, err)
+    assert not (tmp_path / "f.png").exists()
+
+
+@pytest.mark.parametrize(("out", "match"), [("f.xyz", "unknown image format"), (".", "is a directory")])
+def test_mairl_plot_checks_its_output_before_reading(tmp_path, mairl_run, out, match, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli("mairl", "plot", mairl_run, "--out", out)
+    assert_one_line_error(code, err, match=match)
+
+
+def test_mairl_models_refuses_a_run_of_another_environment(tmp_path, mairl_run):
+    code, err = run_cli("mairl", "models", "--demos", PENDULUM_DEMOS.with_name("CartPole-v1.npz"), "--run-dir",
+                        mairl_run, "--out", tmp_path / "out", "--steps", "200", "--train-steps", "1")
+    assert_one_line_error(code, err, match="the run is of 'Pendulum-v1'")
+    assert not (tmp_path / "out").exists()
+
+
+def test_mairl_models_refuses_integer_actions_for_a_continuous_environment(tmp_path):
+    arrays, _ = _pendulum_arrays()
+    path = write_demos(tmp_path / "d.npz", acts=np.zeros_like(arrays["acts"], dtype=np.int64))
+    code, err = run_cli("mairl", "models", "--demos", path, "--out", tmp_path / "out", "--steps", "200",
+                        "--train-steps", "1")
+    assert_one_line_error(code, err, match="continuous actions")
+    assert not (tmp_path / "out").exists()
+
+
+def _export_expert(tmp_path: Path, extra: dict) -> Path:
+    from mbirl.experts.policy import ExpertPolicy
+
+    (tmp_path / "exp").mkdir()
+    ExpertPolicy([3, 8, 1], "relu", "tanh_box", [-2.0], [2.0]).save(tmp_path / "exp" / "expert", extra)
+    return tmp_path / "exp"
+
+
+def test_expert_demos_needs_the_experts_environment_and_takes_its_directory(tmp_path):
+    expert = _export_expert(tmp_path, {"algo": "sac"})
+    code, err = run_cli("expert", "demos", "--env", "Pendulum-v1", "--expert", expert, "--n", "1",
+                        "--out", tmp_path / "d.npz")
+    assert_one_line_error(code, err, match="does not record its environment")
+    import shutil
+
+    shutil.rmtree(expert)
+    expert = _export_expert(tmp_path, {"env_id": "Pendulum-v1"})
+    code, err = run_cli("expert", "demos", "--env", "Pendulum-v1", "--expert", expert, "--n", "1",
+                        "--out", tmp_path / "d.npz")  # the directory `mbirl expert train --out` wrote
+    assert code == 0, err
+    code, err = run_cli("expert", "demos", "--env", "CartPole-v1", "--expert", expert, "--n", "1",
+                        "--out", tmp_path / "c.npz")
+    assert_one_line_error(code, err, match="trained on 'Pendulum-v1'")
+
+
+def test_expert_demos_checks_the_output_before_rolling_out(tmp_path):
+    expert = _export_expert(tmp_path, {"env_id": "Pendulum-v1"})
+    (tmp_path / "file").write_text("x")
+    code, err = run_cli("expert", "demos", "--env", "Pendulum-v1", "--expert", expert, "--n", "1",
+                        "--out", tmp_path / "file" / "d.npz")
+    assert_one_line_error(code, err, match="not a directory")
+
+
+def test_pt_demo_files_holding_strings_are_refused(tmp_path):
+    import torch
+
+    from mbirl.data import load_keypoint_demos
+
+    torch.save([{"start_joint_config": "abc", "desired_keypoints": "def"}], tmp_path / "d.pt")
+    with pytest.raises(InputError, match="start_joint_config"):
+        load_keypoint_demos(tmp_path / "d.pt")
+
+
+def test_json_outputs_never_hold_nan_literals(tmp_path):
+    from mbirl.fileio import json_text, write_json_atomic
+
+    write_json_atomic(tmp_path / "m.json", {"a": float("nan"), "b": [float("inf"), 1.0], "c": np.float32("nan")})
+    assert json.loads((tmp_path / "m.json").read_text(), parse_constant=lambda c: pytest.fail(c)) == {
+        "a": None, "b": [None, 1.0], "c": None}
+    assert json_text({"x": -float("inf")}) == '{"x": null}'
+
+
+def test_max_minutes_must_be_positive():
+    for value in ("0", "-1", "nan"):
+        code, err = run_cli("expert", "train", "--env", "Pendulum-v1", "--max-minutes", value, "--out", "/nonexistent")
+        assert_one_line_error(code, err, match="max")

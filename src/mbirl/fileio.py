@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = ["json_safe", "json_text", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
@@ -30,8 +31,29 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
         raise
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, Infinity: not JSON) replaced by None (``null``), tuples as lists
+    and numpy scalars as Python numbers."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    item = getattr(obj, "item", None)  # numpy / torch scalars
+    if callable(item) and getattr(obj, "ndim", None) == 0:
+        return json_safe(item())
+    return obj
+
+
+def json_text(obj: Any, **kwargs: Any) -> str:
+    """Valid JSON text of ``obj`` (:func:`json_safe`: non-finite numbers become ``null``, never ``NaN``)."""
+    return json.dumps(json_safe(obj), allow_nan=False, **kwargs)
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    """Write ``obj`` as valid JSON (:func:`json_text`) atomically."""
+    write_bytes_atomic(path, (json_text(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

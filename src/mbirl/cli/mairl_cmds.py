@@ -6,7 +6,6 @@ as the dataclass nests, e.g. ``trainer: {horizon: 10}``), and options given on t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,6 +17,8 @@ from mbirl.dynamics.models import MODELS
 from mbirl.errors import InputError
 from mbirl.experiments.mairl_run import MAIRLRunConfig, ModelComparisonConfig
 from mbirl.experts.train import ExpertRunConfig
+from mbirl.fileio import json_text
+from mbirl.validation import check_output_path
 
 __all__ = ["expert_app", "mairl_app"]
 
@@ -33,6 +34,12 @@ ProgressOpt = Annotated[bool, typer.Option(help="show progress")]
 def _config_opt(cls: type) -> Any:
     return typer.Option(help=f"YAML configuration (keys: the fields of {cls.__name__}, nested as it nests); "
                              "options given on the command line take precedence")
+
+
+def _short(value: Any) -> str:
+    import reprlib
+
+    return reprlib.repr(value)
 
 
 def _given(values: dict[str, Any]) -> dict[str, Any]:
@@ -85,12 +92,16 @@ def expert_demos(
     from mbirl.experts.policy import ExpertPolicy
 
     stem = expert if expert is not None else Path("runs/experts") / env / "expert"
-    out_path = out if out is not None else Path("data/demos") / f"{env}.npz"
-    if out_path.suffix != ".npz":
-        raise InputError(f"output must end in .npz, got '{out_path}'", field="out")
+    if stem.is_dir():  # the output directory of `mbirl expert train`
+        stem = stem / "expert"
+    out_path = check_output_path(out if out is not None else Path("data/demos") / f"{env}.npz", ".npz")
     policy, info = ExpertPolicy.load(stem.with_suffix("") if stem.suffix in (".json", ".safetensors") else stem)
-    if info.get("env_id", env) != env:
-        raise InputError(f"expert was trained on '{info.get('env_id')}', not '{env}'", source=str(stem), field="env")
+    if "env_id" not in info:
+        raise InputError("the expert does not record its environment (export it with `mbirl expert train`)",
+                         source=str(stem), field="env_id")
+    if info["env_id"] != env:
+        raise InputError(f"expert was trained on {_short(info['env_id'])}, not '{env}'", source=str(stem),
+                         field="env")
     command = f"mbirl expert demos --env {env} --n {n} --seed {seed}" + (f" --out {out}" if out else "")
     meta = generate_expert_demos(env, policy, n, out_path, seed=seed, command=command, expert_info=info)
     typer.echo(f"wrote {n} demonstrations to {out_path}: expert mean return {meta['expert_mean_return']:.1f}, "
@@ -152,7 +163,7 @@ def mairl_eval(
 
     result = evaluate_run(run_dir, episodes, video=video, seed=seed, out=out if out is not None else
                           run_dir / "eval.json")
-    typer.echo(json.dumps({k: v for k, v in result.items() if k != "returns"}))
+    typer.echo(json_text({k: v for k, v in result.items() if k != "returns"}))
 
 
 @mairl_app.command("plot")

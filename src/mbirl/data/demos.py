@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from mbirl.errors import InputError
-from mbirl.fileio import write_bytes_atomic
+from mbirl.fileio import json_text, write_bytes_atomic
 from mbirl.types import KeypointTrajectory, Trajectory
 from mbirl.validation import check_array, check_file, check_tree
 
@@ -186,7 +186,7 @@ def save_keypoint_demos(path: str | Path, demos: Sequence[KeypointTrajectory], m
     demo_set = KeypointDemoSet(tuple(demos), dict(meta or {}))
     arrays: dict[str, np.ndarray] = {
         "format": np.asarray(KEYPOINT_FORMAT),
-        "meta_json": np.asarray(json.dumps(demo_set.meta)),
+        "meta_json": np.asarray(json_text(demo_set.meta)),
         "start_q": np.stack([d.start_q for d in demos]),
         "keypoints": np.stack([d.keypoints for d in demos]),
     }
@@ -229,6 +229,20 @@ def load_keypoint_demos(path: str | Path) -> KeypointDemoSet:
     return KeypointDemoSet(demos, meta)
 
 
+def _numbers(value: Any, source: str, field: str) -> np.ndarray:
+    """A tensor (or nested list of numbers) from a ``.pt`` file as a numeric array; InputError for anything else
+    (strings, mappings, ragged lists)."""
+    import torch
+
+    try:
+        arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"expected numbers ({type(exc).__name__})", source=source, field=field) from None
+    if arr.dtype.kind not in "fiu":
+        raise InputError(f"expected numbers, got {arr.dtype}", source=source, field=field)
+    return arr
+
+
 def import_original_mbirl(path: str | Path) -> KeypointDemoSet:
     """Import an original MBIRL trajectory file: a ``torch.save``d list of dicts with
     ``start_joint_config`` ``(1, 7)`` and ``desired_keypoints`` ``(T, k, 3)``.
@@ -253,8 +267,8 @@ def import_original_mbirl(path: str | Path) -> KeypointDemoSet:
         for key in ("start_joint_config", "desired_keypoints"):
             if key not in entry:
                 raise InputError(f"entry {i} has no '{key}'", source=src, field=key)
-        q0 = np.asarray(torch.as_tensor(entry["start_joint_config"]).detach().cpu().numpy())
-        kp = np.asarray(torch.as_tensor(entry["desired_keypoints"]).detach().cpu().numpy())
+        q0, kp = (_numbers(entry[key], src, f"{key} (entry {i})") for key in ("start_joint_config",
+                                                                            "desired_keypoints"))
         if q0.ndim == 2 and q0.shape[0] == 1:
             q0 = q0[0]
         demos.append(KeypointTrajectory(start_q=q0, keypoints=kp, source=src))
@@ -269,7 +283,7 @@ def save_trajectories(path: str | Path, trajectories: Sequence[Trajectory], meta
     lengths = np.asarray([len(t) for t in trajectories], dtype=np.int64)
     arrays: dict[str, np.ndarray] = {
         "format": np.asarray(TRAJECTORY_FORMAT),
-        "meta_json": np.asarray(json.dumps(dict(meta or {}))),
+        "meta_json": np.asarray(json_text(dict(meta or {}))),
         "lengths": lengths,
         "obs": np.concatenate([t.obs for t in trajectories]),
         "acts": np.concatenate([t.acts for t in trajectories]),

@@ -13,7 +13,6 @@ Both are ``.npz`` files of named arrays (never pickles) with a JSON ``meta`` hol
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from mbirl.envs.kuka import REST_POSE
 from mbirl.envs.render import Camera, KukaRenderer
 from mbirl.envs.robot import KeypointRobot
 from mbirl.errors import InputError
+from mbirl.fileio import json_text
 from mbirl.types import KeypointTrajectory, check_array
 
 __all__ = ["EXPLORATION_FORMAT", "ExplorationData", "VisualDemos", "check_rendered_size", "generate_exploration",
@@ -203,7 +203,7 @@ def generate_exploration(robot: KeypointRobot, camera: Camera, n: int, horizon: 
 def save_exploration(path: str | Path, data: ExplorationData) -> None:
     """Write exploration data atomically (depth as float16 metres: ~1 mm resolution at 1 m)."""
     atomic_write_npz(path, {
-        "format": np.asarray(EXPLORATION_FORMAT), "meta_json": np.asarray(json.dumps(data.meta)),
+        "format": np.asarray(EXPLORATION_FORMAT), "meta_json": np.asarray(json_text(data.meta)),
         "q": data.q, "actions": data.actions, "images": data.images, "depth": data.depth.astype(np.float16),
         "keypoints": data.keypoints,
     })
@@ -237,7 +237,7 @@ def save_visual_demos(path: str | Path, demos: Sequence[KeypointTrajectory], dep
     if any(d.images is None or d.q is None for d in demos):
         raise InputError("visual demonstrations need images and joint states", field="images")
     arrays = {
-        "format": np.asarray(KEYPOINT_FORMAT), "meta_json": np.asarray(json.dumps(demo_set.meta)),
+        "format": np.asarray(KEYPOINT_FORMAT), "meta_json": np.asarray(json_text(demo_set.meta)),
         "start_q": np.stack([d.start_q for d in demos]), "keypoints": np.stack([d.keypoints for d in demos]),
         "q": np.stack([d.q for d in demos if d.q is not None]),
         "images": np.stack([d.images for d in demos if d.images is not None]),

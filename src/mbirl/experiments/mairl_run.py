@@ -35,11 +35,11 @@ from mbirl.experiments.imitation import (
     load_imitation_config,
     train_learner,
 )
-from mbirl.experts.demos import DemoStats, demo_stats
+from mbirl.experts.demos import DemoStats, check_demo_spaces, demo_stats
 from mbirl.fileio import write_json_atomic
-from mbirl.reporting.checkpoint import load_checkpoint
+from mbirl.reporting.checkpoint import load_checkpoint, restoring
 from mbirl.reporting.runs import RunDir, checkpoint_stem
-from mbirl.validation import config_from_dict, read_json
+from mbirl.validation import check_output_path, config_from_dict, read_json
 
 __all__ = ["MAIRLRunConfig", "ModelComparisonConfig", "build_trainer", "compare_models", "evaluate_run",
            "load_run_config", "plot_return_curves", "run_mairl"]
@@ -100,8 +100,9 @@ def plot_return_curves(run_dirs: list[Path], out: str | Path, *, title: str = "M
     environment, one line per run (learners that take no environment steps, e.g. BC, as a horizontal line)."""
     import matplotlib.pyplot as plt
 
-    from mbirl.reporting.plots import save_figure
+    from mbirl.reporting.plots import check_figure_path, save_figure
 
+    check_figure_path(out)
     runs: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for d in run_dirs:
         path = Path(d) / "metrics.json"
@@ -110,9 +111,13 @@ def plot_return_curves(run_dirs: list[Path], out: str | Path, *, title: str = "M
         m = read_json(path, what="metrics file")
         try:
             name = f"{m['variant']}/{m['dynamics']}" if "variant" in m else m["algo"]
-            runs.setdefault(m["env_id"], []).append((f"{name} s{m['seed']}", m))
-        except (KeyError, TypeError) as exc:
-            raise InputError(f"not an imitation metrics file ({exc})", source=str(path)) from None
+            m = {**m, "env_steps": int(m["env_steps"]), "final_normalized_return": float(m["final_normalized_return"]),
+                 "eval": [{"env_steps": float(e["env_steps"]), "normalized_return": float(e["normalized_return"])}
+                          for e in m["eval"]]}
+            runs.setdefault(str(m["env_id"]), []).append((f"{name} s{m['seed']}", m))
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise InputError(f"not an imitation metrics file ({type(exc).__name__}: {exc})", source=str(path)
+                             ) from None
     if not runs:
         raise InputError("no run directories given", field="run_dirs")
     fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.8), squeeze=False)
@@ -198,18 +203,27 @@ def compare_models(cfg: ModelComparisonConfig, out: str | Path) -> dict[str, Any
     from mbirl.experts.rollout import make_env, random_policy
 
     seed, horizon = cfg.seed, cfg.horizon
+    out = check_output_path(out, directory=True)
     demos = demo_stats(cfg.demos)
+    check_demo_spaces(demos)
     env_id = demos.env_id
     env = make_env(env_id)
     trajs = _collect_episodes(env_id, random_policy(env, seed), cfg.steps // 2, seed)
     if cfg.run_dir is not None:
         run_cfg = load_imitation_config(cfg.run_dir)
+        run_env = run_cfg.env or demo_stats(run_cfg.demos).env_id
+        if run_env != env_id:
+            raise InputError(f"the run is of '{run_env}', the demonstrations of '{env_id}'", source=str(cfg.run_dir),
+                             field="run_dir")
         learner, _ = build_learner(run_cfg, demos)
         if not isinstance(learner, MAIRL):
             raise InputError(f"needs a MAIRL or MGAIL run, got algo '{run_cfg.algo}'", source=str(cfg.run_dir),
                              field="run_dir")
         trainer = learner
-        trainer.load_policy(load_checkpoint(checkpoint_stem(cfg.run_dir))["trainer"])
+        stem = checkpoint_stem(cfg.run_dir)
+        state = load_checkpoint(stem)
+        with restoring(stem.with_suffix(".json")):
+            trainer.load_policy(state["trainer"])
         gen = torch.Generator().manual_seed(seed)
 
         def noisy(obs: np.ndarray) -> Any:

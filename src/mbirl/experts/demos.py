@@ -13,6 +13,7 @@ from mbirl.errors import InputError
 from mbirl.experts.policy import ExpertPolicy
 from mbirl.experts.rollout import check_env_id, make_env, random_policy, run_episodes
 from mbirl.types import Trajectory
+from mbirl.validation import check_output_path
 
 __all__ = ["DemoStats", "check_demo_spaces", "demo_stats", "generate_expert_demos", "normalized_return"]
 
@@ -29,10 +30,12 @@ def generate_expert_demos(env_id: str, expert: ExpertPolicy, n: int, out: str | 
     """
     if n < 1:
         raise InputError(f"must be >= 1, got {n}", field="n")
-    out = Path(out)
-    if out.suffix != ".npz":
-        raise InputError(f"output must end in .npz, got '{out}'", field="out")
+    out = check_output_path(out, ".npz")
     env = make_env(env_id)
+    obs_shape = getattr(env.observation_space, "shape", None)
+    if not obs_shape or int(np.prod(obs_shape)) != expert.sizes[0]:
+        raise InputError(f"the expert takes observations of size {expert.sizes[0]}, {env_id} has {obs_shape}",
+                         field="expert")
     demos = run_episodes(env, expert.act, n, seed=seed)
     rand = run_episodes(env, random_policy(env, seed + 1), RANDOM_EPISODES, seed=seed + 100_000)
     meta: dict[str, Any] = {

@@ -111,13 +111,21 @@ class ExpertPolicy(nn.Module):
         state = load_checkpoint(stem)
         try:
             cfg = state["config"]
+            sizes = cfg["sizes"]
+            if not (isinstance(sizes, list) and 2 <= len(sizes) <= 32
+                    and all(isinstance(s, int) and 1 <= s <= 65536 for s in sizes)):
+                raise ValueError(f"layer sizes must be 2 to 32 integers in [1, 65536], got {str(sizes)[:80]}")
             policy = cls(list(cfg["sizes"]), cfg["activation"], cfg["mode"], cfg.get("low"), cfg.get("high"),
                          cfg.get("obs_norm"))
             policy.load_state_dict(state["state_dict"])
-        except (KeyError, TypeError, RuntimeError) as exc:
-            raise InputError(f"not an exported expert policy ({exc})", source=str(stem)) from None
+            extra = state.get("extra", {})
+            if not isinstance(extra, dict):
+                raise TypeError(f"'extra' is a {type(extra).__name__}, not a mapping")
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+            raise InputError(f"not an exported expert policy ({type(exc).__name__}: {exc})", source=str(stem)
+                             ) from None
         policy.eval()
-        return policy, dict(state.get("extra", {}))
+        return policy, dict(extra)
 
 
 def _linear_layers(seq: nn.Module) -> tuple[list[nn.Linear], str]:

@@ -11,11 +11,27 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mbirl.errors import InputError  # noqa: E402
 from mbirl.types import KeypointTrajectory  # noqa: E402
 
-__all__ = ["plot_demos", "plot_learning_curves", "plot_predictions", "plot_weights", "save_figure"]
+__all__ = ["check_figure_path", "plot_demos", "plot_learning_curves", "plot_predictions", "plot_weights", "save_figure"]
 
 _AXES = ("x", "y", "z")
+
+
+def check_figure_path(path: str | Path, field: str = "out") -> Path:
+    """``path`` after checking, before any work, that a figure can be written there: an image format matplotlib
+    writes (by the suffix) and a writable location (:func:`~mbirl.validation.check_output_path`)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from mbirl.validation import check_output_path
+
+    path = check_output_path(path, field=field)
+    formats = FigureCanvasAgg.get_supported_filetypes()
+    if path.suffix.lstrip(".").lower() not in formats:
+        raise InputError(f"unknown image format '{path.suffix}' (expected one of .{', .'.join(sorted(formats))})",
+                         field=field)
+    return path
 
 
 def save_figure(fig: plt.Figure, path: str | Path) -> Path:
