@@ -39,9 +39,17 @@ OuterOpt = Annotated[int, typer.Option(help="outer iterations (passes over the t
 InnerOpt = Annotated[int, typer.Option(help="inner gradient steps K")]
 InnerLrOpt = Annotated[float, typer.Option(help="inner (action) learning rate")]
 OuterLrOpt = Annotated[float, typer.Option(help="outer (cost) Adam learning rate")]
-InnerOptimOpt = Annotated[str, typer.Option(help="inner optimiser: sgd or adam")]
+InnerOptimOpt = Annotated[str, typer.Option(
+    "--inner-solver", "--inner-optimizer",
+    help="inner solver: sgd, adam or gauss-newton (Levenberg-Marquardt over the action sequence)")]
+InnerTolOpt = Annotated[float | None, typer.Option(
+    help="stop the inner loop once every demo's inner gradient norm is below this (default: always K steps)")]
+ActionRegOpt = Annotated[float, typer.Option(help="weight of the action-magnitude term in the inner objective")]
+SmoothRegOpt = Annotated[float, typer.Option(help="weight of the action-smoothness term in the inner objective")]
 UpdateOpt = Annotated[str, typer.Option(help="per_demo (as the original) or batched cost updates")]
-GradModeOpt = Annotated[str, typer.Option(help="gradient through the inner loop: unrolled or truncated")]
+GradModeOpt = Annotated[str, typer.Option(
+    help="gradient through the inner loop: unrolled, truncated or implicit (implicit function theorem; needs a "
+         "converged inner solver, e.g. --inner-solver gauss-newton --inner-tol)")]
 ClipOpt = Annotated[float | None, typer.Option(help="clip the cost gradient norm (reported in metrics)")]
 SeedOpt = Annotated[int, typer.Option(help="random seed")]
 CheckpointOpt = Annotated[int, typer.Option(help="outer iterations between checkpoints")]
@@ -52,12 +60,14 @@ RbfOriginalOpt = Annotated[bool, typer.Option(
     "--rbf-original", help="the rbf cost in the official code's formulation (sum over time, integer centres)")]
 ConfigOpt = Annotated[Path | None, typer.Option(
     help="YAML run configuration: MBIRLRunConfig fields, the learner's under 'trainer:' (e.g. "
-         "configs/placing_original.yaml); options given on the command line take precedence")]
+         "configs/placing_original.yaml, configs/placing_converged.yaml); options given on the command line take "
+         "precedence")]
 
 # CLI option names that differ from (dotted) MBIRLRunConfig field names.
 _FIELDS = {"cost": "method", "inner_steps": "trainer.inner_steps", "inner_lr": "trainer.inner_lr",
            "outer_lr": "trainer.outer_lr", "inner_optimizer": "trainer.inner_optimizer", "update": "trainer.update",
-           "grad_mode": "trainer.grad_mode", "grad_clip": "trainer.grad_clip"}
+           "grad_mode": "trainer.grad_mode", "grad_clip": "trainer.grad_clip", "inner_tol": "trainer.inner_tol",
+           "action_reg": "trainer.action_reg", "smooth_reg": "trainer.smooth_reg"}
 _NOT_FIELDS = ("run_dir", "resume", "progress", "config", "costs")
 
 
@@ -87,6 +97,9 @@ def train(
     inner_lr: InnerLrOpt = MBIRLConfig.inner_lr,
     outer_lr: OuterLrOpt = MBIRLConfig.outer_lr,
     inner_optimizer: InnerOptimOpt = MBIRLConfig.inner_optimizer,
+    inner_tol: InnerTolOpt = MBIRLConfig.inner_tol,
+    action_reg: ActionRegOpt = MBIRLConfig.action_reg,
+    smooth_reg: SmoothRegOpt = MBIRLConfig.smooth_reg,
     update: UpdateOpt = MBIRLConfig.update,
     grad_mode: GradModeOpt = MBIRLConfig.grad_mode,
     grad_clip: ClipOpt = MBIRLConfig.grad_clip,
@@ -123,6 +136,9 @@ def compare(
     inner_lr: InnerLrOpt = MBIRLConfig.inner_lr,
     outer_lr: OuterLrOpt = MBIRLConfig.outer_lr,
     inner_optimizer: InnerOptimOpt = MBIRLConfig.inner_optimizer,
+    inner_tol: InnerTolOpt = MBIRLConfig.inner_tol,
+    action_reg: ActionRegOpt = MBIRLConfig.action_reg,
+    smooth_reg: SmoothRegOpt = MBIRLConfig.smooth_reg,
     update: UpdateOpt = MBIRLConfig.update,
     grad_mode: GradModeOpt = MBIRLConfig.grad_mode,
     rbf_original: RbfOriginalOpt = MBIRLRunConfig.rbf_original,

@@ -61,7 +61,7 @@ class MBIRLRunConfig:
     demos: str
     """demonstration file (``.npz`` of this project or an original MBIRL ``.pt``)"""
     method: str = "weighted"
-    """a cost (``default|weighted|timedep|rbf|neural``) or the feature-matching baseline ``abbeel``"""
+    """a cost (``default|weighted|timedep|rbf|neural|path``) or the feature-matching baseline ``abbeel``"""
     robot: str = DEFAULT_ROBOT
     """built-in robot: ``kuka`` (PyBullet's KUKA iiwa, two keypoints on a held object) or ``original`` (the
     original experiment's iiwa7 with keypoint links)"""
@@ -324,6 +324,7 @@ def run_compare(base: MBIRLRunConfig, methods: Sequence[str], run_dir: str | Pat
     t = base.trainer
     run.finish(summary, summary=(
         f"# MBIRL comparison\n\nDemos: `{base.demos}`; train {base.train[0]}:{base.train[1]}, test "
-        f"{base.test[0]}:{base.test[1]}; {base.outer_iters} outer iterations, K={t.inner_steps}, "
-        f"inner lr {t.inner_lr}, outer lr {t.outer_lr}, update {t.update}.\n\n{table}"))
+        f"{base.test[0]}:{base.test[1]}; {base.outer_iters} outer iterations, inner {t.inner_optimizer} K="
+        f"{t.inner_steps} (tol {t.inner_tol}), inner lr {t.inner_lr}, {t.grad_mode} gradient, outer lr "
+        f"{t.outer_lr}, update {t.update}.\n\n{table}"))
     return {"summary": summary, "table": table}
