@@ -1,0 +1,41 @@
+"""``mbirl reward epic``: how close a run's learned reward is to the task's true one, without training anything on
+it (the EPIC pseudometric, :mod:`mbirl.rewards.epic`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mbirl.experiments.reward_quality import EpicConfig
+
+__all__ = ["reward_app"]
+
+reward_app = typer.Typer(help="Learned rewards: their distance to the true reward (EPIC).", no_args_is_help=True)
+
+
+@reward_app.command("epic")
+def reward_epic(
+    run_dir: Annotated[Path, typer.Argument(help="an adversarial imitation run (mairl, mgail, gail, airl, dac)")],
+    coverage_steps: Annotated[int, typer.Option(help="random-policy transitions added to the demonstrations' as "
+                                                     "the coverage distribution")] = EpicConfig.coverage_steps,
+    mean_samples: Annotated[int, typer.Option(help="state and action samples of the canonicalisation")
+                            ] = EpicConfig.mean_samples,
+    seed: Annotated[int, typer.Option(help="seeds the random policy and the subsets")] = EpicConfig.seed,
+    out: Annotated[Path | None, typer.Option(help="JSON output (default: RUN_DIR/epic.json)")] = None,
+) -> None:
+    """EPIC distance (0: the same reward up to shaping and scale, 1: its negation) of every reward term of the run
+    to the task's true reward; writes RUN_DIR/epic.json."""
+    from mbirl.experiments.reward_quality import epic_of_run
+    from mbirl.fileio import write_json_atomic
+    from mbirl.validation import check_output_path
+
+    cfg = EpicConfig(coverage_steps=coverage_steps, mean_samples=mean_samples, seed=seed)
+    target = check_output_path(out if out is not None else run_dir / "epic.json", ".json")
+    result = epic_of_run(run_dir, cfg)
+    write_json_atomic(target, result)
+    for term, distance in result["epic"].items():
+        default = "  (the run's reward)" if term == result["default_term"] else ""
+        typer.echo(f"{term:12s} EPIC {distance:.3f}{default}")
+    typer.echo(f"{result['env_id']}, {result['coverage_transitions']} coverage transitions; written to {target}")

@@ -1,0 +1,131 @@
+"""Reward quality without RL: the EPIC distance (:mod:`mbirl.rewards.epic`) between a run's learned reward and the
+task's true reward (``mbirl reward epic RUN_DIR``).
+
+The distributions follow Gleave et al. (2021): coverage transitions are the demonstrations' plus as many from a
+uniformly random policy (what the learner saw is somewhere between the two); ``D_S`` is drawn from the coverage
+states and ``D_A`` uniformly from the action space. Every reward term the run's discriminator has is measured
+(AIRL: the unshaped ``g``, the shaped ``f`` and the logit; GAIL: ``log D``, ``-log(1 - D)`` and the logit), with
+the discount of the run's training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mbirl.errors import InputError
+from mbirl.rewards.epic import TRUE_REWARDS, EpicSamples, epic_distance
+
+__all__ = ["EpicConfig", "epic_of_run"]
+
+
+@dataclass(frozen=True)
+class EpicConfig:
+    """``mbirl reward epic`` (validated on construction)."""
+
+    coverage_steps: int = 5_000
+    """random-policy transitions added to the demonstrations' as the coverage distribution"""
+    mean_samples: int = 256
+    """samples of ``D_S`` and ``D_A`` for the canonicalisation's expectations"""
+    max_coverage: int = 10_000
+    """at most this many coverage transitions are used (a random subset)"""
+    seed: int = 0
+    """seeds the random policy, its resets and the subsets"""
+
+    def __post_init__(self) -> None:
+        for name, low, high in (("coverage_steps", 0, 1_000_000), ("mean_samples", 2, 4096),
+                                ("max_coverage", 2, 1_000_000)):
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise InputError(f"must be in [{low}, {high}], got {value}", field=name.replace("_", "-"))
+        if self.seed < 0:
+            raise InputError(f"must be >= 0, got {self.seed}", field="seed")
+
+
+def _random_transitions(env_id: str, steps: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from mbirl.experts.rollout import make_env
+
+    env = make_env(env_id)
+    env.action_space.seed(seed)
+    obs_l, act_l, next_l = [], [], []
+    obs, _ = env.reset(seed=seed)
+    episode = 0
+    for _ in range(steps):
+        a = env.action_space.sample()
+        nxt, _, terminated, truncated, _ = env.step(a)
+        obs_l.append(np.asarray(obs, np.float32))
+        act_l.append(np.asarray(a))
+        next_l.append(np.asarray(nxt, np.float32))
+        obs = nxt
+        if terminated or truncated:
+            episode += 1
+            obs, _ = env.reset(seed=seed + episode)
+    env.close()
+    return np.stack(obs_l), np.stack(act_l), np.stack(next_l)
+
+
+def _terms(reward: Any) -> list[str]:
+    """The reward terms this learned reward has (:data:`mbirl.rewards.learned.TERMS`)."""
+    from mbirl.rewards.learned import TERMS
+
+    out = []
+    for term in TERMS:
+        try:
+            reward.with_term(term)
+        except InputError:
+            continue
+        out.append(term)
+    return out
+
+
+def epic_of_run(run_dir: str | Path, cfg: EpicConfig | None = None) -> dict[str, Any]:
+    """EPIC distances of every reward term of the run in ``run_dir`` to its task's true reward."""
+    from mbirl.api import ImitationRun, load_run
+    from mbirl.experts.demos import demo_stats
+    from mbirl.experts.rollout import make_env
+
+    cfg = cfg or EpicConfig()
+    run = load_run(run_dir)
+    if not isinstance(run, ImitationRun) or run.reward is None:
+        raise InputError("needs an adversarial imitation run (mairl, mgail, gail, airl or dac): it has no "
+                         "per-step learned reward", source=str(run_dir))
+    true = TRUE_REWARDS.get(run.env_id)
+    if true is None:
+        raise InputError(f"no true reward is known for '{run.env_id}' (known: {', '.join(TRUE_REWARDS)})",
+                         source=str(run_dir), field="env")
+    demos = demo_stats(run.config.demos, env=run.config.env or None)
+    rng = np.random.default_rng(cfg.seed)
+    parts = [(demos.obs, np.asarray(demos.acts), demos.next_obs)]
+    if cfg.coverage_steps > 0:
+        parts.append(_random_transitions(run.env_id, cfg.coverage_steps, cfg.seed))
+    obs = np.concatenate([p[0] for p in parts]).astype(np.float64)
+    act = np.concatenate([np.asarray(p[1], np.float64).reshape(len(p[0]), -1) for p in parts])
+    nxt = np.concatenate([p[2] for p in parts]).astype(np.float64)
+    if len(obs) > cfg.max_coverage:
+        keep = rng.choice(len(obs), size=cfg.max_coverage, replace=False)
+        obs, act, nxt = obs[keep], act[keep], nxt[keep]
+    env = make_env(run.env_id)
+    env.action_space.seed(cfg.seed)
+    actions = np.stack([np.asarray(env.action_space.sample(), np.float64) for _ in range(cfg.mean_samples)])
+    env.close()
+    states = obs[rng.choice(len(obs), size=cfg.mean_samples, replace=len(obs) < cfg.mean_samples)]
+    samples = EpicSamples(obs, act, nxt, states, actions.reshape(cfg.mean_samples, -1))
+    gamma = float(run.reward.spec.kwargs.get("gamma", 0.99))
+    discrete = hasattr(env.action_space, "n")
+
+    def as_reward(term: str) -> Any:
+        reward = run.reward.with_term(term)  # type: ignore[union-attr]
+
+        def fn(o: np.ndarray, a: np.ndarray, o2: np.ndarray) -> np.ndarray:
+            acts = a.reshape(len(a)).astype(np.int64) if discrete else a.astype(np.float32)
+            return reward(o.astype(np.float32), acts, o2.astype(np.float32), None)
+        return fn
+
+    distances = {term: epic_distance(as_reward(term), true, samples, gamma) for term in _terms(run.reward)}
+    return {"run_dir": str(run.path), "algo": run.algo, "env_id": run.env_id, "env_steps": run.env_steps,
+            "default_term": run.reward.term, "gamma": gamma, "coverage_transitions": len(obs),
+            "demo_transitions": len(demos.obs), "mean_samples": cfg.mean_samples, "seed": cfg.seed,
+            "epic": distances}
