@@ -1,5 +1,5 @@
-"""``mbirl reward epic``: how close a run's learned reward is to the task's true one, without training anything on
-it (the EPIC pseudometric, :mod:`mbirl.rewards.epic`)."""
+"""``mbirl reward epic|heatmap``: how close a run's learned reward is to the task's true one, without training
+anything on it (the EPIC pseudometric, :mod:`mbirl.rewards.epic`), and the two drawn side by side."""
 
 from __future__ import annotations
 
@@ -39,3 +39,21 @@ def reward_epic(
         default = "  (the run's reward)" if term == result["default_term"] else ""
         typer.echo(f"{term:12s} EPIC {distance:.3f}{default}")
     typer.echo(f"{result['env_id']}, {result['coverage_transitions']} coverage transitions; written to {target}")
+
+
+@reward_app.command("heatmap")
+def reward_heatmap_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="an adversarial imitation run (mairl, mgail, gail, airl, dac)")],
+    out: Annotated[Path | None, typer.Option(help="figure (default: RUN_DIR/reward_heatmap.png)")] = None,
+    term: Annotated[str | None, typer.Option(help="reward term (default: the run's own; g, f, logit, log_d, "
+                                                  "neg_log_1md)")] = None,
+    resolution: Annotated[int, typer.Option(help="grid points per axis")] = 101,
+) -> None:
+    """The learned reward over the task's state plane next to the true reward (Pendulum: angle x velocity)."""
+    from mbirl.experiments.reward_quality import reward_heatmap
+    from mbirl.validation import check_output_path
+
+    target = check_output_path(out if out is not None else run_dir / "reward_heatmap.png", ".png")
+    result = reward_heatmap(run_dir, target, term=term, resolution=resolution)
+    typer.echo(f"{result['term']}: Pearson correlation with the true reward over the grid {result['pearson']:.3f}; "
+               f"figure {result['figure']}")

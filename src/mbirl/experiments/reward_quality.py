@@ -10,6 +10,7 @@ the discount of the run's training.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import numpy as np
 from mbirl.errors import InputError
 from mbirl.rewards.epic import TRUE_REWARDS, EpicSamples, epic_distance
 
-__all__ = ["EpicConfig", "epic_of_run"]
+__all__ = ["HEATMAP_GRIDS", "EpicConfig", "HeatmapGrid", "epic_of_run", "reward_heatmap"]
 
 
 @dataclass(frozen=True)
@@ -129,3 +130,69 @@ def epic_of_run(run_dir: str | Path, cfg: EpicConfig | None = None) -> dict[str,
             "default_term": run.reward.term, "gamma": gamma, "coverage_transitions": len(obs),
             "demo_transitions": len(demos.obs), "mean_samples": cfg.mean_samples, "seed": cfg.seed,
             "epic": distances}
+
+
+@dataclass(frozen=True)
+class HeatmapGrid:
+    """Two state variables drawn against each other, and how they make an observation."""
+
+    x_label: str
+    y_label: str
+    x_range: tuple[float, float]
+    y_range: tuple[float, float]
+    to_obs: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    """``(x (N,), y (N,)) -> observations (N, obs_dim)``"""
+
+
+def _pendulum_obs(theta: np.ndarray, theta_dot: np.ndarray) -> np.ndarray:
+    return np.stack([np.cos(theta), np.sin(theta), theta_dot], -1)
+
+
+HEATMAP_GRIDS: dict[str, HeatmapGrid] = {
+    "Pendulum-v1": HeatmapGrid("angle θ (rad, 0 = upright)", "angular velocity θ̇ (rad/s)", (-np.pi, np.pi),
+                               (-8.0, 8.0), _pendulum_obs),
+}
+"""The state plane each task's reward is drawn over."""
+
+
+def reward_heatmap(run_dir: str | Path, out: str | Path, *, term: str | None = None, resolution: int = 101
+                   ) -> dict[str, Any]:
+    """Draw the run's learned reward (``term``; default: the run's own) over its task's state plane
+    (:data:`HEATMAP_GRIDS`) next to the true reward, at action 0 and ``s' = s`` (the state-only ``g(s)`` needs
+    neither). Both are standardised (z-scores over the grid), so shapes compare whatever the reward's scale.
+    Returns the Pearson correlation of the two over the grid, with the figure's path."""
+    import matplotlib.pyplot as plt
+
+    from mbirl.api import ImitationRun, load_run
+    from mbirl.reporting.plots import save_figure
+
+    if not 11 <= resolution <= 1001:
+        raise InputError(f"must be in [11, 1001], got {resolution}", field="resolution")
+    run = load_run(run_dir)
+    if not isinstance(run, ImitationRun) or run.reward is None:
+        raise InputError("needs an adversarial imitation run (mairl, mgail, gail, airl or dac)", source=str(run_dir))
+    grid, true = HEATMAP_GRIDS.get(run.env_id), TRUE_REWARDS.get(run.env_id)
+    if grid is None or true is None:
+        raise InputError(f"no heat-map grid is defined for '{run.env_id}' (defined: {', '.join(HEATMAP_GRIDS)})",
+                         source=str(run_dir), field="env")
+    reward = run.reward if term is None else run.reward.with_term(term)
+    xs, ys = np.linspace(*grid.x_range, resolution), np.linspace(*grid.y_range, resolution)
+    xx, yy = np.meshgrid(xs, ys)
+    obs = grid.to_obs(xx.ravel(), yy.ravel()).astype(np.float32)
+    act_dim = int(reward.spec.kwargs.get("act_dim", 1))
+    act = np.zeros((len(obs), act_dim), np.float32)
+    learned = reward(obs, act, obs, None).reshape(xx.shape)
+    truth = true(obs.astype(np.float64), act.astype(np.float64), obs.astype(np.float64)).reshape(xx.shape)
+    z = [(v - v.mean()) / (v.std() + 1e-12) for v in (truth, learned)]
+    corr = float(np.corrcoef(truth.ravel(), learned.ravel())[0, 1])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, values, title in zip(axes, z, ("true reward", f"learned {reward.term} ({run.algo})"), strict=True):
+        im = ax.imshow(values, origin="lower", aspect="auto", cmap="viridis",
+                       extent=(xs[0], xs[-1], ys[0], ys[-1]))
+        ax.set_title(f"{title}, standardised")
+        ax.set_xlabel(grid.x_label)
+        fig.colorbar(im, ax=ax)
+    axes[0].set_ylabel(grid.y_label)
+    fig.suptitle(f"{run.env_id}: reward at action 0 (Pearson correlation over the grid {corr:.2f})")
+    path = save_figure(fig, out)
+    return {"figure": str(path), "term": reward.term, "pearson": corr, "env_id": run.env_id}
