@@ -56,7 +56,7 @@ def main(out: Path, quick: bool = False) -> dict:
           f"{meta_sb3['random_mean_return']:.1f}")
 
     # 2. Minari: our shipped Pendulum demos out to a local Minari dataset and back (reference scores kept)
-    dataset = mbirl.export_minari("data/demos/Pendulum-v1.npz", out / "minari", "mbirl/pendulum/expert-v0")
+    dataset = mbirl.export_minari(mbirl.shipped_demos("Pendulum-v1"), out / "minari", "mbirl/pendulum/expert-v0")
     meta = mbirl.import_demos(dataset, "minari", out / "from_minari.npz")
     print(f"Minari: {meta['n']} episodes of {meta['env_id']}, expert {meta['expert_mean_return']:.1f}")
 

@@ -29,7 +29,7 @@ def main(out: Path, quick: bool = False, run_dir: Path | None = None) -> dict:
         tiny = {"warmup_steps": 100, "n_rollouts": 2, "horizon": 5, "batch_size": 32, "model_steps": 2,
                 "model_pretrain_steps": 5} if quick else {}
         mbirl.run_imitation(mbirl.ImitationRunConfig(
-            demos="data/demos/Pendulum-v1.npz", algo="mairl", mairl=MAIRLConfig(state_only=True, **tiny),
+            demos=str(mbirl.shipped_demos("Pendulum-v1")), algo="mairl", mairl=MAIRLConfig(state_only=True, **tiny),
             env_steps=300 if quick else 50_000, eval_every=300 if quick else 5_000, eval_episodes=1 if quick else 10),
             run_dir, progress=not quick)
     run = mbirl.load_run(run_dir)

@@ -25,7 +25,7 @@ _EXPORTS = {
     "load_trajectories": "mbirl.data.demos", "save_trajectories": "mbirl.data.demos",
     "load_keypoint_demos": "mbirl.data.demos", "save_keypoint_demos": "mbirl.data.demos",
     "import_demos": "mbirl.data.interop", "export_minari": "mbirl.data.interop",
-    "demo_stats": "mbirl.experts.demos", "DemoStats": "mbirl.experts.demos",
+    "demo_stats": "mbirl.experts.demos", "DemoStats": "mbirl.experts.demos", "shipped_demos": "mbirl.data.shipped",
     # MBIRL
     "MBIRL": "mbirl.algorithms.mbirl", "MBIRLConfig": "mbirl.algorithms.mbirl", "DemoBatch": "mbirl.algorithms.mbirl",
     "KeypointCost": "mbirl.costs", "make_cost": "mbirl.costs", "KeypointRobot": "mbirl.envs.robot",
@@ -77,6 +77,7 @@ __all__ = [
     "run_mbirl",
     "save_keypoint_demos",
     "save_trajectories",
+    "shipped_demos",
 ]
 
 assert set(__all__) == {*_EXPORTS, "__version__"}
@@ -88,6 +89,7 @@ if TYPE_CHECKING:
     from mbirl.costs import KeypointCost, make_cost
     from mbirl.data.demos import load_keypoint_demos, load_trajectories, save_keypoint_demos, save_trajectories
     from mbirl.data.interop import export_minari, import_demos
+    from mbirl.data.shipped import shipped_demos
     from mbirl.dynamics.kinematic import KinematicKeypointDynamics
     from mbirl.envs.robot import KeypointRobot
     from mbirl.errors import InputError, NonFiniteError

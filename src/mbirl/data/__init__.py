@@ -14,6 +14,7 @@ from mbirl.data.demos import (
     save_trajectories,
 )
 from mbirl.data.interop import FORMATS, export_minari, import_demos
+from mbirl.data.shipped import shipped_demo_names, shipped_demos
 
 __all__ = [
     "FORMATS",
@@ -25,4 +26,6 @@ __all__ = [
     "load_trajectories",
     "save_keypoint_demos",
     "save_trajectories",
+    "shipped_demo_names",
+    "shipped_demos",
 ]

@@ -29,7 +29,12 @@ def git_commit() -> dict[str, Any] | None:
     """The commit (and whether the tree has changes) of the git checkout the package is imported from; None when
     it is not a checkout (an installed wheel) or git is missing."""
     here = Path(__file__).resolve().parent
+    package = here.parent
     try:
+        top = subprocess.run(["git", "-C", str(here), "rev-parse", "--show-toplevel"], capture_output=True, text=True,
+                             timeout=5, check=True).stdout.strip()
+        if not top or Path(top).resolve() / "src" / "mbirl" != package:
+            return None  # installed inside some other repository (a user's project): not this code's commit
         head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
                               timeout=5, check=True).stdout.strip()
         status = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
