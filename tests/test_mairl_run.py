@@ -284,3 +284,12 @@ def test_cli_mairl_models_takes_a_config_file(tmp_path):
     bad.write_text(f"demos: {DEMOS}\nmodels: [lstm]\n")
     assert _cli("mairl", "models", "--config", str(bad), "--out", str(tmp_path / "m")) == 2
     assert not (tmp_path / "m").exists()
+    # ensembles beside the single models: the mean prediction's errors and how disagreement ranks the errors
+    assert _cli("mairl", "models", "--config", str(cfg), "--models", "mlp", "--ensemble-size", "3", "--out",
+                str(tmp_path / "e")) == 0
+    res = json.loads((tmp_path / "e" / "model_errors.json").read_text())
+    assert list(res["models"]) == ["mlp", "mlp-x3"]
+    single, ens = res["models"]["mlp"], res["models"]["mlp-x3"]
+    assert ens["params"] == 3 * single["params"] and "disagreement_error_spearman" not in single
+    assert ens["mean_disagreement"] > 0 and -1 <= ens["disagreement_error_spearman"] <= 1
+    assert _cli("mairl", "models", "--config", str(cfg), "--ensemble-size", "0", "--out", str(tmp_path / "z")) == 2

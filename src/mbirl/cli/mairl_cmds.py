@@ -193,6 +193,8 @@ def mairl_models(
     models: Annotated[str, typer.Option(help="comma-separated model types")] = ",".join(ModelComparisonConfig.models),
     run_dir: Annotated[Path | None, typer.Option(help="MAIRL run whose noisy policy supplies half of the data "
                                                       "(default: the demonstrations)")] = None,
+    ensemble_size: Annotated[int, typer.Option(help="also measure each model type as an ensemble of this many")
+                             ] = ModelComparisonConfig.ensemble_size,
     config: Annotated[Path | None, _config_opt(ModelComparisonConfig)] = None,
 ) -> None:
     """Train every forward model on the same replay data; report 1-step and open-loop multi-step errors on the same
@@ -200,10 +202,13 @@ def mairl_models(
     from mbirl.experiments.mairl_run import compare_models
 
     values = {"demos": demos, "steps": steps, "train_steps": train_steps, "seed": seed, "run_dir": run_dir,
+              "ensemble_size": ensemble_size,
               "models": tuple(k.strip() for k in models.split(",") if k.strip())}
     cfg = build_config(ctx, ModelComparisonConfig, _given(values), config)
     res = compare_models(cfg, out)
     for kind, r in res["models"].items():
-        typer.echo(f"{kind:16s} 1-step {r['one_step']:.2e}  {cfg.horizon}-step open loop {r['open_loop'][-1]:.2e}  "
-                   f"({r['params']} parameters, {r['train_seconds']:.0f} s)")
+        trust = (f"; disagreement vs error Spearman {r['disagreement_error_spearman']:.2f}"
+                 if "disagreement_error_spearman" in r else "")
+        typer.echo(f"{kind:20s} 1-step {r['one_step']:.2e}  {cfg.horizon}-step open loop {r['open_loop'][-1]:.2e}  "
+                   f"({r['params']} parameters, {r['train_seconds']:.0f} s{trust})")
     typer.echo(f"outputs in {out}")

@@ -24,7 +24,8 @@ import torch
 
 from mbirl.algorithms.mairl import MAIRL, MAIRLConfig
 from mbirl.data.replay import ReplayBuffer
-from mbirl.dynamics.models import MODELS
+from mbirl.dynamics.ensemble import ModelEnsemble
+from mbirl.dynamics.models import MODELS, ForwardModel
 from mbirl.dynamics.training import fit_forward_model
 from mbirl.errors import InputError
 from mbirl.experiments.imitation import (
@@ -161,8 +162,13 @@ class ModelComparisonConfig:
     """Adam learning rate"""
     horizon: int = 10
     """length of the held-out open-loop prediction segments"""
+    ensemble_size: int = 1
+    """> 1: each model type is also measured as an ensemble of this many (the mean prediction's errors, and how
+    well the members' disagreement predicts the one-step error)"""
 
     def __post_init__(self) -> None:
+        if not 1 <= self.ensemble_size <= 32:
+            raise InputError(f"must be in [1, 32], got {self.ensemble_size}", field="ensemble_size")
         if not self.models:
             raise InputError("no forward models given", field="models")
         for kind in self.models:
@@ -265,22 +271,33 @@ def compare_models(cfg: ModelComparisonConfig, out: str | Path) -> dict[str, Any
         raise InputError(f"held-out episodes are shorter than {horizon} steps", field="steps")
     so, sa = torch.as_tensor(np.stack(seg_o)), torch.as_tensor(np.stack(seg_a))
     results: dict[str, Any] = {}
+    sizes = (1,) if cfg.ensemble_size == 1 else (1, cfg.ensemble_size)
     for kind in cfg.models:
-        torch.manual_seed(seed)
-        model = MODELS.make(kind, obs_dim=data.obs.shape[1], act_dim=act_dim)
-        model.set_normalizer(data.obs, data.next_obs, act_scale)
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        t0 = time.perf_counter()
-        fit_forward_model(model, opt, data, cfg.train_steps, batch_size=cfg.batch_size,
-                          rng=np.random.default_rng(seed))
-        train_seconds = time.perf_counter() - t0
-        model.eval()
-        results[kind] = {
-            "one_step": float(model.eval_score(to, ta, to2).mean()),
-            "open_loop": open_loop_errors(model, so, sa).tolist(),
-            "params": int(sum(p.numel() for p in model.parameters())),
-            "train_seconds": train_seconds,
-        }
+        for size in sizes:
+            torch.manual_seed(seed)
+            model: ForwardModel | ModelEnsemble = (
+                MODELS.make(kind, obs_dim=data.obs.shape[1], act_dim=act_dim) if size == 1 else
+                ModelEnsemble(kind, size, obs_dim=data.obs.shape[1], act_dim=act_dim))
+            model.set_normalizer(data.obs, data.next_obs, act_scale)
+            opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+            t0 = time.perf_counter()
+            fit_forward_model(model, opt, data, cfg.train_steps, batch_size=cfg.batch_size,
+                              rng=np.random.default_rng(seed))
+            train_seconds = time.perf_counter() - t0
+            model.eval()
+            errors = model.eval_score(to, ta, to2)
+            entry = {
+                "one_step": float(errors.mean()),
+                "open_loop": open_loop_errors(model, so, sa).tolist(),  # type: ignore[arg-type]
+                "params": int(sum(p.numel() for p in model.parameters())),
+                "train_seconds": train_seconds,
+            }
+            if isinstance(model, ModelEnsemble):
+                with torch.no_grad():
+                    _, disagreement = model.sample(to, ta, torch.Generator().manual_seed(seed))
+                entry["mean_disagreement"] = float(disagreement.mean())
+                entry["disagreement_error_spearman"] = _spearman(disagreement.numpy(), errors.numpy())
+            results[kind if size == 1 else f"{kind}-x{size}"] = entry
     summary = {"env_id": env_id, "train_transitions": len(data), "test_transitions": len(to),
                "test_segments": len(so), "horizon": horizon, "train_steps": cfg.train_steps, "seed": seed,
                "data": "random + " + ("MAIRL policy" if cfg.run_dir is not None else "demonstrations"),
@@ -290,6 +307,12 @@ def compare_models(cfg: ModelComparisonConfig, out: str | Path) -> dict[str, Any
     write_json_atomic(out / "model_errors.json", summary)
     _plot_model_errors(summary, out / "model_errors.png")
     return summary
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rank correlation (no ties expected in continuous errors)."""
+    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    return float(np.corrcoef(rx, ry)[0, 1])
 
 
 def _plot_model_errors(summary: dict[str, Any], path: Path) -> None:
