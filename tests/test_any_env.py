@@ -18,10 +18,10 @@ USER_ENV = "user_envs:PointMass-v0"
 
 def test_expert_for_a_users_environment_without_a_preset(tmp_path, capsys):
     out = tmp_path / "expert"
-    assert cli("expert", "train", "--env", USER_ENV, "--algo", "td3", "--steps", "200", "--eval-every", "200",
+    assert cli("expert", "train", "--env", USER_ENV, "--algo", "td3", "--steps", "120", "--eval-every", "120",
                "--out", str(out), "--no-progress") == 0
     meta = json.loads((out / "metrics.json").read_text())
-    assert meta["algo"] == "td3" and meta["env_steps"] == 200 and "--algo td3" in meta["command"]
+    assert meta["algo"] == "td3" and meta["env_steps"] == 120 and "--algo td3" in meta["command"]
     assert (out / "expert.json").is_file() and (out / "run.json").is_file()
     assert cli("expert", "demos", "--env", USER_ENV, "--n", "2", "--expert", str(out / "expert"),
                "--out", str(tmp_path / "demos.npz")) == 0
