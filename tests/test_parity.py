@@ -89,9 +89,12 @@ def test_original_pt_file_gives_the_same_figures(tmp_path, original_demos):
     assert out["final_test_irl_loss"] == pytest.approx(123.8, abs=0.3)
 
 
-def test_default_rbf_beats_the_original_formulation(tmp_path, original_demos):
+def test_default_rbf_figure_on_the_official_draw(tmp_path, original_demos):
+    """The default RBF formulation (mean over time) ends at 128.5 on the official draw, the original formulation at
+    144.7. One draw only: over 20 draws the two are indistinguishable (benchmarks/rbf_default.py,
+    docs/results/mbirl.md)."""
     out = _run(tmp_path, original_demos, "rbf")
-    assert out["final_test_irl_loss"] < 135.0  # 128.5 measured; the original formulation ends at 144.7
+    assert out["final_test_irl_loss"] == pytest.approx(128.5, abs=0.3)
 
 
 def test_original_demo_file_rebuilds_its_robot(original_demos, original_robot):
