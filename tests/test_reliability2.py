@@ -642,3 +642,90 @@ def test_max_minutes_must_be_positive():
     for value in ("0", "-1", "nan"):
         code, err = run_cli("expert", "train", "--env", "Pendulum-v1", "--max-minutes", value, "--out", "/nonexistent")
         assert_one_line_error(code, err, match="max")
+
+
+# ------------------------------------------------------------------------------ 6. expert training resumes
+
+
+def _expert_args(out: Path, steps: int) -> list:
+    (out.parent / "expert.yaml").write_text("eval_episodes: 1\n")
+    return ["expert", "train", "--env", "CartPole-v1", "--steps", str(steps), "--eval-every", "256", "--out", out,
+            "--config", out.parent / "expert.yaml", "--no-progress"]
+
+
+def test_expert_train_refuses_to_clobber_and_resumes(tmp_path):
+    out = tmp_path / "exp"
+    assert run_cli(*_expert_args(out, 256))[0] == 0
+    best = json.loads((out / "expert.json").read_text())
+    code, err = run_cli(*_expert_args(out, 256))
+    assert_one_line_error(code, err, match="--resume")
+    assert json.loads((out / "expert.json").read_text()) == best  # the expert was not touched
+    code, err = run_cli(*_expert_args(out, 512), "--resume")
+    assert code == 0, err
+    rows = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[:2] == [256, 256] and rows[-1] == 512
+
+
+def test_expert_train_leaves_no_temporary_log_directory(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    assert run_cli(*_expert_args(tmp_path / "exp", 256))[0] == 0
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("env", "steps"), [("CartPole-v1", 2048), ("Pendulum-v1", 1500)])
+def test_expert_train_sigkill_and_resume_equal_an_uninterrupted_run(tmp_path, env, steps):
+    import os
+    import random
+    import signal
+    import subprocess
+
+    from mbirl.experts.policy import ExpertPolicy
+
+    preset = {"CartPole-v1": "", "Pendulum-v1": "sac"}[env]
+    base = ["expert", "train", "--env", env, "--steps", str(steps), "--eval-every", "256", "--config",
+            "c.yaml", "--no-progress", *(["--algo", preset] if preset else [])]
+    (tmp_path / "c.yaml").write_text("eval_episodes: 1\n")
+    penv = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    assert run_cli(*[a if a != "c.yaml" else tmp_path / "c.yaml" for a in base], "--out", tmp_path / "ref")[0] == 0
+    rng = random.Random(env)
+    flag: list[str] = []
+    landed = 0
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", "from mbirl.cli import main; main()", *base, "--out", "run",
+                                 *flag], cwd=tmp_path, env=penv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        target = rng.randint(1, steps // 256 - 1)
+        jsonl = tmp_path / "run" / "metrics.jsonl"
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if jsonl.exists() and len(jsonl.read_text().splitlines()) >= target:
+                break
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.3))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        landed += proc.returncode == -signal.SIGKILL and not (tmp_path / "run" / "metrics.json").exists()
+        flag = ["--resume"]
+    code, err = run_cli(*[a if a != "c.yaml" else tmp_path / "c.yaml" for a in base], "--out", tmp_path / "run",
+                        "--resume")
+    assert code == 0, err
+
+    def rows(run: Path) -> list:
+        return [{k: v for k, v in json.loads(line).items() if "seconds" not in k}
+                for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    assert rows(tmp_path / "run") == rows(tmp_path / "ref") and landed >= 1
+    for name in ("expert", "last"):
+        a = ExpertPolicy.load(tmp_path / "ref" / name)[0].state_dict()
+        b = ExpertPolicy.load(tmp_path / "run" / name)[0].state_dict()
+        assert all(torch_equal(a[k], b[k]) for k in a)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))

@@ -367,10 +367,25 @@ def field_default(cls: type, dotted: str) -> Any:
     return dataclasses.MISSING
 
 
-MAX_CONFIG_BYTES = 256 * 1024
+MAX_CONFIG_BYTES = 64 * 1024
 """YAML configs are a few hundred bytes; refusing larger ones bounds what parsing them can cost."""
 MAX_CONFIG_NODES = 10_000
 """Most values a YAML config may hold once its aliases are expanded (:func:`check_tree`)."""
+
+
+def _safe_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with libyaml's parser where PyYAML has it (the same safe constructor: plain data only;
+    about 15x faster, and it refuses flow nesting beyond 1000 levels instead of recursing for seconds)."""
+    import yaml
+
+    loader_cls = getattr(yaml, "CSafeLoader", None)
+    if loader_cls is None:
+        return yaml.safe_load(text)
+    loader = loader_cls(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def load_config(path: str | Path, cls: type, *, legacy: bool = True) -> dict[str, Any]:
@@ -384,7 +399,7 @@ def load_config(path: str | Path, cls: type, *, legacy: bool = True) -> dict[str
     path = check_file(path, what="config file", max_bytes=MAX_CONFIG_BYTES)
     src = str(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = _safe_yaml(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
         raise InputError(f"not UTF-8 text ({exc.reason})", source=src) from None
     except yaml.YAMLError as exc:

@@ -62,8 +62,9 @@ def expert_train(
     algo: Annotated[str | None, typer.Option(help="sac|td3|ppo with Stable-Baselines3's defaults: for an "
                                                   "environment without a preset (default: the preset)")] = None,
     config: Annotated[Path | None, _config_opt(ExpertRunConfig)] = None,
-    overwrite: Annotated[bool, typer.Option(help="train a new expert in place of the one in OUT (SB3 training "
-                                                 "cannot resume)")] = False,
+    overwrite: Annotated[bool, typer.Option(help="train a new expert in place of the one in OUT")] = False,
+    resume: Annotated[bool, typer.Option(help="continue the expert run in OUT from its last checkpoint (exactly as "
+                                              "if it had not stopped)")] = False,
     progress: ProgressOpt = True,
 ) -> None:
     """Train the expert of ENV (its preset, or --algo with SB3's defaults for any environment, module:EnvId
@@ -74,7 +75,7 @@ def expert_train(
                                                      "max_minutes": max_minutes, "eval_every": eval_every,
                                                      "algo": algo}), config)
     out_dir = out if out is not None else Path("runs/experts") / cfg.env
-    res = train_expert(cfg, out_dir, progress=progress, overwrite=overwrite)
+    res = train_expert(cfg, out_dir, progress=progress, overwrite=overwrite, resume=resume)
     typer.echo(f"{cfg.env}: best evaluation return {res.best_return:.1f} after {res.env_steps} steps "
                f"({res.seconds:.0f} s); policy in {res.path}.safetensors")
 

@@ -5,8 +5,10 @@ rl-baselines3-zoo tuned ones) and a step budget. Training evaluates the exported
 periodically and keeps the best export, so a run stopped by its time budget still leaves a usable expert.
 
 The output directory is a run directory (:class:`mbirl.reporting.runs.RunDir`): ``config.json`` (an
-:class:`ExpertRunConfig`), ``metrics.jsonl`` and, at the end, ``metrics.json``. SB3 training cannot be resumed
-exactly, so a directory that already holds an expert run is refused unless ``overwrite`` is set.
+:class:`ExpertRunConfig`), ``metrics.jsonl``, ``checkpoints/last`` (the complete SB3 training state as safetensors +
+JSON, :mod:`mbirl.experts.sb3_state`, written after each evaluation) and, at the end, ``metrics.json``. A directory
+that already holds an expert run is refused; ``resume`` continues it exactly (same evaluations, same exports, same
+best expert as an uninterrupted run), ``overwrite`` trains a new one in its place.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import torch
 from mbirl.errors import InputError
 from mbirl.experts.policy import ExpertPolicy, export_sb3_policy
 from mbirl.experts.rollout import make_env, run_episodes
-from mbirl.reporting.runs import ALREADY_HOLDS_A_RUN, RunDir
+from mbirl.experts.sb3_state import load_sb3_state, sb3_state
+from mbirl.reporting.checkpoint import restoring
+from mbirl.reporting.runs import ALREADY_HOLDS_A_RUN, RunDir, rng_state, set_rng_state
 
 __all__ = ["EXPERT_PRESETS", "GENERIC_ALGOS", "GENERIC_STEPS", "HOPPER_PPO", "ExpertPreset", "ExpertResult",
            "ExpertRunConfig", "load_expert", "train_expert"]
@@ -101,8 +105,8 @@ class ExpertRunConfig:
     """``sac``, ``td3`` or ``ppo`` with Stable-Baselines3's default hyper-parameters, for an environment without a
     preset (or instead of its preset's algorithm); None: the preset"""
 
-    RESUMABLE: ClassVar[tuple[str, ...]] = ()
-    """Nothing: SB3 training cannot be resumed exactly."""
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("steps", "max_minutes")
+    """What ``--resume`` may change: how long training goes."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "eval_every", "eval_episodes"):
@@ -173,13 +177,16 @@ def _make_model(env_id: str, preset: ExpertPreset, seed: int) -> Any:
 
 
 def train_expert(cfg: ExpertRunConfig, out_dir: str | Path, *, progress: bool = True,
-                 preset: ExpertPreset | None = None, overwrite: bool = False) -> ExpertResult:
+                 preset: ExpertPreset | None = None, overwrite: bool = False, resume: bool = False) -> ExpertResult:
     """Train the preset expert of ``cfg.env`` (or ``preset``); writes ``out_dir/expert.{safetensors,json}``
-    (best export), ``out_dir/last.{safetensors,json}``, ``config.json``, ``metrics.jsonl`` and ``metrics.json``.
+    (best export), ``out_dir/last.{safetensors,json}``, ``config.json``, ``metrics.jsonl``, a checkpoint after each
+    evaluation and ``metrics.json``.
 
-    A directory that already holds an expert run is refused unless ``overwrite`` (its files are then replaced).
+    A directory that already holds an expert run is refused unless ``resume`` (continue it exactly from its last
+    checkpoint) or ``overwrite`` (train a new expert in its place).
     """
     from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.logger import Logger
 
     env_id, seed = cfg.env, cfg.seed
     if preset is None:
@@ -189,15 +196,29 @@ def train_expert(cfg: ExpertRunConfig, out_dir: str | Path, *, progress: bool = 
         raise InputError(f"normalize is only supported with ppo, not {preset.algo}", field="normalize")
     total = preset.steps if cfg.steps is None else cfg.steps
     out = Path(out_dir)
-    run = _open_run(out, cfg, overwrite)
+    if resume and overwrite:
+        raise InputError("--resume continues the expert in OUT, --overwrite replaces it: pass one", field="resume")
+    run = _open_run(out, cfg, overwrite, resume)
     torch.manual_seed(seed)
     model = _make_model(env_id, preset, seed)
+    model.set_logger(Logger(folder=None, output_formats=[]))  # SB3's default makes an empty temporary directory
     eval_env = make_env(env_id)
-    run.start()
-    t0 = time.monotonic()
     best = {"ret": -np.inf, "steps": 0}
+    spent = 0.0
+    if run.state is not None:
+        with restoring(run.checkpoint.with_suffix(".json")):
+            load_sb3_state(model, run.state["sb3"])
+            best = {"ret": float(run.state["best"]["ret"]), "steps": int(run.state["best"]["steps"])}
+            spent = float(run.state["seconds"])
+            set_rng_state(run.state["rng"])
+    run.start()
+    t0 = time.monotonic() - spent
+    resumed_at = int(model.num_timesteps) if run.resumed else None
 
-    with run.logger(tensorboard=False) as log:
+    def save() -> None:
+        run.save({"sb3": sb3_state(model), "best": best, "seconds": time.monotonic() - t0, "rng": rng_state()})
+
+    with run.logger(tensorboard=False, resume_from_step=None if resumed_at is None else resumed_at + 1) as log:
 
         def export() -> ExpertPolicy:
             if preset.normalize:
@@ -219,18 +240,30 @@ def train_expert(cfg: ExpertRunConfig, out_dir: str | Path, *, progress: bool = 
                       f"{time.monotonic() - t0:.0f}s", flush=True)
 
         class _Eval(BaseCallback):
+            """Evaluate every ``eval_every`` steps; checkpoint at the start of the next rollout (between SB3's
+            rollouts and updates, where the state is complete)."""
+
             def __init__(self) -> None:
                 super().__init__()
-                self.next_eval = cfg.eval_every
+                self.next_eval = (int(model.num_timesteps) // cfg.eval_every + 1) * cfg.eval_every
+                self.pending = False
+
+            def _on_rollout_start(self) -> None:
+                if self.pending:
+                    save()
+                    self.pending = False
 
             def _on_step(self) -> bool:
                 if self.num_timesteps >= self.next_eval:
                     self.next_eval += cfg.eval_every
                     evaluate(self.num_timesteps)
+                    self.pending = True
                 return cfg.max_minutes is None or (time.monotonic() - t0) < 60 * cfg.max_minutes
 
-        model.learn(total_timesteps=total, callback=_Eval())
+        model.learn(total_timesteps=max(total - int(model.num_timesteps), 0), callback=_Eval(),
+                    reset_num_timesteps=resumed_at is None)
         evaluate(int(model.num_timesteps))
+        save()
     seconds = time.monotonic() - t0
     run.finish({"env_id": env_id, "algo": preset.algo, "seed": seed, "env_steps": int(model.num_timesteps),
                 "best_eval_return": float(best["ret"]), "best_at_env_steps": int(best["steps"]),
@@ -254,18 +287,19 @@ def _check_action_space(env_id: str, algo: str) -> None:
         raise InputError(f"{algo} needs continuous (Box) actions, {env_id} has {space}; use --algo ppo", field="algo")
 
 
-def _open_run(out: Path, cfg: ExpertRunConfig, overwrite: bool) -> RunDir:
+def _open_run(out: Path, cfg: ExpertRunConfig, overwrite: bool, resume: bool) -> RunDir:
     """The run directory. One that already holds an expert run (``config.json``, or ``expert.json`` of a run
-    written before experts had a configuration) is refused unless ``overwrite``, which removes its configuration
+    written before experts had a configuration) is refused unless ``resume`` (RunDir's rule: the same
+    configuration but for its ``RESUMABLE`` fields) or ``overwrite``, which removes its configuration, checkpoint
     and final metrics (the exported policies are replaced as training goes)."""
+    if resume:
+        return RunDir(out, cfg, resume=True)
     held = [out / name for name in ("config.json", "metrics.json", "expert.json") if (out / name).exists()]
     if held and not overwrite:
-        # RunDir's refusal, with the way out this command has (SB3 training cannot resume: no --resume)
-        raise InputError(ALREADY_HOLDS_A_RUN.split(";")[0] + "; SB3 training cannot resume: pass --overwrite to "
-                         "train a new expert in its place or choose another --out", source=str(out))
-    for name in ("config.json", "metrics.json"):
-        (out / name).unlink(missing_ok=True)
-    return RunDir(out, cfg)
+        # RunDir's refusal, with the ways out this command has
+        raise InputError(ALREADY_HOLDS_A_RUN.split(";")[0] + "; pass --resume to continue it, --overwrite to train a "
+                         "new expert in its place, or choose another --out", source=str(out))
+    return RunDir(out, cfg, overwrite=True)
 
 
 def load_expert(path: str | Path) -> ExpertPolicy:

@@ -111,9 +111,11 @@ class RunDir:
         config: the run's config dataclass (its ``RESUMABLE`` class variable names the fields that may change
             on resume, dotted for nested configs, e.g. ``"env_steps"``).
         resume: continue the run that ``path`` holds (a directory without one starts fresh).
+        overwrite: start afresh in a directory that holds a run, discarding its configuration, checkpoint and final
+            metrics (other files are replaced as the new run writes them).
     """
 
-    def __init__(self, path: str | Path, config: Any, *, resume: bool = False) -> None:
+    def __init__(self, path: str | Path, config: Any, *, resume: bool = False, overwrite: bool = False) -> None:
         if not dataclasses.is_dataclass(config) or isinstance(config, type):
             raise TypeError("RunDir needs a config dataclass instance")
         self.path = Path(path)
@@ -125,6 +127,10 @@ class RunDir:
         self._lock: weakref.finalize | None = None
         if self.path.is_dir():
             self._hold()
+        if overwrite and not resume:  # discard the run the directory holds (under its lock)
+            for name in ("config.json", "metrics.json"):
+                (self.path / name).unlink(missing_ok=True)
+            self.checkpoint.with_suffix(".json").unlink(missing_ok=True)
         try:
             self._held_run = self._open(resume)
         except BaseException:

@@ -1,0 +1,501 @@
+"""Hostile inputs (hypothesis), per command family: trajectory files, keypoint files, ``.pt`` files, visual data
+files, checkpoints of every trainer, YAML configs and run-directory JSON files, each thrown at the command that
+reads it. Every case must end in exit 0 or a one-line error with exit 2 (3 for numerical failure), never a
+traceback; a refused input leaves its directory as it was (no partial outputs); no module named in a file is
+imported; and the process's peak RSS stays under 2 GB (headers declaring huge arrays, alias bombs and deep nesting
+are among the cases).
+
+The default run takes a few examples per family; ``-m slow`` runs 200 per family (``FULL``)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import resource
+import shutil
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mbirl.cli import main
+from mbirl.data.demos import KEYPOINT_FORMAT
+
+FAST = settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+FULL = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+
+ROOT = Path(__file__).resolve().parents[1]
+PENDULUM = ROOT / "data" / "demos" / "Pendulum-v1.npz"
+PROBE = "mbirl_fuzz_probe"
+"""A module that must never be imported: env ids in the generated files name it (``mbirl_fuzz_probe:Env``)."""
+MAX_RSS_BYTES = 2 * 1024**3
+TINY_MAIRL = "trainer:\n  warmup_steps: 100\n  model_pretrain_steps: 5\n  batch_size: 32\n  model_steps: 1\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def probe_module(tmp_path_factory):
+    """Put the probe module on sys.path (so an import would succeed and be seen); check it was never imported."""
+    where = tmp_path_factory.mktemp("probe")
+    (where / f"{PROBE}.py").write_text("raise SystemExit('mbirl_fuzz_probe imported')\n")
+    sys.path.insert(0, str(where))
+    yield
+    sys.path.remove(str(where))
+    assert PROBE not in sys.modules
+
+
+def peak_rss() -> int:
+    """Peak resident set size of this process so far, in bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_cli(args: list) -> tuple[int, str]:
+    err = io.StringIO()
+    code = 0
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return code, err.getvalue()
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file below ``root`` (but lock files) and its content hash."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def check_case(args: list, root: Path, allowed: tuple[int, ...] = (0, 2, 3)) -> int:
+    """Run one hostile case: no traceback, an allowed exit code, one line on failure, nothing written on refusal,
+    no probe import, bounded memory."""
+    before = snapshot(root)
+    code, err = run_cli(args)
+    assert "Traceback" not in err, err
+    assert code in allowed, (code, err)
+    if code != 0:
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("mbirl: error:") and len(lines[0]) < 800, err
+    if code == 2:
+        assert snapshot(root) == before, "a refused input left outputs behind"
+    assert PROBE not in sys.modules
+    assert peak_rss() < MAX_RSS_BYTES, peak_rss()
+    return code
+
+
+# ------------------------------------------------------------------------------------ hostile npz building
+
+
+def npy_header_only(shape: tuple[int, ...], dtype: str = "<f4") -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buf.getvalue() + b"\0" * 32
+
+
+def npz_bytes(arrays: dict[str, np.ndarray], raw: dict[str, bytes] | None = None) -> bytes:
+    """An ``.npz`` of ``arrays`` plus members given as raw ``.npy`` bytes (e.g. lying headers)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for key, value in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+            zf.writestr(f"{key}.npy", member.getvalue())
+        for key, data in (raw or {}).items():
+            zf.writestr(f"{key}.npy", data)
+    return buf.getvalue()
+
+
+HUGE_SHAPES = [(2**40,), (10**6, 10**6), (50 * 1024**3 // 4,), (2**62,), (0,), (3, 0, 5)]
+META_VALUES = st.one_of(
+    st.sampled_from([f"{PROBE}:Pendulum-v1", "Pendulum-v1", "CartPole-v1", "Nope-v9", "", "gymnasium.envs:Foo",
+                     f"{PROBE}.x:Y"]),
+    st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**30, 10**30), st.none(), st.booleans(),
+    st.lists(st.integers(), max_size=3), st.text(max_size=12), st.just({"a": [1, {"b": None}]}))
+
+
+@st.composite
+def meta_texts(draw, base: dict) -> str:
+    kind = draw(st.sampled_from(["edit", "edit", "edit", "deep", "garbage", "nan"]))
+    if kind == "deep":
+        depth = draw(st.sampled_from([70, 1000, 100_000]))
+        return '{"env_id": ' + "[" * depth + "]" * depth + "}"
+    if kind == "garbage":
+        return draw(st.sampled_from(["", "[]", "null", "{", '"x"', "1e999", "{" * 50]))
+    meta = dict(base)
+    for key in draw(st.lists(st.sampled_from(["env_id", "expert_mean_return", "random_mean_return", "n", "extra"]),
+                             max_size=3, unique=True)):
+        if draw(st.booleans()) and key in meta:
+            del meta[key]
+        else:
+            meta[key] = draw(META_VALUES)
+    if kind == "nan":
+        meta[draw(st.sampled_from(["expert_mean_return", "random_mean_return"]))] = float("nan")
+    return json.dumps(meta)
+
+
+def _pendulum() -> tuple[dict[str, np.ndarray], dict]:
+    with np.load(PENDULUM) as data:
+        arrays = {k: data[k] for k in data.files}
+    return arrays, json.loads(str(arrays["meta_json"]))
+
+
+@st.composite
+def hostile_trajectory_files(draw) -> bytes:
+    """A Pendulum demo file with one or two hostile changes."""
+    arrays, meta = _pendulum()
+    raw: dict[str, bytes] = {}
+    for change in draw(st.lists(st.sampled_from(["bomb", "unknown", "meta", "acts", "obs", "lengths", "dtype",
+                                                 "format", "drop"]), min_size=1, max_size=2)):
+        if change == "bomb":
+            key = draw(st.sampled_from(["obs", "acts", "rews", "meta_json", "format"]))
+            arrays.pop(key, None)
+            raw[key] = npy_header_only(draw(st.sampled_from(HUGE_SHAPES)),
+                                       draw(st.sampled_from(["<f4", "<f8", "|u1", "<U100"])))
+        elif change == "unknown":
+            name = draw(st.sampled_from(["junk", "x", "obs2"]))
+            if draw(st.booleans()):
+                raw[name] = npy_header_only(draw(st.sampled_from(HUGE_SHAPES)))
+            else:
+                arrays[name] = np.zeros(draw(st.integers(1, 1000)))
+        elif change == "meta":
+            arrays["meta_json"] = np.asarray(draw(meta_texts(meta)))
+        elif change == "acts":
+            scale = draw(st.sampled_from([1e6, -3.0, np.nan, np.inf, 1.0]))
+            with np.errstate(all="ignore"):
+                acts = arrays["acts"] * scale
+            arrays["acts"] = acts.astype(draw(st.sampled_from(["float32", "int64", "float16", "bool"])))
+        elif change == "obs":
+            obs = arrays["obs"].copy()
+            obs[draw(st.integers(0, len(obs) - 1))] = draw(st.sampled_from([np.nan, np.inf, 1e30, 0.0]))
+            arrays["obs"] = obs[:, : draw(st.integers(1, 3))]
+        elif change == "lengths":
+            arrays["lengths"] = np.asarray(draw(st.lists(st.integers(-5, 5000), min_size=1, max_size=4)))
+        elif change == "dtype":
+            key = draw(st.sampled_from(["obs", "acts", "dones", "lengths"]))
+            arrays[key] = np.full(arrays[key].shape, "ab")
+        elif change == "format":
+            arrays["format"] = np.asarray(draw(st.sampled_from(["", "x" * 5000, KEYPOINT_FORMAT])))
+        elif change == "drop":
+            arrays.pop(draw(st.sampled_from(sorted(arrays))), None)
+    data = npz_bytes(arrays, raw)
+    if draw(st.integers(0, 9)) == 0:
+        data = data[: draw(st.integers(0, len(data)))]
+    return data
+
+
+def _trajectory_case(data: bytes) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "d.npz").write_bytes(data)
+        (root / "c.yaml").write_text(TINY_MAIRL)
+        check_case(["mairl", "train", "--demos", root / "d.npz", "--env-steps", "150", "--eval-every", "200",
+                    "--eval-episodes", "1", "--horizon", "5", "--n-rollouts", "1", "--dynamics", "mlp", "--config",
+                    root / "c.yaml", "--run-dir", root / "run", "--no-progress"], root)
+
+
+@st.composite
+def hostile_keypoint_files(draw) -> bytes:
+    rng = np.random.default_rng(draw(st.integers(0, 100)))
+    n, t, k = 3, 6, 2
+    arrays: dict[str, np.ndarray] = {
+        "format": np.asarray(KEYPOINT_FORMAT), "meta_json": np.asarray("{}"),
+        "start_q": rng.normal(0, 0.3, (n, 7)).astype(np.float32),
+        "keypoints": rng.normal(0, 30, (n, t, k, 3)).astype(np.float32)}
+    raw: dict[str, bytes] = {}
+    change = draw(st.sampled_from(["bomb", "unknown", "meta", "start", "shape", "nan", "images", "none"]))
+    if change == "bomb":
+        key = draw(st.sampled_from(["start_q", "keypoints", "q", "images", "depth"]))
+        arrays.pop(key, None)
+        raw[key] = npy_header_only(draw(st.sampled_from(HUGE_SHAPES)), draw(st.sampled_from(["<f4", "|u1"])))
+    elif change == "unknown":
+        arrays[draw(st.sampled_from(["junk", "extra"]))] = np.zeros((draw(st.integers(1, 5)), 1000), np.float32)
+    elif change == "meta":
+        arrays["meta_json"] = np.asarray(draw(meta_texts({})))
+    elif change == "start":
+        arrays["start_q"] = arrays["start_q"] * draw(st.sampled_from([1e3, 50.0, -1e9]))
+    elif change == "shape":
+        arrays["keypoints"] = arrays["keypoints"][..., : draw(st.integers(1, 2))]
+    elif change == "nan":
+        arrays["keypoints"][0, 0, 0, 0] = np.nan
+    elif change == "images":
+        arrays["images"] = np.zeros((n, t, draw(st.sampled_from([2, 8])), 8, draw(st.sampled_from([1, 3]))),
+                                    draw(st.sampled_from(["uint8", "float32"])))
+    return npz_bytes(arrays, raw)
+
+
+def _keypoint_case(data: bytes) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "d.npz").write_bytes(data)
+        check_case(["mbirl", "train", "--demos", root / "d.npz", "--outer-iters", "1", "--train", "0:2",
+                    "--test", "2:3", "--run-dir", root / "run", "--no-progress"], root)
+
+
+@st.composite
+def hostile_pt_files(draw) -> bytes:
+    kind = draw(st.sampled_from(["entries", "entries", "entries", "other", "bytes"]))
+    if kind == "bytes":
+        return draw(st.binary(max_size=300))
+    if kind == "other":
+        obj = draw(st.sampled_from([[], {}, "abc", 3, [1, 2], {"start_joint_config": 1}, [None], [[{}]]]))
+    else:
+        values = st.one_of(
+            st.sampled_from(["abc", None, 3, [1, 2], {"a": 1}, [[1.0] * 7], [["x"]]]),
+            st.builds(lambda s: torch.zeros(s), st.lists(st.integers(0, 4), max_size=4).map(tuple)),
+            st.builds(lambda s: torch.full(s, float("nan")), st.lists(st.integers(1, 4), max_size=3).map(tuple)),
+            st.just(torch.zeros(1, 7)), st.just(torch.zeros(5, 2, 3)), st.just(torch.zeros(5, 2, 3, dtype=torch.int8)))
+        obj = [{"start_joint_config": draw(values), "desired_keypoints": draw(values)}
+               for _ in range(draw(st.integers(1, 3)))]
+        if draw(st.booleans()):
+            obj[0].pop(draw(st.sampled_from(["start_joint_config", "desired_keypoints"])))
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _pt_case(data: bytes) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "d.pt").write_bytes(data)
+        check_case(["mbirl", "train", "--demos", root / "d.pt", "--outer-iters", "1", "--train", "0:1",
+                    "--test", "0:1", "--run-dir", root / "run", "--no-progress"], root)
+
+
+@st.composite
+def hostile_visual_files(draw) -> bytes:
+    from mbirl.data.visual import EXPLORATION_FORMAT
+    from mbirl.envs.kuka import default_kuka
+    from mbirl.envs.render import Camera
+
+    n, t1, size = 4, 3, 16
+    camera = Camera(width=size, height=size).to_meta()
+    meta: dict = {"camera": camera, "robot": default_kuka().describe()}
+    arrays = {"q": np.zeros((n, t1, 7), np.float32), "actions": np.zeros((n, t1 - 1, 7), np.float32),
+              "images": np.zeros((n, t1, size, size, 3), np.uint8), "depth": np.ones((n, t1, size, size), np.float16),
+              "keypoints": np.zeros((n, t1, 2, 3), np.float32)}
+    raw: dict[str, bytes] = {}
+    change = draw(st.sampled_from(["camera", "camera", "robot", "bomb", "joints", "unknown", "meta", "depth"]))
+    if change == "camera":
+        field = draw(st.sampled_from(["width", "eye", "target", "scale", "fov", "near", "up"]))
+        camera[field] = draw(st.sampled_from([0, -1, 10**9, float("nan"), "x", [0, 0, 0], camera["eye"], None]))
+    elif change == "robot":
+        meta["robot"] = draw(st.sampled_from([None, {}, "kuka", {"urdf": "/etc/passwd"}, [1]]))
+    elif change == "bomb":
+        key = draw(st.sampled_from(sorted(arrays)))
+        arrays.pop(key)
+        raw[key] = npy_header_only(draw(st.sampled_from(HUGE_SHAPES)), "|u1")
+    elif change == "joints":
+        arrays["q"] = np.zeros((n, t1, 5), np.float32)
+        arrays["actions"] = np.zeros((n, t1 - 1, 5), np.float32)
+    elif change == "unknown":
+        arrays["junk"] = np.zeros(10)
+    elif change == "meta":
+        return npz_bytes({"format": np.asarray(EXPLORATION_FORMAT), "meta_json": np.asarray(draw(meta_texts({}))),
+                          **arrays})
+    elif change == "depth":
+        arrays["depth"] = np.full((n, t1, size, size), draw(st.sampled_from([np.nan, np.inf, -1.0])), np.float16)
+    return npz_bytes({"format": np.asarray(EXPLORATION_FORMAT), "meta_json": np.asarray(json.dumps(meta)), **arrays},
+                     raw)
+
+
+def _visual_case(data: bytes) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "e.npz").write_bytes(data)
+        check_case(["visual", "train-detector", "--data", root / "e.npz", "--steps", "1", "--batch-size", "2",
+                    "--keypoints", "2", "--width", "4", "--run-dir", root / "run", "--no-progress"], root)
+        check_case(["visual", "train-dynamics", "--data", root / "e.npz", "--detector", root / "none",
+                    "--run-dir", root / "run2", "--no-progress"], root)
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+
+
+def _tiny_run(kind: str, root: Path) -> list:
+    """The command of a tiny finished run of trainer ``kind`` (its run directory is ``root / 'run'``)."""
+    (root / "c.yaml").write_text(TINY_MAIRL)
+    if kind == "mairl":
+        return ["mairl", "train", "--demos", PENDULUM, "--env-steps", "150", "--eval-every", "200",
+                "--eval-episodes", "1", "--horizon", "5", "--n-rollouts", "1", "--dynamics", "mlp", "--config",
+                root / "c.yaml", "--run-dir", root / "run", "--no-progress"]
+    if kind == "bc":
+        (root / "bc.yaml").write_text("bc:\n  max_epochs: 2\n")
+        return ["il", "train", "--algo", "bc", "--demos", PENDULUM, "--eval-episodes", "1", "--config",
+                root / "bc.yaml", "--run-dir", root / "run", "--no-progress"]
+    return ["mbirl", "train", "--demos", root / "kp.npz", "--outer-iters", "3", "--checkpoint-every", "1",
+            "--cost", kind, "--run-dir", root / "run", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def finished_runs(tmp_path_factory, placing_demos) -> dict[str, tuple[Path, list]]:
+    from mbirl.data import save_keypoint_demos
+
+    out = {}
+    for kind in ("mairl", "bc", "neural", "weighted"):
+        root = tmp_path_factory.mktemp(kind)
+        save_keypoint_demos(root / "kp.npz", placing_demos)
+        args = _tiny_run(kind, root)
+        code, err = run_cli(args)
+        assert code == 0, err
+        out[kind] = (root, args)
+    return out
+
+
+LEAVES = st.one_of(st.sampled_from(["abc", None, [], {}, [1, "x"], True, -1, 10**30, 1.5, float("nan")]),
+                   st.just({"__tensor__": "s.nope"}), st.just({"__dict__": [[1]]}), st.just("[" * 50))
+
+
+@st.composite
+def checkpoint_edits(draw) -> tuple[str, int, object, str]:
+    """(trainer, which node of its checkpoint skeleton, replacement, how)."""
+    return (draw(st.sampled_from(["mairl", "bc", "neural", "weighted"])), draw(st.integers(0, 10**6)),
+            draw(LEAVES), draw(st.sampled_from(["replace", "replace", "delete", "deep", "swap-tensor"])))
+
+
+def _nodes(tree: object, path: tuple = ()) -> list[tuple]:
+    out = [path]
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            out += _nodes(v, (*path, k))
+    elif isinstance(tree, list):
+        for i, v in enumerate(tree):
+            out += _nodes(v, (*path, i))
+    return out
+
+
+def _checkpoint_case(finished_runs, edit: tuple[str, int, object, str]) -> None:
+    kind, index, value, how = edit
+    src, args = finished_runs[kind]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        shutil.copytree(src, root, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".lock"))
+        args = [root if a == src else (root / Path(a).relative_to(src) if isinstance(a, Path) and
+                                       a.is_relative_to(src) else a) for a in args]
+        ck = root / "run" / "checkpoints" / "last.json"
+        meta = json.loads(ck.read_text())
+        nodes = [p for p in _nodes(meta["state"]) if p]
+        path = nodes[index % len(nodes)]
+        parent = meta["state"]
+        for part in path[:-1]:
+            parent = parent[part]
+        if how == "delete" and isinstance(parent, dict):
+            del parent[path[-1]]
+        elif how == "deep":
+            parent[path[-1]] = json.loads("[" * 200 + "]" * 200)
+        elif how == "swap-tensor":
+            tensors = [p for p in nodes if p[-1] == "__tensor__"]
+            other = meta["state"]
+            for part in tensors[(index // 7) % len(tensors)]:
+                other = other[part]
+            parent[path[-1]] = {"__tensor__": other} if isinstance(other, str) else value
+        else:
+            parent[path[-1]] = value
+        ck.write_text(json.dumps(meta))
+        (root / "run" / "metrics.json").unlink(missing_ok=True)
+        check_case([*args, "--resume"], root)
+        if kind in ("mairl", "bc"):
+            check_case(["mairl", "eval", "--run-dir", root / "run", "--episodes", "1", "--out", root / "eval.json"],
+                       root)
+
+
+# ------------------------------------------------------------------------------------ YAML and run JSON
+
+
+@st.composite
+def hostile_yaml(draw) -> str:
+    kind = draw(st.sampled_from(["bomb", "bomb", "deep", "big", "tags", "keys"]))
+    if kind == "bomb":
+        width, depth = draw(st.integers(2, 12)), draw(st.integers(2, 12))
+        lines = ['a0: &a0 ["' + "x" * draw(st.integers(1, 100)) + '"]']
+        for i in range(1, depth):
+            lines.append(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * width)}]")
+        lines.append(f"{draw(st.sampled_from(['env_steps', 'trainer', 'seed', 'bogus']))}: *a{depth - 1}")
+        return "\n".join(lines) + "\n"
+    if kind == "deep":
+        depth = draw(st.sampled_from([20, 200, 5000]))
+        return "trainer: " + "[" * depth + "]" * depth + "\n"
+    if kind == "big":
+        return "env_steps: [" + ", ".join(["1"] * draw(st.sampled_from([10, 20_000, 60_000]))) + "]\n"
+    if kind == "tags":
+        return draw(st.sampled_from(["seed: !!python/object/apply:os.system ['true']\n",
+                                     "seed: !!python/name:os.system\n", f"env: !!python/module:{PROBE}\n",
+                                     "seed: &a 1\nenv_steps: *a\n", "<<: {seed: 1}\n"]))
+    keys = draw(st.lists(st.sampled_from(["env", "env_steps", "trainer", "demos", "seed", "x" * 5000]), min_size=1,
+                         max_size=3, unique=True))
+    return "".join(f"{k}: {json.dumps(draw(META_VALUES))}\n" for k in keys)
+
+
+def _yaml_case(text: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "c.yaml").write_text(text)
+        check_case(["mairl", "train", "--demos", PENDULUM, "--config", root / "c.yaml", "--env-steps", "150",
+                    "--run-dir", root / "run", "--no-progress"], root, allowed=(2,))
+
+
+@st.composite
+def hostile_run_json(draw) -> tuple[str, str]:
+    which = draw(st.sampled_from(["config.json", "metrics.json"]))
+    kind = draw(st.sampled_from(["edit", "edit", "garbage", "deep"]))
+    if kind == "garbage":
+        return which, draw(st.sampled_from(["", "{", "[]", "NaN", '{"a": Infinity}', "\x00", "1" * 10_000]))
+    if kind == "deep":
+        return which, "[" * draw(st.sampled_from([100, 100_000])) + "]" * 10
+    return which, json.dumps({k: draw(META_VALUES) for k in draw(st.lists(st.sampled_from(
+        ["algo", "demos", "env", "env_steps", "eval", "env_id", "final_normalized_return", "seed", "variant",
+         "dynamics", "trainer"]), max_size=6, unique=True))})
+
+
+def _run_json_case(finished_runs, case: tuple[str, str]) -> None:
+    which, text = case
+    src, _ = finished_runs["mairl"]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        shutil.copytree(src / "run", root / "run", ignore=shutil.ignore_patterns(".lock"))
+        (root / "run" / which).write_text(text)
+        check_case(["mairl", "eval", "--run-dir", root / "run", "--episodes", "1", "--out", root / "eval.json"], root)
+        check_case(["mairl", "plot", root / "run", "--out", root / "f.png"], root)
+
+
+# ------------------------------------------------------------------------------------ the tests
+
+FAMILIES = {
+    "trajectory": (hostile_trajectory_files(), _trajectory_case),
+    "keypoint": (hostile_keypoint_files(), _keypoint_case),
+    "pt": (hostile_pt_files(), _pt_case),
+    "visual": (hostile_visual_files(), _visual_case),
+    "yaml": (hostile_yaml(), _yaml_case),
+}
+
+
+@pytest.mark.parametrize("family", ["pt", "trajectory"])  # the quick ones; -m slow runs every family
+def test_hostile_files_fast(family):
+    strategy, case = FAMILIES[family]
+    FAST(given(strategy)(case))()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_hostile_files_full(family):
+    strategy, case = FAMILIES[family]
+    FULL(given(strategy)(case))()
+    print(f"{family}: peak RSS {peak_rss() / 1024**2:.0f} MiB")
+
+
+@pytest.mark.slow
+def test_hostile_checkpoints_full(finished_runs):
+    FULL(given(checkpoint_edits())(lambda edit: _checkpoint_case(finished_runs, edit)))()
+    print(f"checkpoints: peak RSS {peak_rss() / 1024**2:.0f} MiB")
+
+
+@pytest.mark.slow
+def test_hostile_run_json_full(finished_runs):
+    FULL(given(hostile_run_json())(lambda case: _run_json_case(finished_runs, case)))()
+    print(f"run JSON: peak RSS {peak_rss() / 1024**2:.0f} MiB")
