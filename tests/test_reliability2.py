@@ -729,3 +729,17 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return bool(torch.equal(a, b))
+
+
+def test_demo_start_states_outside_the_joint_limits_are_refused(tmp_path, placing_demos):
+    from dataclasses import replace
+
+    from mbirl.data import save_keypoint_demos
+
+    demos = list(placing_demos)
+    demos[1] = replace(demos[1], start_q=demos[1].start_q + np.float32(50.0))
+    save_keypoint_demos(tmp_path / "d.npz", demos)
+    code, err = run_cli("mbirl", "train", "--demos", tmp_path / "d.npz", "--outer-iters", "1", "--run-dir",
+                        tmp_path / "run", "--no-progress")
+    assert_one_line_error(code, err, match="outside the robot's limits")
+    assert not (tmp_path / "run").exists()

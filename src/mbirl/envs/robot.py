@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from mbirl.errors import InputError
 
-__all__ = ["KeypointRobot", "KeypointSpec"]
+__all__ = ["KeypointRobot", "KeypointSpec", "check_joint_limits"]
 
 
 @dataclass(frozen=True)
@@ -435,3 +436,19 @@ class KeypointRobot(torch.nn.Module):
             robot.scale = scale
             return robot
         return cls(str(desc["urdf"]), specs, scale=scale, name=name)
+
+
+def check_joint_limits(q: Any, robot: KeypointRobot, *, source: str | None = None, field: str = "start_q",
+                       slack: float = 1e-3) -> None:
+    """Refuse joint states ``(..., n_joints)`` outside ``robot``'s limits (by more than ``slack`` rad): a state the
+    robot cannot be in would be clipped silently and train on something else than the data says."""
+    arr = np.asarray(q, dtype=np.float64)
+    lower, upper = robot.lower.double().numpy(), robot.upper.double().numpy()
+    outside = (arr < lower - slack) | (arr > upper + slack)
+    if outside.any():
+        idx = tuple(int(i) for i in np.argwhere(outside)[0])
+        j = idx[-1]
+        raise InputError(f"{int(outside.any(axis=-1).sum())} joint states lie outside the robot's limits (e.g. "
+                         f"joint {j} = {arr[idx]:.3g} rad, limits [{lower[j]:.3g}, {upper[j]:.3g}])", source=source,
+                         field=field)
+

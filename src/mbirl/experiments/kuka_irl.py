@@ -24,6 +24,7 @@ from mbirl.data.demos import KeypointDemoSet, load_keypoint_demos
 from mbirl.dynamics.base import KeypointDynamics
 from mbirl.dynamics.kinematic import KinematicKeypointDynamics
 from mbirl.envs.kuka import DEFAULT_ROBOT, ROBOTS, robot_from_options
+from mbirl.envs.robot import check_joint_limits
 from mbirl.errors import InputError, check_finite
 from mbirl.reporting.provenance import component_name
 from mbirl.reporting.runs import RunDir, rng_state, set_rng_state
@@ -150,6 +151,9 @@ def prepare_run(cfg: MBIRLRunConfig, demo_set: KeypointDemoSet | None = None,
     if first.n_joints != dynamics.n_joints:
         raise InputError(f"demonstrations have {first.n_joints} joints, the robot has {dynamics.n_joints}",
                          source=cfg.demos, field="start_q")
+    robot = getattr(dynamics, "robot", None)
+    if robot is not None:  # a start the robot cannot be in would train silently on clipped joints
+        check_joint_limits(np.stack([d.start_q for d in demo_set.demos]), robot, source=cfg.demos)
     train = DemoBatch.from_demos(demo_set.subset(*cfg.train))
     test = DemoBatch.from_demos(demo_set.subset(*cfg.test))
     _seed_everything(cfg.seed)
