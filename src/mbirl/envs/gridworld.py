@@ -51,7 +51,8 @@ def mud_grid_true_reward(obs: np.ndarray, act: np.ndarray, next_obs: np.ndarray)
 
 
 class MudGrid(gym.Env[np.ndarray, np.int64]):
-    """The 8 x 8 mud grid (see the module docstring)."""
+    """The 8 x 8 mud grid (see the module docstring). ``state`` is the agent's cell ``(x, y)`` (named as classic
+    control names its state, so expert training checkpoints and resumes it)."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
 
@@ -61,28 +62,28 @@ class MudGrid(gym.Env[np.ndarray, np.int64]):
         self.action_space = gym.spaces.Discrete(4)
         self.render_mode = render_mode
         self.rewards = mud_grid_reward_map(self.size)
-        self.pos = np.zeros(2, np.int64)
+        self.state = np.zeros(2, np.int64)
         free = [(x, y) for y in range(self.size) for x in range(self.size)
                 if self.rewards[y, x] == REWARD_STEP]
         self._starts = np.array(free)
 
     def _obs(self) -> np.ndarray:
         obs = np.zeros(self.size * self.size, np.float32)
-        obs[self.pos[1] * self.size + self.pos[0]] = 1.0
+        obs[self.state[1] * self.size + self.state[0]] = 1.0
         return obs
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
-        self.pos = self._starts[self.np_random.integers(len(self._starts))].copy()
+        self.state = self._starts[self.np_random.integers(len(self._starts))].copy()
         return self._obs(), {}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if not self.action_space.contains(int(action)):
             raise ValueError(f"invalid action {action!r}")
-        self.pos = np.clip(self.pos + MOVES[int(action)], 0, self.size - 1)
-        reward = float(self.rewards[self.pos[1], self.pos[0]])
-        terminated = bool(tuple(self.pos) == GOAL)
+        self.state = np.clip(self.state + MOVES[int(action)], 0, self.size - 1)
+        reward = float(self.rewards[self.state[1], self.state[0]])
+        terminated = bool(tuple(self.state) == GOAL)
         return self._obs(), reward, terminated, False, {}
 
     def render(self) -> np.ndarray | None:
@@ -95,8 +96,8 @@ class MudGrid(gym.Env[np.ndarray, np.int64]):
             for x in range(self.size):
                 row = self.size - 1 - y  # image row 0 is the top
                 img[row * cell:(row + 1) * cell, x * cell:(x + 1) * cell] = colors[float(self.rewards[y, x])]
-        row = self.size - 1 - int(self.pos[1])
-        img[row * cell + 4:(row + 1) * cell - 4, int(self.pos[0]) * cell + 4:(int(self.pos[0]) + 1) * cell - 4] = \
+        row = self.size - 1 - int(self.state[1])
+        img[row * cell + 4:(row + 1) * cell - 4, int(self.state[0]) * cell + 4:(int(self.state[0]) + 1) * cell - 4] = \
             (40, 40, 200)
         return img
 
