@@ -112,6 +112,31 @@ def test_imitation_huggingface_directory_round_trips(tmp_path):
         assert t.terminal == term
 
 
+def test_imitation_trajectory_objects_convert():
+    """imitation's in-memory TrajectoryWithRew (frozen dataclasses with these fields), duck-typed."""
+    from dataclasses import dataclass
+
+    from mbirl.data.interop import from_trajectory_objects
+
+    @dataclass(frozen=True)
+    class TrajectoryWithRew:
+        obs: np.ndarray
+        acts: np.ndarray
+        infos: object
+        terminal: bool
+        rews: np.ndarray
+
+    eps = _episodes("CartPole-v1", 2, seed=9)
+    trajs = from_trajectory_objects([TrajectoryWithRew(o, a, None, t, r) for o, a, r, t in eps])
+    for t, (o, a, r, term) in zip(trajs, eps, strict=True):
+        np.testing.assert_allclose(t.obs, o)
+        np.testing.assert_array_equal(t.acts, a)
+        np.testing.assert_allclose(t.rews, r)
+        assert t.terminal == term
+    with pytest.raises(InputError, match="lacks"):
+        from_trajectory_objects([object()])
+
+
 def test_imitation_flat_npz_round_trips(tmp_path):
     eps = _episodes("Pendulum-v1", 2, seed=1)
     lengths = [len(a) for _, a, *_ in eps]

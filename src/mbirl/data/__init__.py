@@ -13,13 +13,14 @@ from mbirl.data.demos import (
     save_keypoint_demos,
     save_trajectories,
 )
-from mbirl.data.interop import FORMATS, export_minari, import_demos
+from mbirl.data.interop import FORMATS, export_minari, from_trajectory_objects, import_demos
 from mbirl.data.shipped import shipped_demo_names, shipped_demos
 
 __all__ = [
     "FORMATS",
     "KeypointDemoSet",
     "export_minari",
+    "from_trajectory_objects",
     "import_demos",
     "import_original_mbirl",
     "load_keypoint_demos",

@@ -37,8 +37,8 @@ from mbirl.data.demos import load_trajectories, save_trajectories
 from mbirl.errors import InputError
 from mbirl.types import Trajectory
 
-__all__ = ["FORMATS", "RANDOM_EPISODES", "Imported", "export_minari", "import_demos", "random_return", "read_d4rl",
-           "read_imitation", "read_minari", "read_sb3", "require"]
+__all__ = ["FORMATS", "RANDOM_EPISODES", "Imported", "export_minari", "from_trajectory_objects", "import_demos",
+           "random_return", "read_d4rl", "read_imitation", "read_minari", "read_sb3", "require"]
 
 FORMATS = ("sb3", "imitation", "minari", "d4rl")
 """The formats :func:`import_demos` reads."""
@@ -204,6 +204,23 @@ def read_imitation(path: str | Path) -> Imported:
     if not trajs:
         raise InputError("the dataset holds no trajectories", source=src)
     return _with_returns(Imported(trajs, extra={"source_format": "imitation"}))
+
+
+def from_trajectory_objects(trajectories: Any, *, source: str = "trajectories") -> list[Trajectory]:
+    """In-memory trajectories of another library as this project's: any sequence of objects with ``obs``
+    ``(T + 1, ...)``, ``acts`` ``(T, ...)``, ``terminal`` (bool) and optionally ``rews`` ``(T,)``, e.g.
+    ``imitation``'s ``Trajectory`` / ``TrajectoryWithRew`` (duck-typed: ``imitation`` need not be installed)."""
+    out = []
+    for i, t in enumerate(trajectories):
+        try:
+            obs, acts, terminal = np.asarray(t.obs), np.asarray(t.acts), bool(t.terminal)
+        except AttributeError as exc:
+            raise InputError(f"trajectory {i} lacks {exc.name or 'obs/acts/terminal'}", source=source) from None
+        rews = getattr(t, "rews", None)
+        out.append(_trajectory(obs, acts, terminal, None if rews is None else np.asarray(rews), source, i))
+    if not out:
+        raise InputError("no trajectories", source=source)
+    return out
 
 
 def _with_returns(imp: Imported) -> Imported:
