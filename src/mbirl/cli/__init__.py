@@ -20,6 +20,7 @@ from mbirl.cli.kuka import kuka_app
 from mbirl.cli.mairl_cmds import expert_app, mairl_app
 from mbirl.cli.mbirl_cmds import mbirl_app, quickstart
 from mbirl.cli.reward_cmds import reward_app
+from mbirl.cli.transfer_cmds import transfer_app
 from mbirl.cli.visual_cmds import visual_app
 from mbirl.errors import InputError, NonFiniteError, one_line
 
@@ -65,6 +66,7 @@ app.add_typer(visual_app, name="visual")
 app.add_typer(bench_app, name="bench")
 app.add_typer(data_app, name="data")
 app.add_typer(reward_app, name="reward")
+app.add_typer(transfer_app, name="transfer")
 app.command("quickstart")(quickstart)
 
 

@@ -148,9 +148,16 @@ def _pendulum_obs(theta: np.ndarray, theta_dot: np.ndarray) -> np.ndarray:
     return np.stack([np.cos(theta), np.sin(theta), theta_dot], -1)
 
 
+def _maze_obs(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.stack([x, y, np.zeros_like(x), np.zeros_like(x)], -1)  # the point at rest
+
+
 HEATMAP_GRIDS: dict[str, HeatmapGrid] = {
     "Pendulum-v1": HeatmapGrid("angle θ (rad, 0 = upright)", "angular velocity θ̇ (rad/s)", (-np.pi, np.pi),
                                (-8.0, 8.0), _pendulum_obs),
+    # the shifting maze's free 3 x 3 cells (mbirl.envs.transfer.MAZE_MAPS), the point at rest
+    "ShiftingMazeLeft-v0": HeatmapGrid("x", "y", (-1.5, 1.5), (-1.5, 1.5), _maze_obs),
+    "ShiftingMazeRight-v0": HeatmapGrid("x", "y", (-1.5, 1.5), (-1.5, 1.5), _maze_obs),
 }
 """The state plane each task's reward is drawn over."""
 

@@ -10,8 +10,11 @@ from typing import Any
 
 import numpy as np
 
+from mbirl.envs.transfer import register_transfer_envs
 from mbirl.errors import InputError
 from mbirl.types import Trajectory
+
+register_transfer_envs()  # the transfer tasks' environments (mbirl.envs.transfer) for make_env and check_env_id
 
 __all__ = ["ENV_ID", "EpisodeResult", "check_env_id", "make_env", "random_policy", "record_video", "run_episodes"]
 

@@ -123,6 +123,13 @@ def _pendulum(obs: np.ndarray, act: np.ndarray, next_obs: np.ndarray) -> np.ndar
     return out
 
 
-TRUE_REWARDS: dict[str, RewardFn] = {"Pendulum-v1": _pendulum}
+def _maze(obs: np.ndarray, act: np.ndarray, next_obs: np.ndarray) -> np.ndarray:
+    from mbirl.envs.transfer import maze_true_reward
+
+    return maze_true_reward(obs, act, next_obs)
+
+
+TRUE_REWARDS: dict[str, RewardFn] = {"Pendulum-v1": _pendulum, "ShiftingMazeLeft-v0": _maze,
+                                     "ShiftingMazeRight-v0": _maze}
 """True rewards as functions of the transition, by environment id (checked against the environments in the
 tests)."""
