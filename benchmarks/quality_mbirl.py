@@ -43,7 +43,8 @@ ORIGINAL_ZERO_ACTION = 1552.7
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--outer-iters", type=int, default=MBIRLRunConfig.outer_iters)
+    parser.add_argument("--outer-iters", type=int, default=None,
+                        help=f"outer iterations (default: the preset's, else {MBIRLRunConfig.outer_iters})")
     parser.add_argument("--task", choices=["placing", "reaching"], default="placing")
     parser.add_argument("--n-demos", type=int, default=6, help="demos generated per seed")
     parser.add_argument("--train", default="{}:{}".format(*MBIRLRunConfig.train), help="train range START:STOP")
@@ -59,7 +60,7 @@ def main() -> None:
     parser.add_argument("--urdf", default=None, help="a robot URDF instead of the built-in robot")
     parser.add_argument("--keypoint-links", default=None, help="comma-separated keypoint links of --urdf")
     parser.add_argument("--config", default=None,
-                        help="YAML preset: its trainer settings and outer iterations replace --inner-steps/--inner-lr")
+                        help="YAML preset: its trainer settings replace --inner-steps/--inner-lr")
     parser.add_argument("--methods", default="all", help="comma-separated methods, or all")
     args = parser.parse_args()
     if args.style == "original" and args.task != "placing":
@@ -70,7 +71,10 @@ def main() -> None:
     if args.config is not None:
         preset = config_from_dict(MBIRLRunConfig, {"demos": "", **load_config(args.config, MBIRLRunConfig)},
                                   source=args.config)
-        trainer, args.outer_iters = preset.trainer, preset.outer_iters
+        trainer = preset.trainer
+        args.outer_iters = preset.outer_iters if args.outer_iters is None else args.outer_iters
+    if args.outer_iters is None:
+        args.outer_iters = MBIRLRunConfig.outer_iters
     results: dict[str, list[float]] = {m: [] for m in methods}
     rel: dict[str, list[float]] = {m: [] for m in methods}
     zero: list[float] = []
