@@ -743,3 +743,22 @@ def test_demo_start_states_outside_the_joint_limits_are_refused(tmp_path, placin
                         tmp_path / "run", "--no-progress")
     assert_one_line_error(code, err, match="outside the robot's limits")
     assert not (tmp_path / "run").exists()
+
+
+def test_pybullet_banner_is_not_printed():
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", "from mbirl.envs.render import _quiet_pybullet; _quiet_pybullet()"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout == "" and "pybullet build time" not in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("args", [("kuka", "demos", "--out", "{file}/d.npz"),
+                                  ("visual", "demos", "--out", "{file}/d.npz"),
+                                  ("visual", "explore", "--out", "{file}/d.npz")])
+def test_output_locations_are_checked_before_the_work(tmp_path, args):
+    (tmp_path / "file").write_text("x")
+    t0 = time.perf_counter()
+    code, err = run_cli(*[a.format(file=tmp_path / "file") for a in args])
+    assert_one_line_error(code, err, match="not a directory")
+    assert time.perf_counter() - t0 < 10

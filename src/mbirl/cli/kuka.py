@@ -9,6 +9,7 @@ import typer
 
 from mbirl.envs.kuka import DEFAULT_ROBOT, DEMO_COUNT, DEMO_HORIZON, DEMO_NOISE_CM, DEMO_TASK
 from mbirl.errors import InputError
+from mbirl.validation import check_output_path
 
 __all__ = ["LinksOpt", "RobotOpt", "UrdfOpt", "kuka_app"]
 
@@ -48,8 +49,7 @@ def demos(
     from mbirl.envs.kuka import generate_demos, generate_original_placing, robot_from_options
     from mbirl.reporting.plots import plot_demos
 
-    if out.suffix != ".npz":
-        raise InputError(f"output must end in .npz, got '{out}'", field="out")
+    check_output_path(out, ".npz")
     if noise < 0:
         raise InputError(f"must be >= 0, got {noise}", field="noise")
     if style not in ("reachable", "original"):

@@ -16,7 +16,6 @@ from mbirl.algorithms.mbirl import MBIRLConfig
 from mbirl.cli.options import build_config
 from mbirl.dynamics.keypoint_mlp import DynamicsTrainConfig, KeypointMLPConfig
 from mbirl.envs.render import DEFAULT_RESOLUTION, default_camera
-from mbirl.errors import InputError
 from mbirl.experiments.visual import (
     DetectorStageConfig,
     DynamicsStageConfig,
@@ -34,7 +33,7 @@ from mbirl.experiments.visual import (
 )
 from mbirl.perception.detector import DetectorConfig
 from mbirl.perception.train import DetectorTrainConfig
-from mbirl.validation import config_to_dict, flatten_config
+from mbirl.validation import check_output_path, config_to_dict, flatten_config
 
 __all__ = ["visual_app"]
 
@@ -71,8 +70,7 @@ def _given(**values: Any) -> dict[str, Any]:
 
 
 def _fresh_output(out: Path) -> None:
-    if out.suffix != ".npz":
-        raise InputError(f"output must end in .npz, got '{out}'", field="out")
+    check_output_path(out, ".npz")
 
 
 @visual_app.command("demos")

@@ -176,6 +176,27 @@ class Camera:
             raise InputError(f"invalid camera metadata ({exc})", source=source, field="camera") from None
 
 
+def _quiet_pybullet() -> Any:
+    """``import pybullet`` without the build-time banner its C extension writes to the process's stderr on import
+    (every visual command's output began with it)."""
+    import os
+    import sys
+
+    if "pybullet" in sys.modules:
+        return sys.modules["pybullet"]
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import pybullet
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    return pybullet
+
+
 def default_camera(resolution: int = DEFAULT_RESOLUTION) -> Camera:
     """The fixed side camera of the visual experiments (looks at the placing workspace), square images."""
     return Camera(width=resolution, height=resolution)
@@ -213,9 +234,9 @@ class KukaRenderer:
 
     def __init__(self, robot: KeypointRobot, camera: Camera | None = None, *, marker_radius: float = 0.03,
                  background: bool = True) -> None:
-        import pybullet as pb
         import pybullet_data
 
+        pb = _quiet_pybullet()
         self.robot = robot
         self.camera = camera if camera is not None else default_camera()
         self._pb = pb
