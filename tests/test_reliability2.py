@@ -762,3 +762,46 @@ def test_output_locations_are_checked_before_the_work(tmp_path, args):
     code, err = run_cli(*[a.format(file=tmp_path / "file") for a in args])
     assert_one_line_error(code, err, match="not a directory")
     assert time.perf_counter() - t0 < 10
+
+
+# ------------------------------------------------------------------------------ SIGKILL at random points (slow)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["bc", "dac", "gail", "airl", "mgail"])
+def test_sigkill_and_resume_imitation_baselines(tmp_path, algo):
+    import random
+
+    from test_reliability import _kill_resume_trial
+
+    (tmp_path / "c.yaml").write_text({
+        "bc": "checkpoint_every: 1\nbc:\n  max_epochs: 40\n",
+        "dac": "checkpoint_every: 5\n",
+        "gail": "checkpoint_every: 1\n", "airl": "checkpoint_every: 1\n",
+        "mgail": "checkpoint_every: 3\n" + TINY_MAIRL}[algo])
+    steps = {"bc": 1000, "dac": 1500, "gail": 6000, "airl": 6000, "mgail": 1200}[algo]
+    base = ["il", "train", "--algo", algo, "--demos", str(PENDULUM_DEMOS), "--env-steps", str(steps), "--eval-every",
+            "400", "--eval-episodes", "1", "--seed", "2", "--config", str(tmp_path / "c.yaml"), "--no-progress"]
+    mismatches, landed = _kill_resume_trial(tmp_path, base, kills=2, rng=random.Random(algo), max_rows=8)
+    assert mismatches == 0 and landed >= 1
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_visual_stages(tmp_path):
+    import random
+
+    from test_reliability import _kill_resume_trial
+
+    assert run_cli("visual", "explore", "--n", "10", "--horizon", "3", "--resolution", "16", "--out",
+                   tmp_path / "explore.npz", "--no-progress")[0] == 0
+    (tmp_path / "det.yaml").write_text("checkpoint_every: 7\ncalibration_frames: 20\n")
+    det = ["visual", "train-detector", "--data", str(tmp_path / "explore.npz"), "--keypoints", "3", "--width", "8",
+           "--steps", "300", "--batch-size", "8", "--config", str(tmp_path / "det.yaml"), "--no-progress"]
+    assert _kill_resume_trial(tmp_path, det, kills=3, rng=random.Random(3), max_rows=25) == (0, 3)
+    (tmp_path / "dyn.yaml").write_text("checkpoint_every: 7\n")
+    dyn_dir = tmp_path / "dyn"
+    dyn_dir.mkdir()
+    dyn = ["visual", "train-dynamics", "--data", str(tmp_path / "explore.npz"), "--detector", str(tmp_path / "ref"),
+           "--hidden", "16", "--layers", "1", "--steps", "300", "--config", str(tmp_path / "dyn.yaml"),
+           "--no-progress"]
+    assert _kill_resume_trial(dyn_dir, dyn, kills=3, rng=random.Random(4), max_rows=25) == (0, 3)

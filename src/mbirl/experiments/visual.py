@@ -69,6 +69,7 @@ from mbirl.perception.detector import DetectorConfig, KeypointAutoencoder, check
 from mbirl.perception.evaluate import lift_keypoints_checked, match_keypoints
 from mbirl.perception.train import DetectorTrainConfig, fit_detector, init_background
 from mbirl.perception.trained import DETECTOR_FILE, TrainedDetector
+from mbirl.reporting.checkpoint import restoring
 from mbirl.reporting.runs import RunDir
 from mbirl.types import KeypointTrajectory
 from mbirl.validation import read_json
@@ -300,14 +301,11 @@ def _train_resumable(run: RunDir, label: str, total: int, model: torch.nn.Module
     """
     start, opt_state = 0, None
     if run.state is not None:
-        try:
+        with restoring(run.checkpoint.with_suffix(".json")):
             model.load_state_dict(run.state["model"])
             opt_state = run.state["optimizer"]
             generator.set_state(run.state["generator"])
             start = int(run.state["step"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise InputError(f"checkpoint does not match this run ({type(exc).__name__})",
-                             source=str(run.checkpoint.with_suffix(".json"))) from None
     run.start()
     t0 = time.perf_counter()
     with run.logger(resume_from_step=start + 1 if start else None) as log, \
