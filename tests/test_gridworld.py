@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
+import torch
 from gymnasium.utils.env_checker import check_env
 
+from mbirl.dynamics.termination import TERMINATIONS
 from mbirl.envs.gridworld import GRID_SIZE, MudGrid, mud_grid_reward_map, mud_grid_true_reward, register_grid_envs
 
 
@@ -27,7 +29,10 @@ def test_mud_grid_is_a_valid_environment_paying_its_reward_map():
         if terminated or truncated:
             assert truncated or nxt.argmax() == GRID_SIZE**2 - 1  # only the goal ends an episode
             obs, _ = env.reset()
-    assert {-0.5, -0.05} <= set(rewards) and len(seen) > 30
+    assert {-0.5, -0.05} <= set(rewards) and len(seen) > 30 and ended
+    rule = TERMINATIONS["MudGrid-v0"]
+    eye = torch.eye(GRID_SIZE**2)
+    assert rule(eye).tolist() == [False] * (GRID_SIZE**2 - 1) + [True]  # only the goal cell ends an episode
     reward_map = mud_grid_reward_map()
     assert reward_map[-1, -1] == 1.0 and (reward_map == -0.5).sum() == 16
     # starts are free cells only, and reset seeds them

@@ -48,7 +48,13 @@ def _ant(obs: torch.Tensor) -> torch.Tensor:
     return ~(torch.isfinite(obs).all(-1) & (z >= 0.2) & (z <= 1.0))
 
 
+def _mud_grid(obs: torch.Tensor) -> torch.Tensor:
+    # MudGrid-v0 (mbirl.envs.gridworld): one-hot cells, the last one (top-right) is the goal, which ends the episode
+    return obs.argmax(-1) == obs.shape[1] - 1
+
+
 TERMINATIONS: dict[str, TerminationFn] = {
+    "MudGrid-v0": _mud_grid,
     "CartPole-v1": _cartpole,
     "InvertedPendulum-v5": _inverted_pendulum,
     "Hopper-v5": _healthy_range(0.7, math.inf, -0.2, 0.2, 100.0),
