@@ -58,3 +58,24 @@ def test_mairl_eval_writes_per_episode_returns(tmp_path):
     assert cli("il", "eval", "--run-dir", str(tmp_path / "bc"), "--episodes", "2", "--out",
                str(tmp_path / "e.json")) == 0
     assert len(json.loads((tmp_path / "e.json").read_text())["returns"]) == 2
+
+
+def test_video_of_an_environment_that_cannot_render_fails_in_one_line_with_the_evaluation_saved(tmp_path, capsys):
+    import user_envs  # noqa: F401 (registers PointMass-v0, whose constructor takes no render_mode)
+    from mbirl.data.demos import save_trajectories
+    from mbirl.experts.rollout import make_env, random_policy, run_episodes
+
+    env = make_env("PointMass-v0")
+    expert = run_episodes(env, lambda o: np.clip([-2.0 * o[0] - 3.0 * o[1]], -1, 1).astype(np.float32), 3, seed=0)
+    rand = run_episodes(env, random_policy(env, 1), 3, seed=100)
+    save_trajectories(tmp_path / "demos.npz", expert.trajectories,
+                      {"env_id": "PointMass-v0", "expert_mean_return": expert.mean_return,
+                       "random_mean_return": rand.mean_return})
+    run_imitation(ImitationRunConfig(demos=str(tmp_path / "demos.npz"), algo="bc", eval_episodes=1,
+                                     bc=BCConfig(max_epochs=2, batch_size=64)), tmp_path / "bc", progress=False)
+    capsys.readouterr()
+    assert cli("il", "eval", "--run-dir", str(tmp_path / "bc"), "--episodes", "2", "--video",
+               str(tmp_path / "v.mp4")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mbirl: error: ") and "cannot render" in err and err.count("\n") == 1
+    assert len(json.loads((tmp_path / "bc" / "eval.json").read_text())["returns"]) == 2
