@@ -88,6 +88,15 @@ def test_missing_random_return_is_measured_in_the_environment(tmp_path):
     meta = import_demos(tmp_path / "e.npz", "sb3", tmp_path / "d.npz", env_id="Pendulum-v1",
                         expert_return=-100.0, random_episodes=2)
     assert meta["random_episodes"] == 2 and -2000 < meta["random_mean_return"] < -100
+    # a user's own environment, named module:EnvId on the command line (a file may not name one)
+    user = _episodes("user_envs:PointMass-v0", 2)
+    np.savez(tmp_path / "u.npz", obs=np.concatenate([o[:-1] for o, *_ in user]),
+             next_obs=np.concatenate([o[1:] for o, *_ in user]), actions=np.concatenate([a for _, a, *_ in user]),
+             rewards=np.concatenate([r for *_, r, _ in user]),
+             episode_starts=np.concatenate([np.arange(len(a)) == 0 for _, a, *_ in user]))
+    assert cli("data", "import", str(tmp_path / "u.npz"), "--format", "sb3", "--env", "user_envs:PointMass-v0",
+               "--expert-return", "0", "--random-episodes", "2", "--out", str(tmp_path / "u_demos.npz")) == 0
+    assert load_trajectories(tmp_path / "u_demos.npz")[1]["env_id"] == "user_envs:PointMass-v0"
     trajs, _ = load_trajectories(tmp_path / "d.npz")
     np.testing.assert_array_equal(trajs[1].obs, eps[1][0])  # next_obs keeps every transition
 

@@ -366,6 +366,7 @@ def import_demos(path: str | Path, fmt: str, out: str | Path, *, env_id: str | N
     if out.suffix != ".npz":
         raise InputError(f"output must end in .npz, got '{out}'", field="out")
     imp = READERS[fmt](path)
+    trusted = env_id  # typed by the user: may be module:EnvId
     if env_id is None:
         env_id = imp.env_id
         if env_id is not None and ":" in env_id:  # never import a module a data file names
@@ -393,7 +394,7 @@ def import_demos(path: str | Path, fmt: str, out: str | Path, *, env_id: str | N
     }
     from mbirl.experts.demos import DemoStats, check_demo_spaces
 
-    check_demo_spaces(DemoStats(imp.trajectories, meta, str(path)))  # also: expert above random
+    check_demo_spaces(DemoStats(imp.trajectories, meta, str(path), env=trusted))  # also: expert above random
     save_trajectories(out, imp.trajectories, meta)
     return meta
 
