@@ -5,7 +5,7 @@ hyper-parameters: there is no preset for a new environment), record demonstratio
 (state-only: the form meant to transfer), load the run and train a fresh SAC agent on the learned reward, scored on
 the true one.
 
-    python examples/mairl_own_env.py --out runs/tutorial_env               # ~15 min on one core
+    python examples/mairl_own_env.py --out runs/tutorial_env   # 20k + 30k + 20k env steps: tens of minutes
     python examples/mairl_own_env.py --quick --out /tmp/env                # seconds (what the tests run)
 """
 

@@ -5,6 +5,7 @@ reward stays in ``info["true_reward"]``); ``LearnedReward`` saves it as safetens
 
     mbirl mairl train --demos data/demos/Pendulum-v1.npz --state-only --run-dir runs/mairl_so
     python examples/sb3_on_learned_reward.py --run-dir runs/mairl_so --out runs/tutorial_sb3
+    python examples/sb3_on_learned_reward.py --quick --out /tmp/sb3        # seconds (what the tests run)
 """
 
 from __future__ import annotations
