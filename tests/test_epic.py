@@ -116,11 +116,12 @@ def test_cli_reward_epic_on_a_trained_run(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["reward", "heatmap", str(run_dir), "--resolution", "21"])
     assert exc.value.code in (0, None) and (run_dir / "reward_heatmap.png").stat().st_size > 10_000
-    assert "Pearson correlation with the true reward" in capsys.readouterr().out
+    assert "Pearson" in capsys.readouterr().out
     from mbirl.experiments.reward_quality import reward_heatmap
 
     f_map = reward_heatmap(run_dir, tmp_path / "f.png", term="f", resolution=21)
-    assert f_map["term"] == "f" and -1.0 <= f_map["pearson"] <= 1.0
+    assert f_map["term"] == "f" and -1.0 <= f_map["pearson"] <= 1.0 and -1.0 <= f_map["spearman"] <= 1.0
+    assert f_map["states_blank"] == 0 and f_map["states_drawn"] == 21 * 21  # Pendulum never terminates
     for args, message in [([str(tmp_path)], "not"), ([str(run_dir), "--mean-samples", "1"], "mean-samples"),
                           ([str(run_dir), "--out", str(tmp_path / "x.txt")], ".json")]:
         with pytest.raises(SystemExit) as exc:

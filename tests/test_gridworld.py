@@ -42,3 +42,15 @@ def test_mud_grid_is_a_valid_environment_paying_its_reward_map():
     frame = MudGrid(render_mode="rgb_array")
     frame.reset(seed=0)
     assert frame.render().shape == (GRID_SIZE * 16, GRID_SIZE * 16, 3)
+
+
+def test_mud_grid_true_reward_and_heatmap_grid_are_registered():
+    from mbirl.experiments.reward_quality import HEATMAP_GRIDS
+    from mbirl.rewards.epic import TRUE_REWARDS
+
+    grid = HEATMAP_GRIDS["MudGrid-v0"]
+    xs, ys = np.meshgrid(np.arange(GRID_SIZE), np.arange(GRID_SIZE))
+    obs = grid.to_obs(xs.ravel().astype(float), ys.ravel().astype(float))
+    assert (obs.argmax(-1) == np.arange(GRID_SIZE**2)).all()  # cell (x, y) is one-hot index y * 8 + x
+    np.testing.assert_array_equal(TRUE_REWARDS["MudGrid-v0"](obs, np.zeros(len(obs)), obs),
+                                  mud_grid_reward_map().ravel())

@@ -55,5 +55,5 @@ def reward_heatmap_cmd(
 
     target = check_output_path(out if out is not None else run_dir / "reward_heatmap.png", ".png")
     result = reward_heatmap(run_dir, target, term=term, resolution=resolution)
-    typer.echo(f"{result['term']}: Pearson correlation with the true reward over the grid {result['pearson']:.3f}; "
-               f"figure {result['figure']}")
+    typer.echo(f"{result['term']}: correlation with the true reward over {result['states_drawn']} states: Pearson "
+               f"{result['pearson']:.3f}, Spearman {result['spearman']:.3f}; figure {result['figure']}")

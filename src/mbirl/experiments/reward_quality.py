@@ -148,6 +148,14 @@ def _pendulum_obs(theta: np.ndarray, theta_dot: np.ndarray) -> np.ndarray:
     return np.stack([np.cos(theta), np.sin(theta), theta_dot], -1)
 
 
+def _grid_obs(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    from mbirl.envs.gridworld import GRID_SIZE
+
+    cell = np.clip(np.rint(y), 0, GRID_SIZE - 1).astype(int) * GRID_SIZE + np.clip(np.rint(x), 0, GRID_SIZE - 1)
+    out: np.ndarray = np.eye(GRID_SIZE * GRID_SIZE, dtype=np.float32)[cell.astype(int)]
+    return out
+
+
 def _maze_obs(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.stack([x, y, np.zeros_like(x), np.zeros_like(x)], -1)  # the point at rest
 
@@ -158,6 +166,8 @@ HEATMAP_GRIDS: dict[str, HeatmapGrid] = {
     # the shifting maze's free 3 x 3 cells (mbirl.envs.transfer.MAZE_MAPS), the point at rest
     "ShiftingMazeLeft-v0": HeatmapGrid("x", "y", (-1.5, 1.5), (-1.5, 1.5), _maze_obs),
     "ShiftingMazeRight-v0": HeatmapGrid("x", "y", (-1.5, 1.5), (-1.5, 1.5), _maze_obs),
+    # mbirl.envs.gridworld's cells (x right, y up)
+    "MudGrid-v0": HeatmapGrid("cell x", "cell y", (-0.5, 7.5), (-0.5, 7.5), _grid_obs),
 }
 """The state plane each task's reward is drawn over."""
 
@@ -166,8 +176,11 @@ def reward_heatmap(run_dir: str | Path, out: str | Path, *, term: str | None = N
                    ) -> dict[str, Any]:
     """Draw the run's learned reward (``term``; default: the run's own) over its task's state plane
     (:data:`HEATMAP_GRIDS`) next to the true reward, at action 0 and ``s' = s`` (the state-only ``g(s)`` needs
-    neither). Both are standardised (z-scores over the grid), so shapes compare whatever the reward's scale.
-    Returns the Pearson correlation of the two over the grid, with the figure's path."""
+    neither). States that end an episode (the task's termination rule, :mod:`mbirl.dynamics.termination`) are
+    never a current state, so a reward of the current state is not defined there: they are left blank and out of
+    the statistics. Both maps are standardised (z-scores over the drawn states, colours clipped to their 2nd-98th
+    percentiles), so shapes compare whatever the reward's scale. Returns the Pearson and Spearman correlations of
+    the two over the drawn states, with the figure's path."""
     import matplotlib.pyplot as plt
 
     from mbirl.api import ImitationRun, load_run
@@ -187,19 +200,33 @@ def reward_heatmap(run_dir: str | Path, out: str | Path, *, term: str | None = N
     xx, yy = np.meshgrid(xs, ys)
     obs = grid.to_obs(xx.ravel(), yy.ravel()).astype(np.float32)
     act_dim = int(reward.spec.kwargs.get("act_dim", 1))
-    act = np.zeros((len(obs), act_dim), np.float32)
+    act = (np.zeros(len(obs), np.int64) if reward.spec.action == "onehot" else
+           np.zeros((len(obs), act_dim), np.float32))
     learned = reward(obs, act, obs, None).reshape(xx.shape)
     truth = true(obs.astype(np.float64), act.astype(np.float64), obs.astype(np.float64)).reshape(xx.shape)
-    z = [(v - v.mean()) / (v.std() + 1e-12) for v in (truth, learned)]
-    corr = float(np.corrcoef(truth.ravel(), learned.ravel())[0, 1])
+    import torch
+
+    from mbirl.dynamics.termination import termination_fn
+
+    drawn = ~termination_fn(run.env_id)[0](torch.as_tensor(obs)).numpy().reshape(xx.shape)
+    if drawn.sum() < 2:
+        raise InputError("no state of the grid can be a current state", field="env")
+    t, lr = truth[drawn], learned[drawn]
+    corr = float(np.corrcoef(t, lr)[0, 1]) if t.std() > 0 and lr.std() > 0 else 0.0
+    rank = float(np.corrcoef(np.argsort(np.argsort(t)), np.argsort(np.argsort(lr)))[0, 1])
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, values, title in zip(axes, z, ("true reward", f"learned {reward.term} ({run.algo})"), strict=True):
-        im = ax.imshow(values, origin="lower", aspect="auto", cmap="viridis",
+    for ax, values, title in zip(axes, (truth, learned), ("true reward", f"learned {reward.term} ({run.algo})"),
+                                 strict=True):
+        zs = np.where(drawn, (values - values[drawn].mean()) / (values[drawn].std() + 1e-12), np.nan)
+        low, high = np.nanpercentile(zs, [2, 98])
+        im = ax.imshow(zs, origin="lower", aspect="auto", cmap="viridis", vmin=low, vmax=max(high, low + 1e-9),
                        extent=(xs[0], xs[-1], ys[0], ys[-1]))
         ax.set_title(f"{title}, standardised")
         ax.set_xlabel(grid.x_label)
         fig.colorbar(im, ax=ax)
     axes[0].set_ylabel(grid.y_label)
-    fig.suptitle(f"{run.env_id}: reward at action 0 (Pearson correlation over the grid {corr:.2f})")
+    fig.suptitle(f"{run.env_id}: reward at action 0 (correlation over the drawn states: Pearson {corr:.2f}, "
+                 f"Spearman {rank:.2f})")
     path = save_figure(fig, out)
-    return {"figure": str(path), "term": reward.term, "pearson": corr, "env_id": run.env_id}
+    return {"figure": str(path), "term": reward.term, "pearson": corr, "spearman": rank, "env_id": run.env_id,
+            "states_drawn": int(drawn.sum()), "states_blank": int((~drawn).sum())}

@@ -10,11 +10,14 @@ from typing import Any
 
 import numpy as np
 
+from mbirl.envs.gridworld import register_grid_envs
 from mbirl.envs.transfer import register_transfer_envs
 from mbirl.errors import InputError
 from mbirl.types import Trajectory
 
-register_transfer_envs()  # the transfer tasks' environments (mbirl.envs.transfer) for make_env and check_env_id
+# the package's own environments (mbirl.envs.transfer, mbirl.envs.gridworld) for make_env and check_env_id
+register_transfer_envs()
+register_grid_envs()
 
 __all__ = ["ENV_ID", "EpisodeResult", "check_env_id", "make_env", "random_policy", "record_video", "run_episodes"]
 

@@ -129,7 +129,13 @@ def _maze(obs: np.ndarray, act: np.ndarray, next_obs: np.ndarray) -> np.ndarray:
     return maze_true_reward(obs, act, next_obs)
 
 
+def _mud_grid(obs: np.ndarray, act: np.ndarray, next_obs: np.ndarray) -> np.ndarray:
+    from mbirl.envs.gridworld import mud_grid_true_reward
+
+    return mud_grid_true_reward(obs, act, next_obs)
+
+
 TRUE_REWARDS: dict[str, RewardFn] = {"Pendulum-v1": _pendulum, "ShiftingMazeLeft-v0": _maze,
-                                     "ShiftingMazeRight-v0": _maze}
+                                     "ShiftingMazeRight-v0": _maze, "MudGrid-v0": _mud_grid}
 """True rewards as functions of the transition, by environment id (checked against the environments in the
 tests)."""
