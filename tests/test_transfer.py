@@ -102,23 +102,34 @@ def maze_demos(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(path)
 
 
+def _transfer(out: str, demos: str, rows: str, *extra: str) -> tuple[list[str], dict]:
+    from typer.testing import CliRunner
+
+    from mbirl.cli import app
+
+    args = ["transfer", "run", "--task", "maze", "--out", out, "--demos", demos, "--irl-steps", "300",
+            "--rl-steps", "150", "--eval-episodes", "1", "--eval-every", "150", "--rows", rows, "--no-progress", *extra]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return args, json.loads(open(f"{out}/metrics.json").read())
+
+
 def test_transfer_run_end_to_end(maze_demos: str, tmp_path: object) -> None:
+    """MAIRL's row (with the true-reward and random rows, which always run) in a minimal budget; then resumed."""
     from typer.testing import CliRunner
 
     from mbirl.cli import app
 
     out = f"{tmp_path}/maze"
-    args = ["transfer", "run", "--task", "maze", "--out", out, "--demos", maze_demos, "--irl-steps", "400",
-            "--rl-steps", "200", "--eval-episodes", "1", "--eval-every", "200", "--no-progress"]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    metrics = json.loads(open(f"{out}/metrics.json").read())
-    assert set(metrics["normalized_return"]) == {"mairl", "airl", "gail_policy", "true_reward", "random"}
+    args, metrics = _transfer(out, maze_demos, "mairl")
+    assert set(metrics["normalized_return"]) == {"mairl", "true_reward", "random"}
     assert metrics["normalized_return"]["true_reward"] == pytest.approx(1.0)
     assert metrics["normalized_return"]["random"] == pytest.approx(0.0)
-    for row in ("mairl", "airl"):
-        reward = json.loads(open(f"{out}/rewards/{row}.json").read())
-        assert reward["term"] == "g" and reward["spec"]["kwargs"]["state_only"] is True
+    assert metrics["mean_return"]["mairl"] == pytest.approx(
+        json.loads(open(f"{out}/target/mairl/metrics.json").read())["mean_return"])
+    reward = json.loads(open(f"{out}/rewards/mairl.json").read())
+    assert reward["term"] == "g" and reward["spec"]["kwargs"]["state_only"] is True
+    assert (tmp_path / "maze" / "figures" / "maze_paths.png").exists()  # type: ignore[operator]
     assert "| `mairl` |" in open(f"{out}/summary.md").read()
     # a finished run resumes to the same table without training anything again
     again = CliRunner().invoke(app, [*args, "--resume"])
@@ -126,4 +137,17 @@ def test_transfer_run_end_to_end(maze_demos: str, tmp_path: object) -> None:
     assert json.loads(open(f"{out}/metrics.json").read())["normalized_return"] == metrics["normalized_return"]
     # and an existing run is not overwritten without --resume
     refused = CliRunner().invoke(app, args)
-    assert refused.exit_code != 0
+    assert refused.exit_code != 0 and "--resume" in str(refused.exception)
+
+
+@pytest.mark.slow
+def test_transfer_run_every_row_in_parallel(maze_demos: str, tmp_path: object) -> None:
+    """Every row (AIRL and GAIL with SB3 PPO, whose smallest rollout is 2048 steps), stages in two processes."""
+    out = f"{tmp_path}/maze"
+    _, metrics = _transfer(out, maze_demos, ",".join(["mairl", "airl", "gail_policy", "true_reward", "random"]),
+                           "--workers", "2")
+    assert set(metrics["normalized_return"]) == {"mairl", "airl", "gail_policy", "true_reward", "random"}
+    for row in ("mairl", "airl"):
+        reward = json.loads(open(f"{out}/rewards/{row}.json").read())
+        assert reward["term"] == "g" and reward["spec"]["kwargs"]["state_only"] is True
+    assert np.isfinite(metrics["mean_return"]["gail_policy"])

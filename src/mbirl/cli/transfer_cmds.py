@@ -41,6 +41,8 @@ def transfer_run(
     eval_episodes: Annotated[int, typer.Option(help="evaluation episodes per row")] = TransferRunConfig.eval_episodes,
     eval_every: Annotated[int, typer.Option(help="env steps between logged evaluations of training runs")
                           ] = TransferRunConfig.eval_every,
+    workers: Annotated[int, typer.Option(help="processes for independent stages (the reward learners; the SAC runs "
+                                              "on the target)")] = TransferRunConfig.workers,
     config: Annotated[Path | None, typer.Option(help="YAML configuration (keys: the fields of TransferRunConfig); "
                                                      "options given on the command line take precedence")] = None,
     resume: Annotated[bool, typer.Option(help="continue the run in OUT (finished stages are kept)")] = False,
@@ -52,7 +54,7 @@ def transfer_run(
     values: dict[str, object] = {"task": task, "seed": seed, "expert_steps": expert_steps,
                                  "demo_episodes": demo_episodes, "irl_steps": irl_steps, "rl_steps": rl_steps,
                                  "rows": tuple(r.strip() for r in rows.split(",") if r.strip()),
-                                 "eval_episodes": eval_episodes, "eval_every": eval_every}
+                                 "eval_episodes": eval_episodes, "eval_every": eval_every, "workers": workers}
     if demos is not None:
         values["demos"] = demos
     cfg = build_config(ctx, TransferRunConfig, values, config)
@@ -62,3 +64,22 @@ def transfer_run(
         shown = "n/a" if norm is None else f"{norm:.3f}"
         typer.echo(f"{row:12s} return {m['mean_return'][row]:9.2f}  normalised {shown}")
     typer.echo(f"{m['source']} -> {m['target']}; table {target / 'summary.md'}, metrics {target / 'metrics.json'}")
+
+
+@transfer_app.command("demos")
+def transfer_demos(
+    task: Annotated[str, typer.Option(help="maze (the only task with a scripted expert)")] = "maze",
+    n: Annotated[int, typer.Option(help="episodes")] = 20,
+    seed: Annotated[int, typer.Option(help="reset seed of the first episode")] = 0,
+    out: Annotated[Path, typer.Option(help="demo file (.npz)")] = Path("data/demos/ShiftingMazeLeft-v0.npz"),
+) -> None:
+    """Demonstrations of the source maze from a scripted waypoint controller (no training): for `mbirl transfer run
+    --demos` when an SAC expert does not fit the budget."""
+    from mbirl.errors import InputError
+    from mbirl.experiments.transfer import scripted_maze_demos
+
+    if task != "maze":
+        raise InputError(f"only the maze has a scripted expert, not '{task}'", field="task")
+    meta = scripted_maze_demos(n, out, seed=seed)
+    typer.echo(f"{n} episodes of {meta['env_id']}: return {meta['expert_mean_return']:.2f} (random "
+               f"{meta['random_mean_return']:.2f}); written to {out}")

@@ -43,7 +43,7 @@ from mbirl.experts.train import ExpertPreset
 from mbirl.reporting.runs import RunDir
 
 __all__ = ["TRANSFER_ROWS", "TRANSFER_TASKS", "SACStageConfig", "TransferRunConfig", "TransferTask", "run_transfer",
-           "train_sac_stage", "transfer_summary"]
+           "scripted_maze_demos", "train_sac_stage", "transfer_summary"]
 
 
 @dataclass(frozen=True)
@@ -122,8 +122,11 @@ class TransferRunConfig:
     """environment steps between the (logged, never selecting) evaluations of the training runs"""
     standardize_reward: bool = True
     """standardise each learned reward over the demonstrations' states before SAC trains on it"""
+    workers: int = 1
+    """processes for the stages that do not depend on each other (MAIRL / AIRL / GAIL; the SAC runs on the
+    target), one torch thread each; the results do not depend on it"""
 
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("eval_every",)
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("eval_every", "workers")
     """What ``--resume`` may change (finished stages are kept whatever their budget was)."""
     PATHS: ClassVar[tuple[str, ...]] = ("demos",)
 
@@ -137,6 +140,8 @@ class TransferRunConfig:
                 raise InputError(f"must be in [1, 100000000], got {value}", field=name.replace("_", "-"))
         if self.seed < 0:
             raise InputError(f"must be >= 0, got {self.seed}", field="seed")
+        if not 1 <= self.workers <= 16:
+            raise InputError(f"must be in [1, 16], got {self.workers}", field="workers")
         unknown = [r for r in self.rows if r not in TRANSFER_ROWS]
         if unknown or not self.rows:
             raise InputError(f"unknown rows {', '.join(unknown) or '(none given)'} (expected some of "
@@ -294,6 +299,53 @@ def _expert_and_demos(cfg: TransferRunConfig, out: Path, progress: bool) -> Path
     return demos
 
 
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def _run_all(jobs: dict[str, tuple[Callable[..., dict[str, Any]], tuple[Any, ...], dict[str, Any]]], workers: int
+             ) -> dict[str, dict[str, Any]]:
+    """``{name: fn(*args, **kwargs)}``, in up to ``workers`` processes (spawned: a fresh interpreter each)."""
+    if workers <= 1 or len(jobs) <= 1:
+        return {name: fn(*args, **kwargs) for name, (fn, args, kwargs) in jobs.items()}
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_worker) as pool:
+        futures = {name: pool.submit(fn, *args, **kwargs) for name, (fn, args, kwargs) in jobs.items()}
+        return {name: f.result() for name, f in futures.items()}
+
+
+def scripted_maze_demos(n: int, out: str | Path, *, seed: int = 0) -> dict[str, Any]:
+    """Demonstrations of the shifting maze's source (``ShiftingMazeLeft-v0``) from the scripted waypoint controller
+    (:func:`mbirl.envs.transfer.maze_waypoint_policy`), with the random policy's return, as ``mbirl expert demos``
+    writes them; returns the metadata."""
+    from mbirl.data.demos import save_trajectories
+    from mbirl.envs.transfer import maze_waypoint_policy
+    from mbirl.experts.demos import RANDOM_EPISODES as DEMO_RANDOM_EPISODES
+    from mbirl.experts.rollout import make_env, random_policy, run_episodes
+    from mbirl.validation import check_output_path
+
+    if not 1 <= n <= 10_000:
+        raise InputError(f"must be in [1, 10000], got {n}", field="n")
+    out = check_output_path(out, ".npz")
+    env_id = TRANSFER_TASKS["maze"].source
+    env = make_env(env_id)
+    demos = run_episodes(env, maze_waypoint_policy("left"), n, seed=seed)
+    rand = run_episodes(env, random_policy(env, seed + 1), DEMO_RANDOM_EPISODES, seed=seed + 100_000)
+    env.close()
+    meta: dict[str, Any] = {
+        "env_id": env_id, "n": n, "seed": seed, "expert_mean_return": demos.mean_return,
+        "expert_std_return": float(np.std(demos.returns)), "random_mean_return": rand.mean_return,
+        "random_std_return": float(np.std(rand.returns)), "random_episodes": DEMO_RANDOM_EPISODES,
+        "discrete": False, "command": f"mbirl transfer demos --task maze --n {n} --seed {seed} --out {out}",
+        "expert": {"kind": "scripted waypoint controller (mbirl.envs.transfer.maze_waypoint_policy)"},
+    }
+    save_trajectories(out, demos.trajectories, meta)
+    return meta
+
+
 def _learn_rewards(cfg: TransferRunConfig, out: Path, demos: Path, progress: bool) -> dict[str, dict[str, Any]]:
     """Stage 2: MAIRL, AIRL and GAIL on the source, as the rows need them; returns their final metrics."""
     from mbirl.algorithms.adversarial_ppo import AdversarialPPOConfig
@@ -305,6 +357,7 @@ def _learn_rewards(cfg: TransferRunConfig, out: Path, demos: Path, progress: boo
     steps = cfg.budget("irl_steps")
     wanted = [a for a, row in (("mairl", "mairl"), ("airl", "airl"), ("gail", "gail_policy")) if row in cfg.rows]
     results: dict[str, dict[str, Any]] = {}
+    jobs: dict[str, tuple[Callable[..., dict[str, Any]], tuple[Any, ...], dict[str, Any]]] = {}
     for algo in wanted:
         run_dir = out / "irl" / algo
         if (run_dir / "metrics.json").exists():
@@ -318,8 +371,8 @@ def _learn_rewards(cfg: TransferRunConfig, out: Path, demos: Path, progress: boo
         icfg = ImitationRunConfig(demos=str(demos), env=task.source, env_steps=steps, seed=cfg.seed,
                                   eval_every=min(cfg.eval_every, steps), eval_episodes=cfg.eval_episodes,
                                   algo=algo, mairl=mairl, ppo=ppo)
-        results[algo] = run_imitation(icfg, run_dir, resume=True, progress=progress)
-    return results
+        jobs[algo] = (run_imitation, (icfg, run_dir), {"resume": True, "progress": progress and cfg.workers == 1})
+    return {**results, **_run_all(jobs, cfg.workers)}
 
 
 def _freeze_reward(out: Path, algo: str, demos: Path) -> tuple[Path, float, float]:
@@ -354,7 +407,7 @@ def run_transfer(cfg: TransferRunConfig, out: str | Path, *, resume: bool = Fals
     rl_steps = cfg.budget("rl_steps")
     sac_kwargs = dict(task.sac.kwargs)
     sac_kwargs["learning_starts"] = min(int(sac_kwargs.get("learning_starts", 100)), max(rl_steps // 10, 1))
-    rows: dict[str, dict[str, Any]] = {}
+    jobs: dict[str, tuple[Callable[..., dict[str, Any]], tuple[Any, ...], dict[str, Any]]] = {}
     for row in ("mairl", "airl", "true_reward"):
         if row not in cfg.rows:
             continue
@@ -367,7 +420,8 @@ def run_transfer(cfg: TransferRunConfig, out: str | Path, *, resume: bool = Fals
         scfg = SACStageConfig(task=cfg.task, env=task.target, reward=reward, reward_mean=mean, reward_std=std,
                               steps=rl_steps, seed=cfg.seed, eval_every=min(cfg.eval_every, rl_steps),
                               eval_episodes=cfg.eval_episodes)
-        rows[row] = train_sac_stage(scfg, out / "target" / row, sac_kwargs=sac_kwargs, progress=progress)
+        jobs[row] = (train_sac_stage, (scfg, out / "target" / row), {"sac_kwargs": sac_kwargs, "progress": progress})
+    rows = _run_all(jobs, cfg.workers)
     seed = _eval_seed()
     if "gail_policy" in cfg.rows:
         gail = _imitation_run(out / "irl" / "gail")
