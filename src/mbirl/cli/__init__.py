@@ -53,7 +53,7 @@ def _global(
     import torch
 
     if not 1 <= threads <= MAX_THREADS:
-        raise InputError(f"must be in [1, {MAX_THREADS}], got {threads}", field="threads")
+        raise InputError(f"must be >= 1 and <= {MAX_THREADS}, got {threads}", field="threads")
     torch.set_num_threads(threads)
 
 
