@@ -113,7 +113,7 @@ BAD_INPUTS = {
                            ["never", "per_demo or batched"]),
     "config_unknown_key": (["mbirl", "train", "--config", "bad.yaml", "--run-dir", "r"], ["bad.yaml", "bogus"]),
     "unknown_task": (["kuka", "demos", "--task", "flying", "--out", "x.npz"], ["flying"]),
-    "zero_threads": (["--threads", "0", "kuka", "demos", "--out", "x.npz"], ["threads", "must be in [1, 256]"]),
+    "zero_threads": (["--threads", "0", "kuka", "demos", "--out", "x.npz"], ["threads", "256", "got 0"]),
     "unknown_style": (["kuka", "demos", "--style", "fancy", "--out", "x.npz"], ["fancy", "reachable or original"]),
     "original_style_reaching": (["kuka", "demos", "--task", "reaching", "--style", "original", "--out", "x.npz"],
                                 ["placing only"]),
