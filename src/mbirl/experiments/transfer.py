@@ -435,6 +435,13 @@ def run_transfer(cfg: TransferRunConfig, out: str | Path, *, resume: bool = Fals
                       "std_return": float(returns.std())}
     lo, hi = rows["random"]["mean_return"], rows["true_reward"]["mean_return"]
     normalized = {r: _normalize(rows[r]["mean_return"], lo, hi) for r in TRANSFER_ROWS if r in rows}
+    extra: dict[str, Any] = {}
+    if cfg.task == "maze":  # a second yardstick that does not depend on the SAC run's budget
+        from mbirl.envs.transfer import maze_waypoint_policy
+
+        scripted = float(_evaluate(task.target, maze_waypoint_policy("right"), cfg.eval_episodes, seed).mean())
+        extra = {"scripted_target_return": scripted,
+                 "normalized_vs_scripted": {r: _normalize(rows[r]["mean_return"], lo, scripted) for r in rows}}
     metrics: dict[str, Any] = {
         "task": cfg.task, "source": task.source, "target": task.target, "seed": cfg.seed,
         "normalized_return": normalized,
@@ -443,7 +450,7 @@ def run_transfer(cfg: TransferRunConfig, out: str | Path, *, resume: bool = Fals
         "returns": {r: rows[r]["returns"] for r in normalized},
         "source_normalized_return": {a: m.get("final_normalized_return") for a, m in learned.items()},
         "budgets": {name: cfg.budget(name) for name in ("expert_steps", "demo_episodes", "irl_steps", "rl_steps")},
-        "demos": str(demos), "seconds_this_session": time.monotonic() - t0,
+        "demos": str(demos), "seconds_this_session": time.monotonic() - t0, **extra,
     }
     _figures(out, task, rows, normalized, demos)
     top.finish(metrics, summary=transfer_summary(metrics))
@@ -472,6 +479,10 @@ def transfer_summary(metrics: dict[str, Any]) -> str:
         ret, sd = metrics["mean_return"][row], metrics["std_return"][row]
         lines.append(f"| `{row}` | {TRANSFER_ROWS[row]} | {ret:.2f} ± {sd:.2f} | "
                      f"{'n/a' if norm is None else f'{norm:.3f}'} |")
+    if "scripted_target_return" in metrics:
+        lines += ["", f"Scripted waypoint controller through the target's gap: {metrics['scripted_target_return']:.2f}"
+                  " (normalised against it instead: " + ", ".join(
+                      f"{r} {v:.3f}" for r, v in metrics["normalized_vs_scripted"].items() if v is not None) + ")."]
     lines += ["", "Normalised: (R - R_random) / (R_true_reward - R_random). Budgets: "
               + ", ".join(f"{k} {v}" for k, v in metrics["budgets"].items()) + "."]
     return "\n".join(lines) + "\n"
@@ -497,7 +508,8 @@ def _figures(out: Path, task: TransferTask, rows: dict[str, dict[str, Any]], nor
                     [c["mean_return"] for c in curve] + [data["mean_return"]], marker="o", label=name)
     bx.set_xlabel("SAC environment steps on the target")
     bx.set_ylabel("true return (logged, not used for selection)")
-    bx.legend()
+    if bx.lines:
+        bx.legend()
     save_figure(fig, out / "figures" / "transfer.png")
     if task.target.startswith("ShiftingMaze"):
         _maze_paths(out, task, rows, demos)
