@@ -32,6 +32,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from mbirl.data.shipped import shipped_demo_names, shipped_demos
 from mbirl.errors import InputError
 from mbirl.experiments.imitation import ALGORITHMS, ImitationRunConfig
 from mbirl.fileio import write_json_atomic
@@ -39,7 +40,7 @@ from mbirl.validation import config_from_dict, config_to_dict, read_json
 
 __all__ = ["GRID_FIELDS", "SWEEP_FILE", "SweepCell", "SweepConfig", "SweepPlan", "SweepResult", "bench_import",
            "cell_is_finished", "package_versions", "parse_seeds", "plan_sweep", "run_cell", "run_sweep",
-           "shipped_demos", "sweep_command"]
+           "sweep_command"]
 
 SWEEP_FILE = "sweep.json"
 """The sweep's record in its output directory."""
@@ -80,23 +81,6 @@ def package_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             out[name] = None
     return out
-
-
-def shipped_demos(env: str) -> Path | None:
-    """The shipped demonstrations of ``env`` (``data/demos/<env>.npz`` in the working directory or beside the
-    package's source checkout), or None."""
-    for root in (Path.cwd(), Path(__file__).resolve().parents[3]):
-        path = root / "data" / "demos" / f"{env}.npz"
-        if path.is_file():
-            return path.resolve()
-    return None
-
-
-def _shipped_names() -> list[str]:
-    names: set[str] = set()
-    for root in (Path.cwd(), Path(__file__).resolve().parents[3]):
-        names.update(p.stem for p in (root / "data" / "demos").glob("*.npz"))
-    return sorted(names)
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -186,7 +170,7 @@ class SweepConfig:
             path = Path(given).resolve() if given else shipped_demos(env)
             if path is None:
                 raise InputError(f"unknown environment '{env}': no shipped demonstrations (shipped: "
-                                 f"{', '.join(_shipped_names()) or 'none'}); pass --demos {env}=FILE", field="envs")
+                                 f"{', '.join(shipped_demo_names()) or 'none'}); pass --demos {env}=FILE", field="envs")
             if not path.is_file():
                 raise InputError("demonstration file not found", source=str(given), field="demos")
             demos[env] = str(path)
