@@ -11,6 +11,7 @@ import json
 import sys
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -380,35 +381,33 @@ def test_threads_option_has_an_upper_bound():
 
 # ------------------------------------------------------------------------------ 5. one writer per run directory
 
-HOLD = """
-import sys, time
-from dataclasses import dataclass
-from mbirl.reporting.runs import RunDir
-
 @dataclass
-class C:
+class _Cfg:
     x: int = 1
 
-run = RunDir(sys.argv[1], C())
-run.start()
-print("held", flush=True)
-time.sleep(60)
-"""
+
+def _hold(path: str, ready) -> None:
+    """Another process: open a run in ``path``, say so, and keep it open until killed."""
+    from mbirl.reporting.runs import RunDir
+
+    run = RunDir(path, _Cfg())
+    run.start()
+    ready.set()
+    time.sleep(60)
 
 
 def test_one_writer_per_run_directory_and_a_dead_writer_leaves_no_lock(tmp_path):
-    import subprocess
-    from dataclasses import dataclass
+    import multiprocessing
 
     from mbirl.reporting.runs import RunDir
 
-    @dataclass
-    class C:
-        x: int = 1
-
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "r")], stdout=subprocess.PIPE, text=True)
+    C = _Cfg
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Event()
+    proc = ctx.Process(target=_hold, args=(str(tmp_path / "r"), ready))
+    proc.start()
     try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        assert ready.wait(60)
         with pytest.raises(InputError, match=rf"in use by another process \(pid {proc.pid}\)"):
             RunDir(tmp_path / "r", C(), resume=True)
         fresh = RunDir(tmp_path / "new", C())  # the directory did not exist: the lock is taken at start()
@@ -416,7 +415,7 @@ def test_one_writer_per_run_directory_and_a_dead_writer_leaves_no_lock(tmp_path)
         fresh.close()
     finally:
         proc.kill()
-        proc.wait()
+        proc.join()
     run = RunDir(tmp_path / "r", C(), resume=True)  # the killed holder's lock went with it
     again = RunDir(tmp_path / "r", C(), resume=True)  # handles of one process share the lock
     run.close()
@@ -745,6 +744,7 @@ def test_demo_start_states_outside_the_joint_limits_are_refused(tmp_path, placin
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # a fresh interpreter (the banner is printed once per process)
 def test_pybullet_banner_is_not_printed():
     import subprocess
 

@@ -411,6 +411,7 @@ def make_exploration(out: str | Path, cfg: ExplorationConfig | None = None, *, c
     if out.suffix != ".npz":
         raise InputError(f"output must end in .npz, got '{out}'", field="out")
     camera = camera if camera is not None else default_camera()
+    check_rendered_size(cfg.n * (cfg.horizon + 1), camera)
     robot = robot if robot is not None else default_kuka()
     with _render_progress(cfg.n * (cfg.horizon + 1), progress) as advance:
         data = generate_exploration(robot, camera, cfg.n, cfg.horizon, seed=cfg.seed, progress=advance)
