@@ -111,6 +111,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="T=10 only, K up to 100, one repeat")
+    parser.add_argument("--cosine-only", action="store_true", help="only the implicit-vs-unrolled cosine table")
     args = parser.parse_args()
     if args.quick:
         args.horizons, args.ks, args.repeats = [10], [k for k in args.ks if k <= 100], 1
@@ -124,7 +125,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     implicit_memory: dict[tuple[int, int], float] = {}
     ratios: dict[tuple[int, int], float] = {}
-    for T in args.horizons:
+    for T in [] if args.cosine_only else args.horizons:
         dyn, batch = setup(T, device, torch.float32)
         for K in args.ks:
             kw = {**inner, "n_steps": K}
