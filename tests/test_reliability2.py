@@ -805,3 +805,11 @@ def test_sigkill_and_resume_visual_stages(tmp_path):
            "--hidden", "16", "--layers", "1", "--steps", "300", "--config", str(tmp_path / "dyn.yaml"),
            "--no-progress"]
     assert _kill_resume_trial(dyn_dir, dyn, kills=3, rng=random.Random(4), max_rows=25) == (0, 3)
+
+
+def test_mairl_eval_checks_its_outputs_before_evaluating(tmp_path, mairl_run):
+    (tmp_path / "file").write_text("x")
+    for option, name in (("--out", "e.json"), ("--video", "v.mp4")):
+        code, err = run_cli("mairl", "eval", "--run-dir", mairl_run, "--episodes", "1", option,
+                            tmp_path / "file" / name)
+        assert_one_line_error(code, err, match="not a directory")

@@ -284,8 +284,8 @@ def evaluate_imitation_run(run_dir: str | Path, episodes: int = 10, *, video: st
     ``out`` (a ``.json`` path) receives the result, per-episode ``returns`` included, before any video is recorded,
     so a video that fails leaves the evaluation saved.
     """
-    if out is not None and Path(out).suffix != ".json":
-        raise InputError(f"must end in .json, got '{out}'", field="out")
+    if out is not None:
+        check_output_path(out, ".json")
     if episodes < 1:
         raise InputError(f"must be >= 1, got {episodes}", field="episodes")
     if seed < 0:
