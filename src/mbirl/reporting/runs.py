@@ -72,13 +72,17 @@ def _acquire(path: Path) -> str:
     fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
         raise InputError(f"run directory is in use by another process (pid {holder}); wait for it to end or choose "
                          "another --run-dir", source=str(path)) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as exc:  # a file system without flock (some network mounts): run without the lock
+        warnings.warn(f"{path}: cannot lock the run directory ({exc.strerror}); make sure no other process "
+                      "writes to it", RuntimeWarning, stacklevel=3)
+    else:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _locks[key] = [fd, 1]
     return key
 
