@@ -522,10 +522,11 @@ def test_sigterm_and_sigint_exit_143_and_130_with_one_line_naming_resume(tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
-def test_interrupted_runs_resume_to_the_uninterrupted_result(tmp_path, placing_demos, sig):
+def test_interrupted_runs_resume_to_the_uninterrupted_result(tmp_path, placing_demos, sig, monkeypatch):
     import random
     import signal
 
+    monkeypatch.chdir(tmp_path)
     args = _mbirl_args(tmp_path, placing_demos, 60)
     ref = [*args[:-1], "ref"]
     assert run_cli(*ref)[0] == 0
