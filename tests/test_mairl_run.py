@@ -152,8 +152,9 @@ def test_runs_with_the_old_flat_config_evaluate_and_resume_exactly(tmp_path, ful
                                                                "model_penalty": 0.1, "max_disagreement": 5.0,
                                                                "demo_starts": 0.25, "start_window": 50,
                                                                "imagine_batch": 8, "imagine_horizon": 3}),
-                                              ("Pendulum-v1", {"policy_utd": 0.1, "real_update": False,
-                                                               "imagine_batch": 8, "imagine_horizon": 3})])
+                                              pytest.param("Pendulum-v1", {"policy_utd": 0.1, "real_update": False,
+                                                                           "imagine_batch": 8, "imagine_horizon": 3},
+                                                           marks=pytest.mark.slow)])
 def test_tiny_runs_of_every_action_space_and_option(tmp_path, env, trainer):
     """Each action space / option: a complete, consistent run directory, and the run interrupted at 180 steps
     and resumed ends exactly where the uninterrupted one does."""
