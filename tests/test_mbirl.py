@@ -268,3 +268,26 @@ def test_path_cost_learns_with_a_converged_solver_and_implicit_gradients(setup):
         last = learner.outer_iteration()
     assert last < 0.5 * first
     assert learner.last_inner is not None and learner.last_inner.stats["cg_iters"] >= 1
+
+
+def test_cli_converged_options_reach_the_run_config(tmp_path, placing_demos):
+    """``--inner-solver``, ``--grad-mode implicit``, ``--inner-tol``, ``--action-reg`` land in the run's trainer config
+    (in-process CLI); an unknown gradient mode is a one-line input error."""
+    from typer.testing import CliRunner
+
+    from mbirl.cli import app
+
+    demos = tmp_path / "demos.npz"
+    save_keypoint_demos(demos, placing_demos)
+    args = ["mbirl", "train", "--demos", str(demos), "--cost", "path", "--inner-solver", "gauss-newton",
+            "--grad-mode", "implicit", "--inner-tol", "0.003", "--action-reg", "1e-5", "--inner-steps", "5",
+            "--outer-iters", "1", "--run-dir", str(tmp_path / "run"), "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    trainer = json.loads((tmp_path / "run" / "config.json").read_text())["trainer"]
+    assert (trainer["inner_optimizer"], trainer["grad_mode"], trainer["inner_tol"], trainer["action_reg"]) == (
+        "gauss-newton", "implicit", 0.003, 1e-5)
+    bad = CliRunner().invoke(app, ["mbirl", "train", "--demos", str(demos), "--grad-mode", "backprop",
+                                   "--run-dir", str(tmp_path / "bad"), "--no-progress"])
+    assert bad.exit_code != 0 and "backprop" in f"{bad.output} {bad.exception}"
+    assert not (tmp_path / "bad").exists()
