@@ -779,11 +779,12 @@ def test_sigkill_and_resume_imitation_baselines(tmp_path, algo):
         "bc": "checkpoint_every: 1\nbc:\n  max_epochs: 40\n",
         "dac": "checkpoint_every: 5\n",
         "gail": "checkpoint_every: 1\n", "airl": "checkpoint_every: 1\n",
-        "mgail": "checkpoint_every: 3\n" + TINY_MAIRL}[algo])
-    steps = {"bc": 1000, "dac": 1500, "gail": 6000, "airl": 6000, "mgail": 1200}[algo]
+        "mgail": "checkpoint_every: 3\n" + TINY_MAIRL.replace("trainer:", "mairl:")}[algo])
+    steps = {"bc": 1000, "dac": 1500, "gail": 12000, "airl": 12000, "mgail": 1200}[algo]
+    rows = {"gail": 3, "airl": 3}.get(algo, 8)  # PPO logs one row per rollout of thousands of steps
     base = ["il", "train", "--algo", algo, "--demos", str(PENDULUM_DEMOS), "--env-steps", str(steps), "--eval-every",
             "400", "--eval-episodes", "1", "--seed", "2", "--config", str(tmp_path / "c.yaml"), "--no-progress"]
-    mismatches, landed = _kill_resume_trial(tmp_path, base, kills=2, rng=random.Random(algo), max_rows=8)
+    mismatches, landed = _kill_resume_trial(tmp_path, base, kills=2, rng=random.Random(algo), max_rows=rows)
     assert mismatches == 0 and landed >= 1
 
 
