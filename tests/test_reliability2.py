@@ -815,3 +815,16 @@ def test_mairl_eval_checks_its_outputs_before_evaluating(tmp_path, mairl_run):
         code, err = run_cli("mairl", "eval", "--run-dir", mairl_run, "--episodes", "1", option,
                             tmp_path / "file" / name)
         assert_one_line_error(code, err, match="not a directory")
+
+
+def test_checkpoints_keep_non_finite_numbers_exactly_in_valid_json(tmp_path):
+    import math
+
+    import torch
+
+    from mbirl.reporting.checkpoint import load_checkpoint, save_checkpoint
+
+    save_checkpoint(tmp_path / "last", {"a": float("nan"), "b": [float("inf"), -float("inf")], "t": torch.ones(1)})
+    json.loads((tmp_path / "last.json").read_text(), parse_constant=lambda c: pytest.fail(c))  # valid JSON
+    state = load_checkpoint(tmp_path / "last")
+    assert math.isnan(state["a"]) and state["b"] == [float("inf"), -float("inf")]

@@ -10,6 +10,7 @@ that points at a missing or partial tensor file. Nothing is pickled.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,6 +41,8 @@ def flatten_state(state: Any, prefix: str = "") -> tuple[dict[str, torch.Tensor]
                                   walk(v, f"{key}.{i}")] for i, (k, v) in enumerate(obj.items())]}
         if isinstance(obj, (list, tuple)):
             return [walk(v, f"{key}.{i}") for i, v in enumerate(obj)]
+        if isinstance(obj, float) and not math.isfinite(obj):  # JSON has no NaN/Infinity: tagged, restored exactly
+            return {"__float__": repr(obj)}
         if obj is None or isinstance(obj, (bool, int, float, str)):
             return obj
         raise TypeError(f"cannot checkpoint value of type {type(obj).__name__} at '{key}'")
@@ -50,6 +53,10 @@ def flatten_state(state: Any, prefix: str = "") -> tuple[dict[str, torch.Tensor]
 def unflatten_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(skeleton, dict) and "__tensor__" in skeleton:
         return tensors[skeleton["__tensor__"]]
+    if isinstance(skeleton, dict) and "__float__" in skeleton:
+        if skeleton["__float__"] not in ("nan", "inf", "-inf"):
+            raise ValueError(f"invalid __float__ {str(skeleton['__float__'])[:20]!r}")
+        return float(skeleton["__float__"])
     if isinstance(skeleton, dict) and "__dict__" in skeleton:
         return {k: unflatten_state(v, tensors) for k, v in skeleton["__dict__"]}
     if isinstance(skeleton, list):
