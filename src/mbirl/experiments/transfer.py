@@ -449,7 +449,8 @@ def run_transfer(cfg: TransferRunConfig, out: str | Path, *, resume: bool = Fals
         "std_return": {r: rows[r]["std_return"] for r in normalized},
         "returns": {r: rows[r]["returns"] for r in normalized},
         "source_normalized_return": {a: m.get("final_normalized_return") for a, m in learned.items()},
-        "budgets": {name: cfg.budget(name) for name in ("expert_steps", "demo_episodes", "irl_steps", "rl_steps")},
+        "budgets": {name: cfg.budget(name) for name in ("expert_steps", "demo_episodes", "irl_steps", "rl_steps")
+                    if not (cfg.demos and name in ("expert_steps", "demo_episodes"))},
         "demos": str(demos), "seconds_this_session": time.monotonic() - t0, **extra,
     }
     _figures(out, task, rows, normalized, demos)
