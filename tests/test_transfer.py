@@ -108,7 +108,8 @@ def _transfer(out: str, demos: str, rows: str, *extra: str) -> tuple[list[str], 
     from mbirl.cli import app
 
     args = ["transfer", "run", "--task", "maze", "--out", out, "--demos", demos, "--irl-steps", "300",
-            "--rl-steps", "150", "--eval-episodes", "1", "--eval-every", "150", "--rows", rows, "--no-progress", *extra]
+            "--rl-steps", "150", "--eval-episodes", "1", "--eval-every", "150", "--random-episodes", "3",
+            "--rows", rows, "--no-progress", *extra]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     return args, json.loads(open(f"{out}/metrics.json").read())

@@ -41,6 +41,8 @@ def transfer_run(
     eval_episodes: Annotated[int, typer.Option(help="evaluation episodes per row")] = TransferRunConfig.eval_episodes,
     eval_every: Annotated[int, typer.Option(help="env steps between logged evaluations of training runs")
                           ] = TransferRunConfig.eval_every,
+    random_episodes: Annotated[int, typer.Option(help="episodes of the random row")
+                               ] = TransferRunConfig.random_episodes,
     workers: Annotated[int, typer.Option(help="processes for independent stages (the reward learners; the SAC runs "
                                               "on the target)")] = TransferRunConfig.workers,
     config: Annotated[Path | None, typer.Option(help="YAML configuration (keys: the fields of TransferRunConfig); "
@@ -54,7 +56,8 @@ def transfer_run(
     values: dict[str, object] = {"task": task, "seed": seed, "expert_steps": expert_steps,
                                  "demo_episodes": demo_episodes, "irl_steps": irl_steps, "rl_steps": rl_steps,
                                  "rows": tuple(r.strip() for r in rows.split(",") if r.strip()),
-                                 "eval_episodes": eval_episodes, "eval_every": eval_every, "workers": workers}
+                                 "eval_episodes": eval_episodes, "eval_every": eval_every, "workers": workers,
+                                 "random_episodes": random_episodes}
     if demos is not None:
         values["demos"] = demos
     cfg = build_config(ctx, TransferRunConfig, values, config)

@@ -120,6 +120,8 @@ class TransferRunConfig:
     """deterministic evaluation episodes of each row on the target"""
     eval_every: int = 5_000
     """environment steps between the (logged, never selecting) evaluations of the training runs"""
+    random_episodes: int = RANDOM_EPISODES
+    """episodes of the random row (its return is noisy)"""
     standardize_reward: bool = True
     """standardise each learned reward over the demonstrations' states before SAC trains on it"""
     workers: int = 1
@@ -134,7 +136,8 @@ class TransferRunConfig:
         if self.task not in TRANSFER_TASKS:
             raise InputError(f"unknown task '{self.task}' (expected one of {', '.join(TRANSFER_TASKS)})",
                              field="task")
-        for name in ("expert_steps", "demo_episodes", "irl_steps", "rl_steps", "eval_episodes", "eval_every"):
+        for name in ("expert_steps", "demo_episodes", "irl_steps", "rl_steps", "eval_episodes", "eval_every",
+                     "random_episodes"):
             value = getattr(self, name)
             if value is not None and not 1 <= value <= 100_000_000:
                 raise InputError(f"must be in [1, 100000000], got {value}", field=name.replace("_", "-"))
@@ -429,7 +432,7 @@ def run_transfer(cfg: TransferRunConfig, out: str | Path, *, resume: bool = Fals
         rows["gail_policy"] = {"returns": returns.tolist(), "mean_return": float(returns.mean()),
                                "std_return": float(returns.std())}
     env = make_env(task.target)
-    returns = _evaluate(task.target, random_policy(env, cfg.seed + 1), RANDOM_EPISODES, seed)
+    returns = _evaluate(task.target, random_policy(env, cfg.seed + 1), cfg.random_episodes, seed)
     env.close()
     rows["random"] = {"returns": returns.tolist(), "mean_return": float(returns.mean()),
                       "std_return": float(returns.std())}
