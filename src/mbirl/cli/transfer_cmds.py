@@ -71,7 +71,7 @@ def transfer_run(
 
 @transfer_app.command("demos")
 def transfer_demos(
-    task: Annotated[str, typer.Option(help="maze (the only task with a scripted expert)")] = "maze",
+    task: Annotated[str, typer.Option(help="maze (the only task with a scripted expert)")] = TransferRunConfig.task,
     n: Annotated[int, typer.Option(help="episodes")] = 20,
     seed: Annotated[int, typer.Option(help="reset seed of the first episode")] = 0,
     out: Annotated[Path, typer.Option(help="demo file (.npz)")] = Path("data/demos/ShiftingMazeLeft-v0.npz"),
