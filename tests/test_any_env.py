@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from imitation_helpers import cli
 from mbirl.algorithms.bc import BCConfig
@@ -34,6 +35,15 @@ def test_expert_for_a_users_environment_without_a_preset(tmp_path, capsys):
     assert cli("expert", "train", "--env", "CartPole-v1", "--algo", "sac", "--out", str(tmp_path / "y")) == 2
     err = capsys.readouterr().err
     assert "use --algo ppo" in err and err.count("\n") == 1
+
+
+def test_expert_for_an_environment_whose_state_cannot_be_checkpointed_trains_to_the_end(tmp_path):
+    out = tmp_path / "expert"
+    with pytest.warns(UserWarning, match="cannot be resumed"):
+        assert cli("expert", "train", "--env", "user_envs:Walker-v0", "--algo", "td3", "--steps", "90",
+                   "--eval-every", "60", "--out", str(out), "--no-progress") == 0
+    assert json.loads((out / "metrics.json").read_text())["env_steps"] == 90 and (out / "expert.json").is_file()
+    assert not (out / "checkpoints" / "last.json").exists()
 
 
 def test_algo_choices_are_validated():

@@ -34,3 +34,26 @@ class PointMass(gym.Env):
 
 if "PointMass-v0" not in gym.registry:
     gym.register("PointMass-v0", entry_point=PointMass, max_episode_steps=50)
+
+
+class Walker(gym.Env):
+    """A point mass like :class:`PointMass` that keeps its state under its own name (``position``): nothing a
+    checkpoint of classic-control or MuJoCo environments knows how to capture."""
+
+    def __init__(self) -> None:
+        self.observation_space = gym.spaces.Box(-10.0, 10.0, (1,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.position = 0.0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.position = float(self.np_random.uniform(-2, 2))
+        return np.array([self.position], np.float32), {}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self.position = float(np.clip(self.position + 0.1 * float(np.asarray(action).reshape(-1)[0]), -10, 10))
+        return np.array([self.position], np.float32), -self.position**2, False, False, {}
+
+
+if "Walker-v0" not in gym.registry:
+    gym.register("Walker-v0", entry_point=Walker, max_episode_steps=30)
