@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -37,11 +38,17 @@ def test_metrics_on_known_answers():
     demo = torch.zeros(1, 3, 6)
     demo[0, :, 0] = torch.tensor([0.0, 1.0, 2.0])
     assert irl_loss(z, demo).item() == pytest.approx((1 + 4) / 6)
-    # The prediction stays at the start: relative distance 1 for keypoint 0, and keypoint 1 has no motion (0/eps).
+    # Keypoint 1 starts at its goal: it has nowhere to go and does not count (it used to divide by ~0).
     assert relative_goal_distance(demo, demo).item() == pytest.approx(0.0)
     moved = demo.clone()
-    moved[0, -1, 0] = 1.0
-    assert relative_goal_distance(moved, demo).item() == pytest.approx(0.5 * 0.5)
+    moved[0, -1, 0] = 1.0  # keypoint 0 halfway to its goal
+    assert relative_goal_distance(moved, demo).item() == pytest.approx(0.5)
+    moved[0, -1, 3] = 5.0  # keypoint 1 wanders off: still not a ratio over a zero start distance
+    assert relative_goal_distance(moved, demo).item() == pytest.approx(0.5)
+    almost = demo.clone()
+    almost[0, 0, 4] = 1e-9  # a start a nanometre from the goal is not a reference either
+    assert relative_goal_distance(moved, almost).item() == pytest.approx(0.5)
+    assert math.isnan(relative_goal_distance(z, torch.zeros(1, 3, 6)).item())  # nothing to reach: undefined
 
 
 @pytest.mark.parametrize("name", ["weighted", "timedep", "rbf"])

@@ -134,13 +134,21 @@ def irl_loss(z_pred: torch.Tensor, z_demo: torch.Tensor) -> torch.Tensor:
 def relative_goal_distance(z_pred: torch.Tensor, z_demo: torch.Tensor) -> torch.Tensor:
     """Distance of the final predicted keypoints to the goal, relative to the start's distance, ``(B,)``.
 
-    Per keypoint Euclidean distances, averaged over keypoints: 0 reaches the goal, 1 did not move closer.
+    Per keypoint Euclidean distances, averaged over keypoints: 0 reaches the goal, 1 did not move closer. Only
+    keypoints that have somewhere to go count: those whose start is farther from the goal than a thousandth of the
+    demonstration's largest start distance (a keypoint that starts at its goal would divide by ~0). A
+    demonstration whose keypoints all start at the goal has no relative distance: NaN (``null`` in JSON outputs).
     """
     B, _, D = z_demo.shape
     goal = z_demo[:, -1].reshape(B, D // 3, 3)
     final = z_pred[:, -1].reshape(B, D // 3, 3)
     start = z_demo[:, 0].reshape(B, D // 3, 3)
-    return ((final - goal).norm(dim=-1) / (start - goal).norm(dim=-1).clamp_min(1e-6)).mean(-1)
+    start_dist = (start - goal).norm(dim=-1)
+    moving = start_dist > 1e-3 * start_dist.amax(-1, keepdim=True)
+    ratio = (final - goal).norm(dim=-1) / torch.where(moving, start_dist, torch.ones_like(start_dist))
+    count = moving.sum(-1)
+    out = torch.where(moving, ratio, torch.zeros_like(ratio)).sum(-1) / count.clamp_min(1)
+    return torch.where(count > 0, out, torch.full_like(out, float("nan")))
 
 
 @dataclass(frozen=True)
