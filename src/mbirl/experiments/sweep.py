@@ -448,7 +448,9 @@ def run_sweep(sweep: SweepConfig, out: str | Path, *, resume: bool = False, addr
         # whatever Ray says, a cell is finished when its run directory says so
         for key, cell in by_key.items():
             if key not in failed and not cell_is_finished(cell.config(), cell.run_dir(plan.out)):
-                failed[key] = "no metrics.json after the trial ended"
+                failed[key] = ("its config.json differs from the sweep's (was the code changed while the sweep ran?)"
+                               if (cell.run_dir(plan.out) / "metrics.json").is_file() else
+                               "no metrics.json after the trial ended")
         finished = [k for k in by_key if k not in failed]
         return SweepResult(plan.out, skipped, finished, failed, nodes)
     finally:
