@@ -46,6 +46,14 @@ def test_expert_for_an_environment_whose_state_cannot_be_checkpointed_trains_to_
     assert not (out / "checkpoints" / "last.json").exists()
 
 
+def test_expert_training_of_a_classic_environment_is_checkpointed(tmp_path):
+    # Pendulum has no state until its first reset: whether a state can be captured is only known once training runs
+    out = tmp_path / "expert"
+    assert cli("expert", "train", "--env", "Pendulum-v1", "--algo", "sac", "--steps", "80", "--eval-every", "40",
+               "--out", str(out), "--no-progress") == 0
+    assert (out / "checkpoints" / "last.json").is_file()
+
+
 def test_algo_choices_are_validated():
     assert ExpertRunConfig(env="Pendulum-v1", algo="sac").preset().kwargs  # the preset when it is the same algo
     assert ExpertRunConfig(env="Pendulum-v1", algo="td3").preset().kwargs == {}  # SB3 defaults otherwise

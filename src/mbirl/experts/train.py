@@ -216,12 +216,22 @@ def train_expert(cfg: ExpertRunConfig, out_dir: str | Path, *, progress: bool = 
     t0 = time.monotonic() - spent
     resumed_at = int(model.num_timesteps) if run.resumed else None
 
-    checkpoints = _can_checkpoint(model, env_id)
+    checkpoints = [True]  # until the environment turns out to be one whose state cannot be captured
 
     def save() -> None:
-        if checkpoints:
-            run.save({"sb3": sb3_state(model), "best": best, "seconds": time.monotonic() - t0,
-                      "rng": rng_state()})
+        if not checkpoints[0]:
+            return
+        try:
+            state = sb3_state(model)
+        except InputError as exc:
+            if exc.field != "env":
+                raise
+            warnings.warn(f"the state of {env_id} cannot be captured (classic control and MuJoCo environments "
+                          "can): this expert run writes no checkpoints and cannot be resumed; it trains to the end "
+                          "and keeps its best export", stacklevel=2)
+            checkpoints[0] = False
+            return
+        run.save({"sb3": state, "best": best, "seconds": time.monotonic() - t0, "rng": rng_state()})
 
     with run.logger(tensorboard=False, resume_from_step=None if resumed_at is None else resumed_at + 1) as log:
 
@@ -277,21 +287,6 @@ def train_expert(cfg: ExpertRunConfig, out_dir: str | Path, *, progress: bool = 
                            + (f" --steps {cfg.steps}" if cfg.steps is not None else "")
                            + (f" --algo {cfg.algo}" if cfg.algo is not None else "")})
     return ExpertResult(out / "expert", float(best["ret"]), int(model.num_timesteps), seconds)
-
-
-def _can_checkpoint(model: Any, env_id: str) -> bool:
-    """Whether the training state of ``model`` (its environments' included) can be checkpointed; a user's
-    environment whose state cannot be captured still trains, without checkpoints (a warning says so)."""
-    try:
-        sb3_state(model)
-    except InputError as exc:
-        if exc.field != "env":
-            raise
-        warnings.warn(f"the state of {env_id} cannot be captured (classic control and MuJoCo environments can): "
-                      "this expert run writes no checkpoints and cannot be resumed; it trains to the end and keeps "
-                      "its best export", stacklevel=2)
-        return False
-    return True
 
 
 def _check_action_space(env_id: str, algo: str) -> None:
