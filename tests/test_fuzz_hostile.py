@@ -329,8 +329,25 @@ def _tiny_run(kind: str, root: Path) -> list:
         (root / "bc.yaml").write_text("bc:\n  max_epochs: 2\n")
         return ["il", "train", "--algo", "bc", "--demos", PENDULUM, "--eval-episodes", "1", "--config",
                 root / "bc.yaml", "--run-dir", root / "run", "--no-progress"]
+    if kind == "dac":
+        (root / "dac.yaml").write_text("dac:\n  learning_starts: 50\n  batch_size: 16\n  net_arch: [16, 16]\n"
+                                       "  disc_hidden: [16, 16]\n  iteration_steps: 50\n")
+        return ["il", "train", "--algo", "dac", "--demos", PENDULUM, "--env-steps", "150", "--eval-every", "150",
+                "--eval-episodes", "1", "--config", root / "dac.yaml", "--run-dir", root / "run", "--no-progress"]
+    if kind in ("gail", "airl"):
+        (root / "ppo.yaml").write_text("ppo:\n  n_envs: 1\n  n_steps: 32\n  batch_size: 32\n  n_epochs: 1\n"
+                                       "  demo_batch_size: 32\n  disc_updates: 1\n")
+        return ["il", "train", "--algo", kind, "--demos", PENDULUM, "--env-steps", "96", "--eval-every", "96",
+                "--eval-episodes", "1", "--config", root / "ppo.yaml", "--run-dir", root / "run", "--no-progress"]
+    if kind == "expert":
+        return ["expert", "train", "--env", "Pendulum-v1", "--algo", "sac", "--steps", "120", "--eval-every", "60",
+                "--out", root / "run", "--no-progress"]
     return ["mbirl", "train", "--demos", root / "kp.npz", "--outer-iters", "3", "--checkpoint-every", "1",
             "--cost", kind, "--run-dir", root / "run", "--no-progress"]
+
+
+CHECKPOINTED = ("mairl", "bc", "dac", "gail", "airl", "expert", "neural", "weighted")
+"""The trainers whose checkpoints the fuzz suite edits (MBIRL through two of its costs)."""
 
 
 @pytest.fixture(scope="module")
@@ -338,7 +355,7 @@ def finished_runs(tmp_path_factory, placing_demos) -> dict[str, tuple[Path, list
     from mbirl.data import save_keypoint_demos
 
     out = {}
-    for kind in ("mairl", "bc", "neural", "weighted"):
+    for kind in CHECKPOINTED:
         root = tmp_path_factory.mktemp(kind)
         save_keypoint_demos(root / "kp.npz", placing_demos)
         args = _tiny_run(kind, root)
@@ -355,7 +372,7 @@ LEAVES = st.one_of(st.sampled_from(["abc", None, [], {}, [1, "x"], True, -1, 10*
 @st.composite
 def checkpoint_edits(draw) -> tuple[str, int, object, str]:
     """(trainer, which node of its checkpoint skeleton, replacement, how)."""
-    return (draw(st.sampled_from(["mairl", "bc", "neural", "weighted"])), draw(st.integers(0, 10**6)),
+    return (draw(st.sampled_from(CHECKPOINTED)), draw(st.integers(0, 10**6)),
             draw(LEAVES), draw(st.sampled_from(["replace", "replace", "delete", "deep", "swap-tensor"])))
 
 
@@ -400,7 +417,7 @@ def _checkpoint_case(finished_runs, edit: tuple[str, int, object, str]) -> None:
         ck.write_text(json.dumps(meta))
         (root / "run" / "metrics.json").unlink(missing_ok=True)
         check_case([*args, "--resume"], root)
-        if kind in ("mairl", "bc"):
+        if kind in ("mairl", "bc", "dac", "gail", "airl"):
             check_case(["mairl", "eval", "--run-dir", root / "run", "--episodes", "1", "--out", root / "eval.json"],
                        root)
 
