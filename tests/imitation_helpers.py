@@ -1,4 +1,5 @@
-"""Helpers shared by the imitation-harness tests (imported by test_imitation, test_adversarial_ppo, test_dac)."""
+"""Helpers shared by the imitation-harness tests (imported by test_imitation, test_adversarial_ppo, test_dac,
+test_sweep)."""
 
 from __future__ import annotations
 
@@ -28,3 +29,17 @@ def cli(*args: str) -> int:
     with pytest.raises(SystemExit) as exc:
         main(list(args))
     return int(exc.value.code or 0)
+
+
+def interrupt_after(monkeypatch: pytest.MonkeyPatch, cls: type, calls: int) -> None:
+    """Make ``cls.iteration_step`` raise KeyboardInterrupt after ``calls`` iterations (a run killed mid-way)."""
+    original = cls.iteration_step
+    count = [0]
+
+    def step(self):
+        count[0] += 1
+        if count[0] > calls:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(cls, "iteration_step", step)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from imitation_helpers import cli as _cli
+from imitation_helpers import interrupt_after
 from imitation_helpers import rows as _rows
 from imitation_helpers import untimed as _untimed
 from mbirl.algorithms.adversarial_ppo import (
@@ -164,19 +165,6 @@ def _assert_identical(a, b) -> None:
         assert a == b
 
 
-def _interrupt_after(monkeypatch, calls: int) -> None:
-    original = AdversarialPPO.iteration_step
-    count = [0]
-
-    def step(self):
-        count[0] += 1
-        if count[0] > calls:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(AdversarialPPO, "iteration_step", step)
-
-
 @pytest.mark.parametrize(("algo", "demos", "extra"), [
     ("airl", PENDULUM, {}),  # gSDE resampled every 4 steps (the preset's), episodes cut mid-rollout
     # terminations, running observation statistics, imitation's standardised reward
@@ -191,7 +179,7 @@ def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch, algo, demos, ext
                              checkpoint_every=1, ppo=dataclasses.replace(TINY, **extra))
     full = run_imitation(cfg, tmp_path / "full", progress=False)
     with monkeypatch.context() as patch:
-        _interrupt_after(patch, 3)
+        interrupt_after(patch, AdversarialPPO, 3)
         with pytest.raises(KeyboardInterrupt):
             run_imitation(cfg, tmp_path / "split", progress=False)
     # something else in the process drawing from the global generators changes nothing

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from imitation_helpers import cli as _cli
+from imitation_helpers import interrupt_after
 from imitation_helpers import rows as _rows
 from imitation_helpers import untimed as _untimed
 from mbirl.algorithms.dac import (
@@ -148,16 +149,8 @@ def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch, demos, disc):
     cfg = ImitationRunConfig(demos=demos, algo="dac", seed=2, env_steps=300, eval_every=100, eval_episodes=1,
                              checkpoint_every=1, dac=dataclasses.replace(TINY, discriminator=disc, buffer_size=120))
     full = run_imitation(cfg, tmp_path / "full", progress=False)
-    original, count = DAC.iteration_step, [0]
-
-    def step(self):
-        count[0] += 1
-        if count[0] > 3:
-            raise KeyboardInterrupt
-        return original(self)
-
     with monkeypatch.context() as patch:
-        patch.setattr(DAC, "iteration_step", step)
+        interrupt_after(patch, DAC, 3)
         with pytest.raises(KeyboardInterrupt):
             run_imitation(cfg, tmp_path / "split", progress=False)
     saved = load_checkpoint(checkpoint_stem(tmp_path / "split"))["trainer"]

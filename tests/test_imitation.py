@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from imitation_helpers import cli as _cli
+from imitation_helpers import interrupt_after
 from imitation_helpers import rows as _rows
 from imitation_helpers import untimed as _untimed
 from mbirl.algorithms.bc import BC, BCConfig, build_bc
@@ -89,19 +90,6 @@ def test_bc_early_stopping_keeps_the_best_heldout_weights():
         build_bc(BCConfig(), one_episode, seed=0)
 
 
-def _interrupt_after(monkeypatch, cls, calls: int) -> None:
-    original = cls.iteration_step
-    count = [0]
-
-    def step(self):
-        count[0] += 1
-        if count[0] > calls:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(cls, "iteration_step", step)
-
-
 @pytest.mark.parametrize("algo", ["bc", "mgail"])
 def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch, algo):
     """A run interrupted mid-way and resumed ends exactly where the uninterrupted one does: metrics, log rows and
@@ -112,7 +100,7 @@ def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch, algo):
                              checkpoint_every=1, mairl=TINY_MAIRL, bc=BCConfig(max_epochs=6, batch_size=64))
     full = run_imitation(cfg, tmp_path / "full", progress=False)
     with monkeypatch.context() as patch:
-        _interrupt_after(patch, BC if algo == "bc" else MAIRL, 3)
+        interrupt_after(patch, BC if algo == "bc" else MAIRL, 3)
         with pytest.raises(KeyboardInterrupt):
             run_imitation(cfg, tmp_path / "split", progress=False)
     assert not (tmp_path / "split" / "metrics.json").exists()

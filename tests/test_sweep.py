@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from imitation_helpers import interrupt_after
 from mbirl.cli import main
 from mbirl.errors import InputError
 
@@ -370,17 +371,8 @@ def test_resume_plan_keeps_finished_runs_and_continues_unfinished_ones(tmp_path,
     reference = run_imitation(second.config(), tmp_path / "reference", progress=False)
     run_cell(first.config(), first.run_dir(out))
     before = {p: p.read_bytes() for p in first.run_dir(out).rglob("*") if p.is_file()}
-    original = BC.iteration_step
-    calls = [0]
-
-    def step(self):
-        calls[0] += 1
-        if calls[0] > 2:
-            raise KeyboardInterrupt  # the driver killed mid-run
-        return original(self)
-
     with monkeypatch.context() as patch:
-        patch.setattr(BC, "iteration_step", step)
+        interrupt_after(patch, BC, 2)  # the driver killed mid-run
         with pytest.raises(KeyboardInterrupt):
             run_cell(second.config(), second.run_dir(out))
     with pytest.raises(InputError, match="already holds a run; pass --resume"):
@@ -453,17 +445,8 @@ def test_local_sweep_end_to_end_report_and_resume_after_a_kill(tmp_path, monkeyp
     shutil.rmtree(victim)
     sweep = SweepConfig.from_json(record["config"], source="sweep.json")
     cell = next(c for c in sweep.cells() if c.name == "Pendulum-v1/mairl/s1")
-    original = MAIRL.iteration_step
-    calls = [0]
-
-    def step(self):
-        calls[0] += 1
-        if calls[0] > 60:
-            raise KeyboardInterrupt
-        return original(self)
-
     with monkeypatch.context() as patch:
-        patch.setattr(MAIRL, "iteration_step", step)
+        interrupt_after(patch, MAIRL, 60)
         with pytest.raises(KeyboardInterrupt):
             run_imitation(cell.config(), victim, progress=False)
     assert not (victim / "metrics.json").exists() and (victim / "checkpoints" / "last.json").exists()
