@@ -40,6 +40,7 @@ from mbirl.experts.demos import DemoStats, check_demo_spaces, demo_stats
 from mbirl.fileio import write_json_atomic
 from mbirl.reporting.checkpoint import load_checkpoint, restoring
 from mbirl.reporting.runs import RunDir, checkpoint_stem
+from mbirl.reporting.stats import spearman
 from mbirl.validation import check_output_path, config_from_dict, read_json
 
 __all__ = ["MAIRLRunConfig", "ModelComparisonConfig", "build_trainer", "compare_models", "evaluate_run",
@@ -296,7 +297,7 @@ def compare_models(cfg: ModelComparisonConfig, out: str | Path) -> dict[str, Any
                 with torch.no_grad():
                     _, disagreement = model.sample(to, ta, torch.Generator().manual_seed(seed))
                 entry["mean_disagreement"] = float(disagreement.mean())
-                entry["disagreement_error_spearman"] = _spearman(disagreement.numpy(), errors.numpy())
+                entry["disagreement_error_spearman"] = spearman(disagreement.numpy(), errors.numpy())
             results[kind if size == 1 else f"{kind}-x{size}"] = entry
     summary = {"env_id": env_id, "train_transitions": len(data), "test_transitions": len(to),
                "test_segments": len(so), "horizon": horizon, "train_steps": cfg.train_steps, "seed": seed,
@@ -307,12 +308,6 @@ def compare_models(cfg: ModelComparisonConfig, out: str | Path) -> dict[str, Any
     write_json_atomic(out / "model_errors.json", summary)
     _plot_model_errors(summary, out / "model_errors.png")
     return summary
-
-
-def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman rank correlation (no ties expected in continuous errors)."""
-    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
-    return float(np.corrcoef(rx, ry)[0, 1])
 
 
 def _plot_model_errors(summary: dict[str, Any], path: Path) -> None:

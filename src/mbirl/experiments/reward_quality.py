@@ -207,13 +207,14 @@ def reward_heatmap(run_dir: str | Path, out: str | Path, *, term: str | None = N
     import torch
 
     from mbirl.dynamics.termination import termination_fn
+    from mbirl.reporting.stats import spearman
 
     drawn = ~termination_fn(run.env_id)[0](torch.as_tensor(obs)).numpy().reshape(xx.shape)
     if drawn.sum() < 2:
         raise InputError("no state of the grid can be a current state", field="env")
     t, lr = truth[drawn], learned[drawn]
     corr = float(np.corrcoef(t, lr)[0, 1]) if t.std() > 0 and lr.std() > 0 else 0.0
-    rank = float(np.corrcoef(np.argsort(np.argsort(t)), np.argsort(np.argsort(lr)))[0, 1])
+    rank = spearman(t, lr)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, values, title in zip(axes, (truth, learned), ("true reward", f"learned {reward.term} ({run.algo})"),
                                  strict=True):

@@ -27,7 +27,14 @@ from mbirl.validation import read_json
 
 __all__ = ["ReportConfig", "RunRecord", "curve_matrix", "final_matrix", "interval_estimate", "iqm",
            "load_sweep_runs", "performance_profiles", "probability_of_improvement", "sample_efficiency",
-           "scheduled_steps", "step_values", "steps_to_threshold", "summarize"]
+           "scheduled_steps", "spearman", "step_values", "steps_to_threshold", "summarize"]
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Rank correlation of two samples: the Pearson correlation of their ranks (ties ranked in order of
+    appearance)."""
+    rx, ry = np.argsort(np.argsort(np.asarray(x))), np.argsort(np.argsort(np.asarray(y)))
+    return float(np.corrcoef(rx, ry)[0, 1])
 
 
 @dataclass(frozen=True)
