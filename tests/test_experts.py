@@ -81,6 +81,22 @@ def test_normalize_preset_needs_ppo(tmp_path):
     assert not (tmp_path / "e").exists()
 
 
+def test_swimmer_preset_normalises_observations_not_rewards():
+    """The RL zoo's Swimmer PPO (γ = 0.9999) normalises observations only: with rewards normalised too its return
+    is a different quantity; the VecNormalize built from the preset must say so."""
+    from mbirl.experts.train import EXPERT_PRESETS, _make_model
+
+    preset = EXPERT_PRESETS["Swimmer-v5"]
+    model = _make_model("Swimmer-v5", preset, seed=0)
+    assert (model.gamma, model.env.norm_obs, model.env.norm_reward) == (0.9999, True, False)
+    assert model.env.gamma == 0.9999  # the return the (unused) reward statistics would discount
+    sac = _make_model("InvertedPendulum-v5", EXPERT_PRESETS["InvertedPendulum-v5"], seed=0)
+    assert type(sac).__name__ == "SAC"
+    for env_id in ("HalfCheetah-v5", "Walker2d-v5", "Ant-v5"):
+        assert EXPERT_PRESETS[env_id].algo == "td3"
+        assert EXPERT_PRESETS[env_id].kwargs == {"learning_starts": 10_000, "noise_std": 0.1}
+
+
 def test_demos_carry_expert_and_random_returns(tmp_path):
     policy = ExpertPolicy([4, 8, 2], "tanh", "argmax")
     meta = generate_expert_demos("CartPole-v1", policy, 2, tmp_path / "d.npz", seed=3)

@@ -46,6 +46,7 @@ class ExpertPreset:
         target: return the expert should reach (reported, not enforced).
         normalize: train on ``VecNormalize``-d observations and rewards (PPO); the exported policy carries
             the observation statistics, so it acts on raw observations.
+        normalize_reward: with ``normalize``, whether rewards are normalised too (the RL zoo's Swimmer does not).
     """
 
     algo: str
@@ -54,6 +55,7 @@ class ExpertPreset:
     n_envs: int = 1
     target: float | None = None
     normalize: bool = False
+    normalize_reward: bool = True
 
 
 def _hopper_ppo_kwargs() -> dict[str, Any]:
@@ -73,6 +75,15 @@ EXPERT_PRESETS: dict[str, ExpertPreset] = {
                                                   "learning_rate": 1e-3, "clip_range": 0.2}, n_envs=8, target=500.0),
     "InvertedPendulum-v5": ExpertPreset("sac", 30_000, {"learning_starts": 1000}, target=1000.0),
     "Hopper-v5": ExpertPreset("sac", 1_000_000, {"learning_starts": 10_000}, target=2500.0),
+    # rl-baselines3-zoo's TD3 for the MuJoCo locomotion tasks (SB3's defaults otherwise: lr 1e-3, batch 256,
+    # [400, 300] networks); TD3 converges in less wall-clock than SAC on 2 CPU cores (Hopper: 2680 in 22 min).
+    "HalfCheetah-v5": ExpertPreset("td3", 1_000_000, {"learning_starts": 10_000, "noise_std": 0.1}, target=5000.0),
+    "Walker2d-v5": ExpertPreset("td3", 1_000_000, {"learning_starts": 10_000, "noise_std": 0.1}, target=3000.0),
+    "Ant-v5": ExpertPreset("td3", 1_000_000, {"learning_starts": 10_000, "noise_std": 0.1}, target=3000.0),
+    # SAC/TD3 stall near 50 on Swimmer (γ = 0.99 cannot see the slow forward drift): the RL zoo's PPO with
+    # γ = 0.9999 and normalised observations (not rewards) reaches ~280.
+    "Swimmer-v5": ExpertPreset("ppo", 1_000_000, {"gamma": 0.9999}, target=150.0, normalize=True,
+                               normalize_reward=False),
 }
 
 GENERIC_ALGOS = ("sac", "td3", "ppo")
@@ -154,7 +165,7 @@ def _make_model(env_id: str, preset: ExpertPreset, seed: int) -> Any:
         if preset.normalize:
             from stable_baselines3.common.vec_env import VecNormalize
 
-            venv = VecNormalize(venv, gamma=preset.kwargs.get("gamma", 0.99))
+            venv = VecNormalize(venv, norm_reward=preset.normalize_reward, gamma=preset.kwargs.get("gamma", 0.99))
         return PPO("MlpPolicy", venv, seed=seed, verbose=0, device="cpu", **preset.kwargs)
     if preset.algo == "sac":
         from stable_baselines3 import SAC
