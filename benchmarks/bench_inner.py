@@ -13,6 +13,7 @@ over orders of magnitude). The targets (implicit memory at K=1000 within 1.5x of
 its inner solve, cosine >= 0.99 at convergence) are printed with whether they are met.
 
     python benchmarks/bench_inner.py [--quick] [--device cuda] [--horizons 10 40 100] [--ks 1 10 100 1000]
+        [--cosine-only | --no-cosine]
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="T=10 only, K up to 100, one repeat")
     parser.add_argument("--cosine-only", action="store_true", help="only the implicit-vs-unrolled cosine table")
+    parser.add_argument("--no-cosine", action="store_true", help="only the time and memory table")
     args = parser.parse_args()
     if args.quick:
         args.horizons, args.ks, args.repeats = [10], [k for k in args.ks if k <= 100], 1
@@ -159,6 +161,8 @@ def main() -> None:
     if big:
         print(f"implicit outer step / inner solve at K >= 100: {min(big):.2f} - {max(big):.2f} (target <= "
               f"{TARGET_STEP_OVER_SOLVE}: {'met' if max(big) <= TARGET_STEP_OVER_SOLVE else 'NOT met'})")
+    if args.no_cosine:
+        return
     print("\ncosine similarity of the implicit and unrolled gradients, float64 (time-dependent cost, 3 demos):")
     print("| T | inner solver | cos(implicit, unrolled) |")
     print("|---|---|---|")
