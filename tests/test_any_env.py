@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -97,3 +98,46 @@ def test_video_of_an_environment_that_cannot_render_fails_in_one_line_with_the_e
     err = capsys.readouterr().err
     assert err.startswith("mbirl: error: ") and "cannot render" in err and err.count("\n") == 1
     assert len(json.loads((tmp_path / "bc" / "eval.json").read_text())["returns"]) == 2
+
+
+def test_mairl_eval_of_a_run_on_a_users_environment_takes_env_from_the_command_line(tmp_path, capsys):
+    # the run's files name user_envs:PointMass-v0; a file may not make mbirl import a module, the command line may
+    import user_envs
+    from mbirl.data.demos import save_trajectories
+    from mbirl.experts.rollout import make_env, random_policy, run_episodes
+
+    env = make_env("PointMass-v0")
+    expert = run_episodes(env, lambda o: np.clip([-2.0 * o[0] - 3.0 * o[1]], -1, 1).astype(np.float32), 2, seed=0)
+    rand = run_episodes(env, random_policy(env, 1), 2, seed=100)
+    save_trajectories(tmp_path / "demos.npz", expert.trajectories,
+                      {"env_id": USER_ENV, "expert_mean_return": expert.mean_return,
+                       "random_mean_return": rand.mean_return})
+    run = tmp_path / "bc"
+    run_imitation(ImitationRunConfig(demos=str(tmp_path / "demos.npz"), env=USER_ENV, algo="bc", eval_episodes=1,
+                                     bc=BCConfig(max_epochs=2, batch_size=64)), run, progress=False)
+    capsys.readouterr()
+    assert cli("mairl", "eval", "--run-dir", str(run), "--episodes", "1") == 2
+    err = capsys.readouterr().err
+    assert "not a plain registered environment id" in err and "--env" in err and err.count("\n") == 1
+    assert cli("mairl", "eval", "--run-dir", str(run), "--episodes", "2", "--env", USER_ENV) == 0
+    result = json.loads((run / "eval.json").read_text())
+    assert result["env_id"] == USER_ENV and len(result["returns"]) == 2
+    # another id than the recorded module:Env would need the run's module imported to compare: refused
+    assert cli("mairl", "eval", "--run-dir", str(run), "--episodes", "1", "--env", "PointMass-v0") == 2
+    assert "not a plain registered environment id" in capsys.readouterr().err
+    # a run recorded with a plain id: another environment with the same spaces is accepted, one whose spaces
+    # differ makes no sense and is refused
+    assert "PointMass-v0" in user_envs.gym.registry
+    save_trajectories(tmp_path / "plain.npz", expert.trajectories,
+                      {"env_id": "PointMass-v0", "expert_mean_return": expert.mean_return,
+                       "random_mean_return": rand.mean_return})
+    plain = tmp_path / "plain"
+    shutil.copytree(run, plain)
+    config = json.loads((plain / "config.json").read_text())
+    (plain / "config.json").write_text(json.dumps({**config, "env": "", "demos": str(tmp_path / "plain.npz")}))
+    assert cli("mairl", "eval", "--run-dir", str(plain), "--episodes", "1", "--env", USER_ENV) == 0
+    assert json.loads((plain / "eval.json").read_text())["env_id"] == USER_ENV
+    capsys.readouterr()
+    assert cli("mairl", "eval", "--run-dir", str(plain), "--episodes", "1", "--env", "user_envs:Walker-v0") == 2
+    err = capsys.readouterr().err
+    assert "observation space" in err and "user_envs:Walker-v0" in err and err.count("\n") == 1

@@ -158,12 +158,15 @@ def mairl_eval(
         help="reset seed of the first episode (then seed+1, ...); training's evaluations use 1000000+")] = 2_000_000,
     out: Annotated[Path | None, typer.Option(help="JSON file for the result with every episode's return, written "
                                                   "before the video (default: RUN_DIR/eval.json)")] = None,
+    env: Annotated[str | None, typer.Option(
+        help="environment to evaluate in (default: the run's); needed for a run on your own module:Env, which "
+             "is never imported from a file; another id must have the run's observation and action spaces")] = None,
 ) -> None:
     """Evaluate a run's policy on the true reward (and optionally record a video); any imitation algorithm's."""
     from mbirl.experiments.mairl_run import evaluate_run
 
     result = evaluate_run(run_dir, episodes, video=video, seed=seed, out=out if out is not None else
-                          run_dir / "eval.json")
+                          run_dir / "eval.json", env=env)
     typer.echo(json_text({k: v for k, v in result.items() if k != "returns"}))
 
 

@@ -254,10 +254,13 @@ def train_learner(run: RunDir, cfg: ImitationRunConfig, *, progress: bool = True
     return metrics
 
 
-def load_imitation_config(run_dir: str | Path) -> ImitationRunConfig:
+def load_imitation_config(run_dir: str | Path, *, env: str | None = None) -> ImitationRunConfig:
     """The configuration of an imitation run directory, whichever way it was written: ``mbirl il train``'s
     :class:`ImitationRunConfig`, or ``mbirl mairl train``'s ``MAIRLRunConfig`` (nested or the old flat
-    layout)."""
+    layout).
+
+    ``env``: the environment id the user typed (``--env``); the recorded one may be ``module:Env`` only when it is
+    this one (:func:`~mbirl.experts.rollout.check_env_id`)."""
     from mbirl.experiments.mairl_run import load_run_config
 
     path = Path(run_dir) / "config.json"
@@ -270,19 +273,40 @@ def load_imitation_config(run_dir: str | Path) -> ImitationRunConfig:
             cfg = config_from_dict(ImitationRunConfig, data, source=str(path))
     else:
         cfg = load_run_config(run_dir).to_imitation()
-    if cfg.env:  # read from a file: a plain registered id, never module:Env
-        check_env_id(cfg.env, source=str(path), field="env")
+    if cfg.env:  # read from a file: a plain registered id, never module:Env (unless the user typed the same)
+        check_env_id(cfg.env, source=str(path), field="env", trusted=env)
     return cfg
 
 
+def _check_same_spaces(recorded: str, env: str) -> None:
+    """Refuse to evaluate a policy trained on ``recorded`` in ``env`` when their observation or action spaces
+    differ (the policy's inputs or outputs would mean something else)."""
+    from mbirl.experts.rollout import make_env
+
+    made = [make_env(recorded), make_env(env)]
+    try:
+        for name in ("observation", "action"):
+            theirs, ours = (getattr(e, f"{name}_space") for e in made)
+            if theirs != ours:
+                raise InputError(f"the run was trained on {recorded} whose {name} space is {theirs}; {env}'s is "
+                                 f"{ours}: its policy cannot be evaluated there", field="env", source=env)
+    finally:
+        for e in made:
+            e.close()
+
+
 def evaluate_imitation_run(run_dir: str | Path, episodes: int = 10, *, video: str | Path | None = None,
-                           seed: int = 2_000_000, out: str | Path | None = None) -> dict[str, Any]:
+                           seed: int = 2_000_000, out: str | Path | None = None, env: str | None = None
+                           ) -> dict[str, Any]:
     """Deterministic episodes of a run's last checkpointed policy (any algorithm); optionally an ``.mp4`` of the
     first episodes.
 
     Episode ``i`` resets with seed ``seed + i``; the default keeps clear of training's evaluations (1,000,000+).
     ``out`` (a ``.json`` path) receives the result, per-episode ``returns`` included, before any video is recorded,
-    so a video that fails leaves the evaluation saved.
+    so a video that fails leaves the evaluation saved. ``env``: the environment to evaluate in, as the user typed
+    it (default: the run's). A run recorded with a ``module:Env`` id (an environment of the user's own module,
+    which a file may not make us import) is evaluated only with that id given here; another id must have the same
+    observation and action spaces as the run's.
     """
     if out is not None:
         check_output_path(out, ".json")
@@ -292,8 +316,16 @@ def evaluate_imitation_run(run_dir: str | Path, episodes: int = 10, *, video: st
         raise InputError(f"must be >= 0, got {seed}", field="seed")
     if video is not None:
         check_output_path(video, ".mp4", field="video")
-    cfg = load_imitation_config(run_dir)
-    learner, demos = build_learner(cfg)
+    if env is not None:
+        from mbirl.experts.rollout import make_env
+
+        make_env(env).close()  # the user's module first: it may register the id the run recorded
+    cfg = load_imitation_config(run_dir, env=env)
+    demos = demo_stats(cfg.demos, env=env or cfg.env or None)
+    if env is not None and env != demos.env_id:
+        _check_same_spaces(demos.env_id, env)
+        demos.env_id = env
+    learner, demos = build_learner(dataclasses.replace(cfg, env=demos.env_id), demos)
     stem = checkpoint_stem(run_dir)
     state = load_checkpoint(stem)
     with restoring(stem.with_suffix(".json")):
