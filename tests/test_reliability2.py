@@ -521,6 +521,32 @@ def test_sigterm_and_sigint_exit_143_and_130_with_one_line_naming_resume(tmp_pat
     assert signal.getsignal(signal.SIGINT) is before  # the CLI put the handlers back
 
 
+def test_a_signal_during_start_up_imports_ends_in_one_line(tmp_path):
+    # the console script's entry point catches signals before importing the command line (torch: seconds)
+    import os
+    import signal
+    import subprocess
+    import tomllib
+
+    scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["mbirl"] == "mbirl.__main__:main"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        proc = subprocess.Popen([sys.executable, "-m", "mbirl", "mairl", "eval", "--run-dir", "run"], cwd=tmp_path,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.3)
+        status = Path(f"/proc/{proc.pid}/status")
+        while status.exists() and proc.poll() is None:  # a loaded machine: wait until the handler is in place
+            caught = next(line for line in status.read_text().splitlines() if line.startswith("SigCgt:"))
+            if int(caught.split()[1], 16) >> (signal.SIGTERM - 1) & 1:
+                break
+            time.sleep(0.01)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+        assert_one_line_error(proc.returncode, err, want=128 + sig, match="before the command started")
+        assert sig.name in err and "--resume" not in err and out == ""
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
 def test_interrupted_runs_resume_to_the_uninterrupted_result(tmp_path, placing_demos, sig, monkeypatch):
