@@ -527,3 +527,57 @@ def test_failed_trials_are_retried_and_reported(tmp_path):
     assert list(result.failed) == ["CartPole-v1/bc/s0"]
     assert "demonstration file not found" in result.failed["CartPole-v1/bc/s0"]
     assert (out / "Pendulum-v1" / "bc" / "s0" / "metrics.json").is_file()
+
+
+def _start_sweep(out: Path, cfg: Path, *extra: str) -> subprocess.Popen:
+    args = [sys.executable, "-m", "mbirl", "bench", "run", "--algos", "bc,mairl", "--envs", "Pendulum-v1", "--seeds",
+            "0", "--env-steps", "3000", "--config", str(cfg), "--num-cpus", "2", "--out", str(out), "--quiet", *extra]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(condition, proc: subprocess.Popen, timeout: float = 300.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the sweep ended early: {proc.communicate()}"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_a_real_driver_killed_by_sigterm_or_sigkill(tmp_path):
+    """The sweep driver as a real process. SIGTERM: exit 143 with one line naming --resume (no Ray stack dump,
+    and --quiet prints no Ray Tune box). SIGKILL while one trial has finished and the other is mid-run:
+    ``--resume`` completes the sweep and leaves the finished trial's metrics.json as it was."""
+    import os
+    import signal
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY_YAML)
+    out = tmp_path / "sweep"
+    mairl, bc = out / "Pendulum-v1" / "mairl" / "s0", out / "Pendulum-v1" / "bc" / "s0"
+
+    proc = _start_sweep(out, cfg)
+    _wait_for(lambda: (mairl / "config.json").is_file() or (bc / "config.json").is_file(), proc)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert "SIGTERM received" not in stderr and "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "interrupted by SIGTERM" in lines[0] and "--resume" in lines[0], stderr
+    assert "Configuration for experiment" not in stdout and "View detailed results" not in stdout, stdout
+
+    proc = _start_sweep(out, cfg, "--resume")
+    _wait_for(lambda: (bc / "metrics.json").is_file() and (mairl / "checkpoints" / "last.json").is_file(), proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert not (mairl / "metrics.json").exists(), "the run finished before the kill: make it longer"
+    finished = (bc / "metrics.json").read_bytes()
+    done = subprocess.run([sys.executable, "-m", "mbirl", "bench", "run", "--out", str(out), "--resume",
+                           "--num-cpus", "2", "--quiet"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "finished now: 1, already finished: 1, failed: 0" in done.stdout, done.stdout
+    assert (bc / "metrics.json").read_bytes() == finished
+    metrics = json.loads((mairl / "metrics.json").read_text())
+    assert metrics["env_steps"] >= 3000 and metrics["eval"][-1]["env_steps"] == metrics["env_steps"]

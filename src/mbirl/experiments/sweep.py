@@ -20,13 +20,17 @@ file system that every node sees at the same path when the sweep spans several m
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
+import logging
 import os
 import platform
 import re
 import shlex
+import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -36,6 +40,7 @@ from mbirl.data.shipped import shipped_demo_names, shipped_demos
 from mbirl.errors import InputError
 from mbirl.experiments.imitation import ALGORITHMS, ImitationRunConfig
 from mbirl.fileio import write_json_atomic
+from mbirl.interrupts import Interrupted
 from mbirl.validation import config_from_dict, config_to_dict, read_json
 
 __all__ = ["GRID_FIELDS", "SWEEP_FILE", "SweepCell", "SweepConfig", "SweepPlan", "SweepResult", "bench_import",
@@ -385,6 +390,34 @@ class SweepResult:
     nodes: dict[str, str] = field(default_factory=dict)
 
 
+@contextlib.contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    """Environment variables set (where not already set) for the block, as they were after it."""
+    saved = {k: os.environ.get(k) for k in values}
+    for k, v in values.items():
+        os.environ.setdefault(k, v)
+    try:
+        yield
+    finally:
+        for k, old in saved.items():
+            if old is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = old
+
+
+def _interruption(exc: BaseException) -> Interrupted | None:
+    """The :class:`~mbirl.interrupts.Interrupted` that caused ``exc``, if one did."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, Interrupted):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def run_sweep(sweep: SweepConfig, out: str | Path, *, resume: bool = False, address: str | None = None,
               num_cpus: int | None = None, command: str | None = None, verbose: int = 1,
               on_plan: Callable[[SweepPlan], None] | None = None) -> SweepResult:
@@ -407,16 +440,24 @@ def run_sweep(sweep: SweepConfig, out: str | Path, *, resume: bool = False, addr
     if not plan.todo:
         _write_record(plan, command or sweep_command(sweep, plan.out, address=address))
         return SweepResult(plan.out, skipped, [], {})
-    ray = bench_import("ray")
-    tune = bench_import("ray.tune")
-    _write_record(plan, command or sweep_command(sweep, plan.out, address=address))
-    started = False
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, include_dashboard=False)
-        else:
-            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False)
-        started = True
+    # Ray's C++ failure-signal handler prints a stack dump on SIGTERM, and ray.init replaces the SIGTERM handler with
+    # a silent exit: neither for this driver, whose Ctrl-C / SIGTERM end in the CLI's one line naming --resume
+    with _environ(RAY_DISABLE_FAILURE_SIGNAL_HANDLER="1"):
+        ray = bench_import("ray")
+        tune = bench_import("ray.tune")
+        _write_record(plan, command or sweep_command(sweep, plan.out, address=address))
+        started = False
+        if not ray.is_initialized():
+            handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+            quiet = {"logging_level": logging.ERROR, "log_to_driver": False} if verbose == 0 else {}
+            if address:
+                ray.init(address=address, include_dashboard=False, **quiet)
+            else:
+                ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, **quiet)
+            started = True
+            for sig, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
     try:
         by_key = {c.name: c for c in plan.todo}
         params = [{"key": c.name, "config": c.config_dict(), "run_dir": str(c.run_dir(plan.out)),
@@ -435,7 +476,17 @@ def run_sweep(sweep: SweepConfig, out: str | Path, *, resume: bool = False, addr
                                       failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
                                       verbose=verbose),
         )
-        grid = tuner.fit()
+        # Ray Tune prints its experiment box and paths whatever its verbosity; it would also take Ctrl-C over
+        # (stopping the trials and returning them as failed) where the CLI's handler ends the sweep resumably
+        with (contextlib.redirect_stdout(io.StringIO()) if verbose == 0 else contextlib.nullcontext(),
+              _environ(TUNE_DISABLE_SIGINT_HANDLER="1")):
+            try:
+                grid = tuner.fit()
+            except Exception as exc:  # a signal raised inside Ray's compiled code arrives wrapped (SystemError)
+                interrupted = _interruption(exc)
+                if interrupted is None:
+                    raise
+                raise interrupted from None
         failed: dict[str, str] = {}
         nodes: dict[str, str] = {}
         for result in grid:
