@@ -3,9 +3,9 @@
 For each horizon T and inner step count K: time of one outer step (inner solve + outer loss + backward to the cost),
 time of the inner solve alone (no gradient), and peak memory of the step. One batched outer step on 3 placing demos,
 time-dependent cost, inner SGD from zero actions (``--inner-lr``), a small action term so the inner problem has one
-solution. On CUDA, memory is ``torch.cuda.max_memory_allocated``; on a CPU it is the bytes autograd saves for the
-backward pass (the graph's memory, what grows with K), measured with saved-tensor hooks, plus the peak of the
-implicit mode's backward, which keeps nothing of the inner iterations.
+solution. On CUDA, memory is ``torch.cuda.max_memory_allocated``; on a CPU it is the peak of the bytes autograd holds
+for the backward pass (the graph's memory, what grows with K), measured with saved-tensor hooks that count a saved
+storage until its graph is freed (graphs built and dropped within one inner step count once, not once per step).
 
 Then the cosine similarity of the implicit and unrolled gradients (float64): with a converged Gauss-Newton solver,
 per horizon, and with SGD at each K (SGD is far from converged at these K: the inner Hessian's eigenvalues spread
@@ -13,14 +13,16 @@ over orders of magnitude). The targets (implicit memory at K=1000 within 1.5x of
 its inner solve, cosine >= 0.99 at convergence) are printed with whether they are met.
 
     python benchmarks/bench_inner.py [--quick] [--device cuda] [--horizons 10 40 100] [--ks 1 10 100 1000]
-        [--cosine-only | --no-cosine]
+        [--cosine-only | --no-cosine] [--memory-only]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
+import weakref
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -43,18 +45,37 @@ TARGET_COSINE = 0.99
 
 
 class SavedBytes:
-    """Counts the bytes autograd saves for backward while active (the graph's memory)."""
+    """Peak bytes of the tensors autograd holds for backward while active (the graph's memory): a storage counts
+    from the first time an op saves it until the last tensor saved from it is freed with its graph, so graphs built
+    and dropped inside a loop (an inner step taken without a gradient) count once, not once per step."""
 
     def __init__(self) -> None:
-        self.total = 0
-        self._seen: set[int] = set()
+        self.peak = 0
+        self._live = 0
+        self._refs: dict[int, list[int]] = {}  # storage -> [bytes, saved tensors still alive]
+
+    def _release(self, key: int) -> None:
+        entry = self._refs[key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            self._live -= entry[0]
+            del self._refs[key]
 
     def pack(self, t: torch.Tensor) -> torch.Tensor:
         key = t.untyped_storage().data_ptr()
-        if key not in self._seen:
-            self._seen.add(key)
-            self.total += t.untyped_storage().nbytes()
+        entry = self._refs.get(key)
+        if entry is None:
+            entry = self._refs[key] = [t.untyped_storage().nbytes(), 0]
+            self._live += entry[0]
+            self.peak = max(self.peak, self._live)
+        entry[1] += 1
+        weakref.finalize(t, self._release, key)
         return t
+
+    @property
+    def total(self) -> int:
+        """The peak."""
+        return self.peak
 
     def __enter__(self) -> SavedBytes:
         self._ctx = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
@@ -114,6 +135,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="T=10 only, K up to 100, one repeat")
     parser.add_argument("--cosine-only", action="store_true", help="only the implicit-vs-unrolled cosine table")
     parser.add_argument("--no-cosine", action="store_true", help="only the time and memory table")
+    parser.add_argument("--memory-only", action="store_true", help="no timing: memory of each (T, K, mode) only")
     args = parser.parse_args()
     if args.quick:
         args.horizons, args.ks, args.repeats = [10], [k for k in args.ks if k <= 100], 1
@@ -133,10 +155,12 @@ def main() -> None:
             kw = {**inner, "n_steps": K}
             cost = make_cost("timedep", horizon=T, dim=batch.z.shape[-1]).to(device)
             reps = args.repeats if K <= 100 else 1
-            solve = median_time(partial(optimize_actions, dyn, cost, batch.q0, batch.goal, T,
-                                        grad_mode=GradientMode.NONE, **kw), reps, device, K <= 100)
+            solve = math.nan if args.memory_only else median_time(
+                partial(optimize_actions, dyn, cost, batch.q0, batch.goal, T, grad_mode=GradientMode.NONE, **kw),
+                reps, device, K <= 100)
             for mode in MODES:
-                step = median_time(partial(outer_step, dyn, cost, batch, mode, kw), reps, device, K <= 100)
+                step = math.nan if args.memory_only else median_time(
+                    partial(outer_step, dyn, cost, batch, mode, kw), reps, device, K <= 100)
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
                     base = torch.cuda.memory_allocated(device)
@@ -157,7 +181,7 @@ def main() -> None:
             ratio = implicit_memory[(T, 1000)] / implicit_memory[(T, 10)]
             print(f"T={T}: implicit memory K=1000 / K=10 = {ratio:.2f} (target <= {TARGET_MEMORY_RATIO}: "
                   f"{'met' if ratio <= TARGET_MEMORY_RATIO else 'NOT met'})")
-    big = [r for (_, K), r in ratios.items() if K >= 100]
+    big = [r for (_, K), r in ratios.items() if K >= 100 and not math.isnan(r)]
     if big:
         print(f"implicit outer step / inner solve at K >= 100: {min(big):.2f} - {max(big):.2f} (target <= "
               f"{TARGET_STEP_OVER_SOLVE}: {'met' if max(big) <= TARGET_STEP_OVER_SOLVE else 'NOT met'})")
