@@ -192,6 +192,9 @@ def test_report_of_a_synthetic_sweep(tmp_path):
     assert json.loads((out / "summary.json").read_text()) == summary
     assert summary["budgets"] == [10_000, 20_000]  # 100k is beyond the sweep
     assert summary["unfinished"] == ["CartPole-v1/gail/s2"]
+    # these runs have metrics but no learned reward to load: the EPIC table says which were left out and why
+    assert summary["epic"] == {}
+    assert sorted(summary["epic_skipped"]) == [f"Pendulum-v1/{a}/s{s}" for a in ("gail", "mairl") for s in range(3)]
     pend = summary["envs"]["Pendulum-v1"]
     assert set(pend) == {"mairl", "bc", "gail"}
     # mairl's finals on Pendulum: 0.95, 0.95, 0.8 -> IQM of 3 values (trim int(0.75)=0 each side) = mean
@@ -222,6 +225,37 @@ def test_report_of_a_synthetic_sweep(tmp_path):
     assert "mbirl il train --config" in page and "&quot;algo&quot;: &quot;gail&quot;" in page
     for href in re.findall(r"<a href='([^']+)'", page):
         assert (out / href).exists(), href  # relative links that work from the file system
+
+
+def test_report_has_an_epic_column_where_rewards_exist(tmp_path, monkeypatch):
+    """Each finished run with a learned reward on an environment with a known true reward gets its EPIC distance
+    (the term it uses); BC runs and CartPole (no true reward known) are left out."""
+    from mbirl.experiments import reward_quality
+    from mbirl.reporting.bench_report import reward_distances, summary_markdown, tables
+    from mbirl.reporting.stats import load_sweep_runs, summarize
+
+    calls = []
+
+    def fake_epic(run_dir, cfg=None):
+        calls.append(Path(run_dir))
+        seed = int(Path(run_dir).name[1:])
+        term = "g" if "mairl" in str(run_dir) else "neg_log_1m_d"
+        return {"default_term": term, "epic": {term: 0.1 * (seed + 1), "logit": 0.9}}
+
+    monkeypatch.setattr(reward_quality, "epic_of_run", fake_epic)
+    skipped: dict[str, str] = {}
+    runs = load_sweep_runs(_fake_sweep(tmp_path / "sweep"))
+    summary = {**summarize(runs, ReportConfig(reps=50)), "epic": reward_distances(runs, skipped)}
+    assert sorted(p.parent.name + "/" + p.name for p in calls) == [f"{a}/s{s}" for a in ("gail", "mairl")
+                                                                   for s in range(3)]
+    assert summary["epic"]["Pendulum-v1"]["mairl"] == {"term": "g", "per_seed": {"0": 0.1, "1": 0.2,
+                                                                                 "2": pytest.approx(0.3)},
+                                                       "mean": pytest.approx(0.2)}
+    assert set(summary["epic"]) == {"Pendulum-v1"} and skipped == {}
+    title, (header, rows) = next(t for t in tables(summary) if t[0].startswith("EPIC"))
+    assert header == ["algorithm", "Pendulum-v1"]
+    assert ["mairl", "g: 0.200 [0.100–0.300]"] in rows and all(r[0] != "bc" for r in rows)
+    assert "EPIC distance" in summary_markdown(summary, title="t")
 
 
 def test_cli_report_and_its_errors(tmp_path, capsys):

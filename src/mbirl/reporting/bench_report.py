@@ -88,6 +88,16 @@ def tables(summary: dict[str, Any]) -> list[tuple[str, Table]]:
         rows.append(row)
     out.append((f"Environment steps to first reach {summary['threshold']:g} (each seed; never: fraction of runs "
                 "that never do)", (["algorithm", *envs], rows)))
+    epic = summary.get("epic") or {}
+    if epic:
+        epic_envs = [env for env in envs if env in epic]
+        rows = []
+        for a in algos:
+            if any(a in epic[env] for env in epic_envs):
+                rows.append([a, *(_fmt_epic(epic[env].get(a)) for env in epic_envs)])
+        out.append(("EPIC distance of the learned reward to the true reward (0: the same up to shaping and scale, "
+                    "1: its negation; the reward term the run uses; mean over seeds [min–max])",
+                    (["algorithm", *epic_envs], rows)))
     rows = []
     for a in algos:
         vals = [(_cell(summary, c, a) or {}).get("seconds_per_1k_steps") for c in cols]
@@ -95,6 +105,39 @@ def tables(summary: dict[str, Any]) -> list[tuple[str, Table]]:
     out.append(("Wall-clock seconds per 1,000 environment steps (mean over runs; – for algorithms that take "
                 "none)", (["algorithm", *cols], rows)))
     return out
+
+
+def _fmt_epic(entry: dict[str, Any] | None) -> str:
+    if not entry:
+        return "–"
+    values = list(entry["per_seed"].values())
+    return f"{entry['term']}: {entry['mean']:.3f} [{min(values):.3f}–{max(values):.3f}]"
+
+
+def reward_distances(runs: Sequence[RunRecord], skipped: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """``[env][algo]``: the EPIC distance (:func:`mbirl.experiments.reward_quality.epic_of_run`, default settings)
+    of each finished run's learned reward, in the term the run uses, to the environment's true reward: ``term``,
+    ``per_seed`` and their ``mean``. Runs without a learned reward (BC) and environments without a known true
+    reward are left out; runs whose reward cannot be measured are added to ``skipped`` (name: why)."""
+    from mbirl.experiments.reward_quality import epic_of_run
+    from mbirl.rewards.epic import TRUE_REWARDS
+
+    found: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        if not run.finished or run.env not in TRUE_REWARDS or (run.config or {}).get("algo") == "bc":
+            continue
+        try:
+            result = epic_of_run(run.path)
+        except InputError as exc:  # e.g. a run whose reward cannot be loaded: the report says so, per run
+            skipped[run.name] = str(exc)
+            continue
+        term = str(result["default_term"])
+        entry = found.setdefault(run.env, {}).setdefault(run.algo, {"term": term, "per_seed": {}})
+        entry["per_seed"][str(run.seed)] = float(result["epic"][term])
+    for per_env in found.values():
+        for entry in per_env.values():
+            entry["mean"] = float(np.mean(list(entry["per_seed"].values())))
+    return found
 
 
 def _markdown(table: Table) -> str:
@@ -339,6 +382,9 @@ def write_report(sweep_dir: str | Path, out: str | Path, cfg: ReportConfig | Non
         raise InputError("the report needs its own directory, not the sweep's", source=str(out))
     runs = load_sweep_runs(sweep_dir)
     summary = summarize(runs, cfg)
+    if cfg.epic:
+        summary["epic_skipped"] = {}
+        summary["epic"] = reward_distances(runs, summary["epic_skipped"])
     sweep = read_json(sweep_dir / "sweep.json", what="sweep record") if (sweep_dir / "sweep.json").is_file() else None
     out.mkdir(parents=True, exist_ok=True)
     figs = figures(summary, out / "figures")

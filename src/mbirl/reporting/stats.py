@@ -58,6 +58,9 @@ class ReportConfig:
     """seed of the bootstrap"""
     videos: bool = False
     """record one rollout video per (environment, algorithm) (the smallest seed's run) for the HTML report"""
+    epic: bool = True
+    """the EPIC distance of every finished run's learned reward (its default term) to the true reward, where the
+    environment's true reward is known (:data:`mbirl.rewards.epic.TRUE_REWARDS`) and the run learned one"""
 
     def __post_init__(self) -> None:
         if any(b < 1 for b in self.budgets):
