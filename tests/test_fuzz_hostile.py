@@ -342,12 +342,31 @@ def _tiny_run(kind: str, root: Path) -> list:
     if kind == "expert":
         return ["expert", "train", "--env", "Pendulum-v1", "--algo", "sac", "--steps", "120", "--eval-every", "60",
                 "--out", root / "run", "--no-progress"]
+    if kind in VISUAL:
+        # the detector stage trains into run/ (or det/ for the dynamics stage, which trains into run/ on it)
+        assert run_cli(["visual", "explore", "--n", "6", "--horizon", "3", "--resolution", "16", "--out",
+                        root / "explore.npz", "--no-progress"])[0] == 0
+        (root / "det.yaml").write_text("checkpoint_every: 4\ncalibration_frames: 8\n")
+        detector = ["visual", "train-detector", "--data", root / "explore.npz", "--keypoints", "3", "--width", "4",
+                    "--steps", "10", "--batch-size", "4", "--config", root / "det.yaml", "--no-progress"]
+        if kind == "detector":
+            return [*detector, "--run-dir", root / "run"]
+        assert run_cli([*detector, "--run-dir", root / "det"])[0] == 0
+        (root / "dyn.yaml").write_text("checkpoint_every: 4\neval_horizon: 2\n")
+        assert run_cli(["visual", "demos", "--n", "3", "--horizon", "4", "--resolution", "16", "--out",
+                        root / "demos.npz"])[0] == 0
+        return ["visual", "train-dynamics", "--data", root / "explore.npz", "--detector", root / "det", "--hidden",
+                "8", "--layers", "1", "--steps", "10", "--config", root / "dyn.yaml", "--run-dir", root / "run",
+                "--no-progress"]
     return ["mbirl", "train", "--demos", root / "kp.npz", "--outer-iters", "3", "--checkpoint-every", "1",
             "--cost", kind, "--run-dir", root / "run", "--no-progress"]
 
 
-CHECKPOINTED = ("mairl", "bc", "dac", "gail", "airl", "expert", "neural", "weighted")
-"""The trainers whose checkpoints the fuzz suite edits (MBIRL through two of its costs)."""
+VISUAL = ("detector", "dynamics")
+"""The visual pipeline's training stages (keypoint detector, keypoint dynamics)."""
+CHECKPOINTED = ("mairl", "bc", "dac", "gail", "airl", "expert", "neural", "weighted", *VISUAL)
+"""The trainers whose checkpoints the fuzz suite edits (MBIRL through two of its costs). The visual stages' edits
+reach their training checkpoint (``--resume``) or the trained detector / model that the next stage reads."""
 
 
 @pytest.fixture(scope="module")
@@ -370,10 +389,12 @@ LEAVES = st.one_of(st.sampled_from(["abc", None, [], {}, [1, "x"], True, -1, 10*
 
 
 @st.composite
-def checkpoint_edits(draw) -> tuple[str, int, object, str]:
-    """(trainer, which node of its checkpoint skeleton, replacement, how)."""
+def checkpoint_edits(draw) -> tuple[str, int, object, str, bool]:
+    """(trainer, which node of its checkpoint skeleton, replacement, how, whether a visual stage's trained
+    detector / model is edited rather than its training checkpoint)."""
     return (draw(st.sampled_from(CHECKPOINTED)), draw(st.integers(0, 10**6)),
-            draw(LEAVES), draw(st.sampled_from(["replace", "replace", "delete", "deep", "swap-tensor"])))
+            draw(LEAVES), draw(st.sampled_from(["replace", "replace", "delete", "deep", "swap-tensor"])),
+            draw(st.booleans()))
 
 
 def _nodes(tree: object, path: tuple = ()) -> list[tuple]:
@@ -387,15 +408,31 @@ def _nodes(tree: object, path: tuple = ()) -> list[tuple]:
     return out
 
 
-def _checkpoint_case(finished_runs, edit: tuple[str, int, object, str]) -> None:
-    kind, index, value, how = edit
+def _visual_reader(kind: str, root: Path) -> tuple[Path, list]:
+    """The file a visual stage's next stage reads (its trained detector / model) and that stage's command."""
+    if kind == "detector":
+        return root / "run" / "detector.json", [
+            "visual", "train-dynamics", "--data", root / "explore.npz", "--detector", root / "run", "--hidden", "8",
+            "--layers", "1", "--steps", "2", "--run-dir", root / "next", "--no-progress"]
+    return root / "run" / "model.json", [
+        "visual", "irl", "--demos", root / "demos.npz", "--detector", root / "det", "--dynamics", root / "run",
+        "--costs", "weighted", "--headline", "weighted", "--train", "0:2", "--test", "2:3", "--outer-iters", "1",
+        "--run-dir", root / "next", "--no-progress"]
+
+
+def _checkpoint_case(finished_runs, edit: tuple[str, int, object, str, bool]) -> None:
+    kind, index, value, how, artefact = edit
     src, args = finished_runs[kind]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         shutil.copytree(src, root, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".lock"))
-        args = [root if a == src else (root / Path(a).relative_to(src) if isinstance(a, Path) and
-                                       a.is_relative_to(src) else a) for a in args]
+        # the copy of the run directory; its inputs stay where the run recorded them (--resume checks that)
+        args = [root / "run" if a == src / "run" else a for a in args]
         ck = root / "run" / "checkpoints" / "last.json"
+        if kind in VISUAL and artefact:
+            ck, args = _visual_reader(kind, root)
+        else:
+            args = [*args, "--resume"]
         meta = json.loads(ck.read_text())
         nodes = [p for p in _nodes(meta["state"]) if p]
         path = nodes[index % len(nodes)]
@@ -416,7 +453,7 @@ def _checkpoint_case(finished_runs, edit: tuple[str, int, object, str]) -> None:
             parent[path[-1]] = value
         ck.write_text(json.dumps(meta))
         (root / "run" / "metrics.json").unlink(missing_ok=True)
-        check_case([*args, "--resume"], root)
+        check_case(args, root)
         if kind in ("mairl", "bc", "dac", "gail", "airl"):
             check_case(["mairl", "eval", "--run-dir", root / "run", "--episodes", "1", "--out", root / "eval.json"],
                        root)

@@ -138,6 +138,45 @@ def test_dynamics_stage_resume_rule(tiny, tmp_path):
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [8, 10, 12]
 
 
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name != ".lock"}
+
+
+def _entry(node: dict, key: object) -> list:
+    """The ``[key, value]`` pair of a checkpoint skeleton's mapping (edit its value in place)."""
+    return next(pair for pair in node["__dict__"] if pair[0] == key)
+
+
+@pytest.mark.parametrize("stage", ["det", "dyn"])
+def test_edited_stage_checkpoints_are_refused_on_resume_before_anything_is_written(tiny, tmp_path, stage):
+    # torch checks only an optimiser state's sizes: gradient ascent or another parameter's moments were taken
+    import shutil
+
+    def edit_maximize(optimizer: dict) -> None:
+        _entry(_entry(optimizer, "param_groups")[1][0], "maximize")[1] = True
+
+    def edit_moments(optimizer: dict) -> None:
+        moments = _entry(optimizer, "state")[1]
+        _entry(_entry(moments, 0)[1], "exp_avg")[1] = _entry(_entry(moments, 1)[1], "exp_avg")[1]
+
+    def edit_config(state: dict) -> None:
+        _entry(state, "config")[1] = {"__dict__": [["seed", {"__tensor__": "s.2"}]]}  # the generator's state
+
+    cfg, run_stage = {"det": (tiny["det_cfg"], run_detector_stage), "dyn": (tiny["dyn_cfg"], run_dynamics_stage)}[stage]
+    longer = replace(cfg, train=replace(cfg.train, steps=cfg.train.steps + 4))
+    for edit, match in ((edit_maximize, "optimizer setting 'maximize'"), (edit_moments, "optimizer state 'exp_avg'"),
+                        (edit_config, "configuration holds a tensor")):
+        run = tmp_path / edit.__name__
+        shutil.copytree(tiny["root"] / stage, run)
+        meta = json.loads((run / "checkpoints" / "last.json").read_text())
+        edit(meta["state"] if edit is edit_config else _entry(meta["state"], "optimizer")[1])
+        (run / "checkpoints" / "last.json").write_text(json.dumps(meta))
+        before = _files(run)
+        with pytest.raises(InputError, match=match):
+            run_stage(longer, run, resume=True, progress=False)
+        assert _files(run) == before
+
+
 def test_trained_model_loaders_refuse_missing_and_inconsistent_files(tiny, tmp_path):
     import shutil
 

@@ -31,9 +31,10 @@ from torch import nn
 
 from mbirl.dynamics.base import KeypointDynamics
 from mbirl.errors import InputError, check_finite
+from mbirl.reporting.checkpoint import load_optimizer_state
 
 __all__ = ["MODEL_FILE", "DynamicsTrainConfig", "KeypointMLPConfig", "KeypointMLPDynamics", "dynamics_errors",
-           "fit_keypoint_dynamics"]
+           "fit_keypoint_dynamics", "keypoint_dynamics_optimizer"]
 
 MODEL_FILE = "model"
 """Checkpoint stem of a trained model inside its run directory (:meth:`KeypointMLPDynamics.save`)."""
@@ -209,7 +210,7 @@ class KeypointMLPDynamics(KeypointDynamics):
 
         Raises InputError when ``run_dir`` holds no model or an inconsistent one.
         """
-        from mbirl.reporting.checkpoint import load_checkpoint
+        from mbirl.reporting.checkpoint import load_checkpoint, restoring
 
         run_dir = Path(run_dir)
         where = str(run_dir / f"{MODEL_FILE}.json")
@@ -217,11 +218,9 @@ class KeypointMLPDynamics(KeypointDynamics):
             raise InputError("no trained dynamics model here (run `mbirl visual train-dynamics` first)",
                              source=str(run_dir))
         state = load_checkpoint(run_dir / MODEL_FILE)
-        try:
+        with restoring(where, "inconsistent dynamics file"):
             model = cls.from_description(state["description"], source=where)
             model.load_state_dict(state["model"])
-        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
-            raise InputError(f"inconsistent dynamics file ({str(exc).splitlines()[0]})", source=where) from None
         model.eval()
         return model
 
@@ -250,6 +249,11 @@ class DynamicsTrainConfig:
                              f"lr {self.lr})", field="dynamics")
         if self.huber_delta is not None and not (math.isfinite(self.huber_delta) and self.huber_delta > 0):
             raise InputError(f"must be a positive number or null, got {self.huber_delta}", field="huber_delta")
+
+
+def keypoint_dynamics_optimizer(model: KeypointMLPDynamics, cfg: DynamicsTrainConfig) -> torch.optim.Optimizer:
+    """The optimiser :func:`fit_keypoint_dynamics` trains ``model`` with (a checkpoint keeps its state)."""
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def _penalty(err: torch.Tensor, delta: float | None) -> torch.Tensor:
@@ -313,9 +317,9 @@ def fit_keypoint_dynamics(model: KeypointMLPDynamics, q: np.ndarray, z: np.ndarr
         model.set_statistics(qt[:, :-1].reshape(-1, J), zt[:, :-1].reshape(N * (T1 - 1), -1), ut.reshape(-1, J),
                              qt[:, 1:].reshape(-1, J), zt[:, 1:].reshape(N * (T1 - 1), -1))
     params = list(model.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = keypoint_dynamics_optimizer(model, cfg)
     if optimizer_state is not None:
-        opt.load_state_dict(optimizer_state)
+        load_optimizer_state(opt, optimizer_state)
     model.train()
     for step in range(start_step + 1, cfg.steps + 1):
         lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / max(cfg.steps, 1)))

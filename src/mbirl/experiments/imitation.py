@@ -189,7 +189,8 @@ def train_learner(run: RunDir, cfg: ImitationRunConfig, *, progress: bool = True
             learner.load_state_dict(run.state["trainer"])
             evals = [{k: float(v) for k, v in e.items()} for e in run.state["evals"]]
             seconds = float(run.state["seconds"])
-            if not evals or not all(math.isfinite(v) for e in evals for v in e.values()):
+            if not evals or not all(math.isfinite(v) for e in evals for v in e.values()) \
+                    or any(set(e) != {"env_steps", "mean_return", "normalized_return"} for e in evals):
                 raise ValueError("evals must be a non-empty list of finite evaluations")
     run.start(components=learner_components(learner))
 

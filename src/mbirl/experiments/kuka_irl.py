@@ -26,6 +26,7 @@ from mbirl.dynamics.kinematic import KinematicKeypointDynamics
 from mbirl.envs.kuka import DEFAULT_ROBOT, ROBOTS, robot_from_options
 from mbirl.envs.robot import check_joint_limits
 from mbirl.errors import InputError, check_finite
+from mbirl.reporting.checkpoint import restoring
 from mbirl.reporting.provenance import component_name
 from mbirl.reporting.runs import RunDir, rng_state, set_rng_state
 
@@ -178,6 +179,24 @@ def _record_custom_cost(cfg: MBIRLRunConfig, prep: Prepared) -> MBIRLRunConfig:
     return cfg if type(cost) is type(named) else replace(cfg, method=f"custom:{component_name(cost)}")
 
 
+_HISTORY = ("irl_loss_train", "irl_loss_test", "test_relative_goal_distance", "seconds", "grad_clipped")
+"""The learning curves a run's checkpoint keeps (``grad_clipped`` only with gradient clipping)."""
+
+
+def _checked_history(saved: Any, iteration: int) -> dict[str, list[float]]:
+    """A checkpoint's learning curves, after checking that they are curves up to ``iteration`` (ValueError or
+    KeyError otherwise: an edited checkpoint)."""
+    history = {k: [float(x) for x in v] for k, v in saved.items()}
+    unknown, missing = set(history) - set(_HISTORY), set(_HISTORY[:4]) - set(history)
+    if unknown or missing:
+        raise KeyError(f"learning curves {sorted(missing)} missing, {sorted(unknown)[:3]} unknown")
+    evaluated = [len(history[k]) for k in _HISTORY[:3]]  # one more than the iterations: before training
+    if iteration < 0 or evaluated != [iteration + 1] * 3 or len(history["seconds"]) > iteration \
+            or len(history.get("grad_clipped", [])) > iteration:
+        raise ValueError(f"learning curves of lengths {evaluated} do not end at iteration {iteration}")
+    return history
+
+
 def run_mbirl(cfg: MBIRLRunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
               prepared: Prepared | None = None, figures: bool = True) -> dict[str, Any]:
     """Train (or resume) one run and write its outputs into ``run_dir``; returns the final metrics."""
@@ -192,14 +211,11 @@ def run_mbirl(cfg: MBIRLRunConfig, run_dir: str | Path, *, resume: bool = False,
     learner = prep.learner
     if run.state is not None:
         state = run.state
-        try:
+        with restoring(run.checkpoint.with_suffix(".json")):
             learner.load_state_dict(state["learner"])
-            history = {k: [float(x) for x in v] for k, v in state["history"].items()}
             start = int(state["iteration"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise InputError(f"checkpoint does not match this run ({type(exc).__name__}: {exc})",
-                             source=str(run.checkpoint.with_suffix(".json"))) from None
-        set_rng_state(state["rng"])
+            history = _checked_history(state["history"], start)
+            set_rng_state(state["rng"])
     run.start(components={"learner": component_name(learner), "cost": component_name(learner.cost),
                            "dynamics": component_name(prep.dynamics)})
     clip = cfg.trainer.grad_clip

@@ -57,6 +57,7 @@ from mbirl.dynamics.keypoint_mlp import (
     KeypointMLPDynamics,
     dynamics_errors,
     fit_keypoint_dynamics,
+    keypoint_dynamics_optimizer,
 )
 from mbirl.dynamics.kinematic import KinematicKeypointDynamics
 from mbirl.envs.kuka import DEMO_COUNT, DEMO_HORIZON, DEMO_NOISE_CM, DEMO_TASK, generate_demos
@@ -67,9 +68,9 @@ from mbirl.experiments.kuka_irl import METHODS, MBIRLRunConfig, prepare_run, run
 from mbirl.fileio import write_json_atomic
 from mbirl.perception.detector import DetectorConfig, KeypointAutoencoder, check_image_size, images_to_tensor
 from mbirl.perception.evaluate import lift_keypoints_checked, match_keypoints
-from mbirl.perception.train import DetectorTrainConfig, fit_detector, init_background
+from mbirl.perception.train import DetectorTrainConfig, detector_optimizer, fit_detector, init_background
 from mbirl.perception.trained import DETECTOR_FILE, TrainedDetector
-from mbirl.reporting.checkpoint import restoring
+from mbirl.reporting.checkpoint import load_optimizer_state, restoring
 from mbirl.reporting.runs import RunDir
 from mbirl.types import KeypointTrajectory
 from mbirl.validation import read_json
@@ -293,9 +294,10 @@ def _check_methods(methods: Sequence[str], headline: str) -> None:
 
 
 def _train_resumable(run: RunDir, label: str, total: int, model: torch.nn.Module, generator: torch.Generator,
-                     fit: Callable[..., dict[str, Any]], *, progress: bool, checkpoint_every: int,
-                     log_every: int = 10) -> float:
-    """Run ``fit`` with the run's logging and checkpoints, continuing from its last checkpoint if it has one.
+                     fit: Callable[..., dict[str, Any]], *, optimizer: torch.optim.Optimizer, progress: bool,
+                     checkpoint_every: int, log_every: int = 10) -> float:
+    """Run ``fit`` with the run's logging and checkpoints, continuing from its last checkpoint if it has one
+    (checked whole before anything is written: ``optimizer`` is one like ``fit``'s, for its state).
 
     Returns the seconds spent training in this call.
     """
@@ -304,8 +306,11 @@ def _train_resumable(run: RunDir, label: str, total: int, model: torch.nn.Module
         with restoring(run.checkpoint.with_suffix(".json")):
             model.load_state_dict(run.state["model"])
             opt_state = run.state["optimizer"]
+            load_optimizer_state(optimizer, opt_state)
             generator.set_state(run.state["generator"])
             start = int(run.state["step"])
+            if start < 0:
+                raise ValueError(f"step must be >= 0, got {start}")
     run.start()
     t0 = time.perf_counter()
     with run.logger(resume_from_step=start + 1 if start else None) as log, \
@@ -463,6 +468,7 @@ def run_detector_stage(cfg: DetectorStageConfig, run_dir: str | Path, *, resume:
         return fit_detector(model, train_images, cfg.train, generator=generator, **kw)
 
     seconds = _train_resumable(run, "detector", cfg.train.steps, model, generator, fit, progress=progress,
+                               optimizer=detector_optimizer(model, cfg.train),
                                checkpoint_every=cfg.checkpoint_every)
     model.eval()
     # Evaluation: match on calibration (training) frames, measure on held-out frames.
@@ -559,6 +565,7 @@ def run_dynamics_stage(cfg: DynamicsStageConfig, run_dir: str | Path, *, resume:
         return fit_keypoint_dynamics(model, q[tr], z[tr], u[tr], cfg.train, generator=generator, **kw)
 
     seconds = _train_resumable(run, "dynamics", cfg.train.steps, model, generator, fit, progress=progress,
+                               optimizer=keypoint_dynamics_optimizer(model, cfg.train),
                                checkpoint_every=cfg.checkpoint_every)
     model.eval()
     held = dynamics_errors(model, q[ho], z[ho], u[ho], cfg.eval_horizon)

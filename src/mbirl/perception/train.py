@@ -18,8 +18,9 @@ import torch
 
 from mbirl.errors import InputError, check_finite
 from mbirl.perception.detector import KeypointAutoencoder, images_to_tensor
+from mbirl.reporting.checkpoint import load_optimizer_state
 
-__all__ = ["DetectorTrainConfig", "fit_detector", "init_background", "median_frame"]
+__all__ = ["DetectorTrainConfig", "detector_optimizer", "fit_detector", "init_background", "median_frame"]
 
 
 @dataclass
@@ -54,6 +55,11 @@ def init_background(model: KeypointAutoencoder, images: np.ndarray, max_frames: 
         model.background.copy_(median_frame(images, max_frames))
 
 
+def detector_optimizer(model: KeypointAutoencoder, cfg: DetectorTrainConfig) -> torch.optim.Optimizer:
+    """The optimiser :func:`fit_detector` trains ``model`` with (a checkpoint keeps its state)."""
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+
+
 def fit_detector(model: KeypointAutoencoder, images: np.ndarray, cfg: DetectorTrainConfig, *,
                  generator: torch.Generator, start_step: int = 0, optimizer_state: dict[str, Any] | None = None,
                  on_step: Callable[[int, dict[str, float], dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -67,9 +73,9 @@ def fit_detector(model: KeypointAutoencoder, images: np.ndarray, cfg: DetectorTr
         raise InputError(f"expected uint8 images (N, {S}, {S}, 3), got {images.dtype} {images.shape}", field="images")
     data = torch.from_numpy(images)
     background = median_frame(images)  # fixed saliency reference (the same on resume)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = detector_optimizer(model, cfg)
     if optimizer_state is not None:
-        opt.load_state_dict(optimizer_state)
+        load_optimizer_state(opt, optimizer_state)
     model.train()
     for step in range(start_step + 1, cfg.steps + 1):
         lr = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (step - 1) / max(cfg.steps, 1))))

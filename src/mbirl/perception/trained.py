@@ -71,7 +71,7 @@ class TrainedDetector:
 
         Raises InputError when ``run_dir`` holds no detector or an inconsistent one.
         """
-        from mbirl.reporting.checkpoint import load_checkpoint
+        from mbirl.reporting.checkpoint import load_checkpoint, restoring
         from mbirl.validation import config_from_dict
 
         run_dir = Path(run_dir)
@@ -79,7 +79,7 @@ class TrainedDetector:
         if not (run_dir / f"{DETECTOR_FILE}.json").is_file():
             raise InputError("no trained detector here (run `mbirl visual train-detector` first)", source=str(run_dir))
         state = load_checkpoint(run_dir / DETECTOR_FILE)
-        try:
+        with restoring(where, "inconsistent detector file"):
             saved = dict(state["config"])
             # detectors saved before the image size left DetectorConfig carry it there
             image_size = int(state["image_size"] if "image_size" in state else saved.pop("image_size"))
@@ -90,8 +90,6 @@ class TrainedDetector:
             background = state.get("background_depth")
             background_depth = None if background is None else background.numpy().astype(np.float64)
             camera = Camera.from_meta(state["camera"], where)
-        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
-            raise InputError(f"inconsistent detector file ({str(exc).splitlines()[0]})", source=where) from None
         model.eval()
         if background_depth is not None and background_depth.shape != (camera.height, camera.width):
             raise InputError("background depth does not match the camera", source=where)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +26,8 @@ from mbirl.validation import check_file, read_json
 
 FORMAT = "mbirl.checkpoint/v2"
 
-__all__ = ["FORMAT", "flatten_state", "load_checkpoint", "restoring", "save_checkpoint", "unflatten_state"]
+__all__ = ["FORMAT", "flatten_state", "load_checkpoint", "load_optimizer_state", "restoring", "save_checkpoint",
+           "unflatten_state"]
 
 
 def flatten_state(state: Any, prefix: str = "") -> tuple[dict[str, torch.Tensor], Any]:
@@ -114,14 +116,75 @@ def load_checkpoint(stem: str | Path) -> dict[str, Any]:
 
 
 @contextmanager
-def restoring(source: str | Path) -> Iterator[None]:
+def restoring(source: str | Path, what: str = "checkpoint does not match this run") -> Iterator[None]:
     """Restore a loaded checkpoint inside this block: a state that does not fit the object it is loaded into
     (missing entries, strings for counters, another model's tensors) becomes one :class:`InputError` naming
-    ``source``, whichever trainer reads it."""
+    ``source``, whichever trainer reads it; ``what`` says what was wrong. Warnings raised meanwhile are shown once
+    the state is restored, and dropped with a refused one (the error says it all, in one line)."""
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            yield
+        except InputError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+            raise InputError(f"{what} ({type(exc).__name__}: {exc})", source=str(source)) from None
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Any, *, scheduled: tuple[str, ...] = ("lr",)
+                         ) -> None:
+    """Load a checkpointed optimiser state into ``optimizer`` once it is known to fit; ValueError otherwise (one
+    InputError inside :func:`restoring`).
+
+    Torch checks only the number of groups and parameters; a state with other settings, shapes or types would be
+    taken silently or fail at the next training step. So the parameter groups must name the same parameters with
+    the same settings as ``optimizer``'s (the ``scheduled`` ones, which the trainer sets at every step, only of
+    the same kind), every per-parameter tensor must have its parameter's shape, and a trial step with zero
+    gradients must work on a copy (Adam's, AdamW's and SGD's per-parameter tensors are of their parameter's shape;
+    scalars aside)."""
+    import copy
+
+    fresh = optimizer.state_dict()
+    if not isinstance(state, dict) or set(state) != {"state", "param_groups"} \
+            or not isinstance(state["param_groups"], list) or not isinstance(state["state"], dict):
+        raise ValueError("an optimizer state has 'state' (a mapping) and 'param_groups' (a list)")
+    if len(state["param_groups"]) != len(fresh["param_groups"]):
+        raise ValueError(f"{len(state['param_groups'])} optimizer parameter groups, expected "
+                         f"{len(fresh['param_groups'])}")
+    params: dict[Any, torch.Tensor] = {}
+    for saved, new, group in zip(state["param_groups"], fresh["param_groups"], optimizer.param_groups, strict=True):
+        if not isinstance(saved, dict) or set(saved) != set(new) or saved["params"] != new["params"]:
+            raise ValueError("optimizer parameter groups differ from this model's")
+        for key, value in new.items():
+            if key == "params" or (not isinstance(saved[key], torch.Tensor) and _plain(saved[key]) == _plain(value)):
+                continue
+            if key not in scheduled or not _number(saved[key]) or not _number(value):
+                raise ValueError(f"optimizer setting '{key}' is {str(saved[key])[:40]}, expected {value}")
+        params.update(zip(new["params"], group["params"], strict=True))
+    for index, entry in state["state"].items():
+        if index not in params or not isinstance(entry, dict):
+            raise ValueError(f"optimizer state for unknown parameter {str(index)[:20]}")
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor) and value.ndim and value.shape != params[index].shape:
+                raise ValueError(f"optimizer state '{str(key)[:20]}' of parameter {index} has shape "
+                                 f"{tuple(value.shape)}, the parameter {tuple(params[index].shape)}")
+    trial = copy.deepcopy(optimizer)
     try:
-        yield
-    except InputError:
-        raise
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
-        raise InputError(f"checkpoint does not match this run ({type(exc).__name__}: {exc})",
-                         source=str(source)) from None
+        trial.load_state_dict(copy.deepcopy(state))  # torch keeps the given tensors: the trial must not change them
+        for group in trial.param_groups:
+            for p in group["params"]:
+                p.grad = torch.zeros_like(p)
+        trial.step()
+    except Exception as exc:  # whatever torch raises for a state it cannot use
+        raise ValueError(f"optimizer state does not work ({type(exc).__name__}: {str(exc)[:200]})") from None
+    optimizer.load_state_dict(state)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists (a checkpoint's JSON keeps no tuples)."""
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

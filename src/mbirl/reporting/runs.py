@@ -96,6 +96,14 @@ def _release(key: str) -> None:
         del _locks[key]
         os.close(held[0])  # closing the descriptor releases the flock
 
+def _holds_tensor(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_holds_tensor(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_holds_tensor(v) for v in value)
+    return isinstance(value, torch.Tensor)
+
+
 def checkpoint_stem(run_dir: str | Path) -> Path:
     """Where a run keeps its last checkpoint: ``run_dir/checkpoints/last``."""
     return Path(run_dir) / "checkpoints" / "last"
@@ -169,6 +177,8 @@ class RunDir:
             where = config_path
         if not isinstance(saved, dict):
             raise InputError("the saved run has no configuration", source=str(where), field="config")
+        if _holds_tensor(saved):  # an edited checkpoint: a configuration is JSON values only
+            raise InputError("the saved configuration holds a tensor", source=str(where), field="config")
         self._check_unchanged(saved, where)
         return True
 
