@@ -1,5 +1,6 @@
-"""``mbirl reward epic|heatmap``: how close a run's learned reward is to the task's true one, without training
-anything on it (the EPIC pseudometric, :mod:`mbirl.rewards.epic`), and the two drawn side by side."""
+"""``mbirl reward epic|heatmap|greedy``: how close a run's learned reward is to the task's true one, without
+training anything on it (the EPIC pseudometric, :mod:`mbirl.rewards.epic`), the two drawn side by side, and (known
+tabular dynamics) the policy the learned reward makes optimal against the expert's."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from mbirl.experiments.reward_quality import EpicConfig
 
 __all__ = ["reward_app"]
 
-reward_app = typer.Typer(help="Learned rewards: their distance to the true reward (EPIC).", no_args_is_help=True)
+reward_app = typer.Typer(help="Learned rewards: their distance to the true reward (EPIC), heat maps, greedy policies.",
+                         no_args_is_help=True)
 
 
 @reward_app.command("epic")
@@ -57,3 +59,26 @@ def reward_heatmap_cmd(
     result = reward_heatmap(run_dir, target, term=term, resolution=resolution)
     typer.echo(f"{result['term']}: correlation with the true reward over {result['states_drawn']} states: Pearson "
                f"{result['pearson']:.3f}, Spearman {result['spearman']:.3f}; figure {result['figure']}")
+
+
+@reward_app.command("greedy")
+def reward_greedy(
+    run_dir: Annotated[Path, typer.Argument(help="an adversarial imitation run on a task with tabular dynamics "
+                                                 "(MudGrid-v0)")],
+    out: Annotated[Path | None, typer.Option(help="JSON output (default: RUN_DIR/greedy.json)")] = None,
+) -> None:
+    """The greedy policy under each learned reward term (value iteration on the task's known dynamics) against the
+    expert's optimal actions; writes RUN_DIR/greedy.json."""
+    from mbirl.experiments.reward_quality import greedy_agreement
+    from mbirl.fileio import write_json_atomic
+    from mbirl.validation import check_output_path
+
+    target = check_output_path(out if out is not None else run_dir / "greedy.json", ".json")
+    result = greedy_agreement(run_dir)
+    write_json_atomic(target, result)
+    for term, entry in result["terms"].items():
+        default = "  (the run's reward)" if term == result["default_term"] else ""
+        typer.echo(f"{term:12s} greedy action optimal in {entry['agreement']:.1%} of {result['states']} states; "
+                   f"the demonstrator's on {entry['demo_agreement']:.1%} of demo transitions{default}")
+    typer.echo(f"(the demonstrator's own actions are optimal on {result['demonstrator_optimal']:.1%} of its "
+               f"transitions); written to {target}")

@@ -21,8 +21,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-__all__ = ["GRID_ENVS", "GRID_SIZE", "MudGrid", "mud_grid_reward_map", "mud_grid_true_reward",
-           "register_grid_envs"]
+__all__ = ["GRID_ENVS", "GRID_SIZE", "MudGrid", "TabularModel", "mud_grid_model", "mud_grid_reward_map",
+           "mud_grid_true_reward", "optimal_actions", "register_grid_envs", "value_iteration"]
 
 GRID_SIZE = 8
 GOAL = (GRID_SIZE - 1, GRID_SIZE - 1)
@@ -48,6 +48,56 @@ def mud_grid_true_reward(obs: np.ndarray, act: np.ndarray, next_obs: np.ndarray)
     cell = np.asarray(next_obs).argmax(-1)
     out: np.ndarray = mud_grid_reward_map().ravel()[cell]
     return out
+
+
+class TabularModel:
+    """A deterministic tabular MDP's dynamics: ``next_state[s, a]`` and which states end an episode (terminal
+    states are never left: they have no value). States are cell indices ``y * size + x``."""
+
+    def __init__(self, next_state: np.ndarray, terminal: np.ndarray) -> None:
+        self.next_state = np.asarray(next_state, np.int64)
+        self.terminal = np.asarray(terminal, bool)
+        self.n_states, self.n_actions = self.next_state.shape
+
+
+def mud_grid_model(size: int = GRID_SIZE) -> TabularModel:
+    """:class:`MudGrid`'s dynamics as a table (the same moves and border rule as :meth:`MudGrid.step`)."""
+    nxt = np.zeros((size * size, len(MOVES)), np.int64)
+    for y in range(size):
+        for x in range(size):
+            for a, move in enumerate(MOVES):
+                nx, ny = np.clip(np.array([x, y]) + move, 0, size - 1)
+                nxt[y * size + x, a] = ny * size + nx
+    terminal = np.zeros(size * size, bool)
+    terminal[GOAL[1] * size + GOAL[0]] = True
+    return TabularModel(nxt, terminal)
+
+
+def value_iteration(model: TabularModel, reward: np.ndarray, gamma: float, *, tol: float = 1e-10,
+                    max_iters: int = 100_000) -> np.ndarray:
+    """Optimal action values ``Q[s, a]`` for ``reward[s, a]`` (the reward of taking ``a`` in ``s``, the cell
+    entered included) under ``model``, discount ``gamma`` < 1; terminal states are worth 0 after they are
+    entered."""
+    if not 0 <= gamma < 1:
+        raise ValueError(f"gamma must be in [0, 1), got {gamma}")
+    reward = np.asarray(reward, np.float64)
+    v = np.zeros(model.n_states)
+    for _ in range(max_iters):
+        q = reward + gamma * np.where(model.terminal[model.next_state], 0.0, v[model.next_state])
+        new = q.max(1)
+        new[model.terminal] = 0.0
+        if np.abs(new - v).max() < tol:
+            return q
+        v = new
+    return q
+
+
+def optimal_actions(q: np.ndarray, *, atol: float = 1e-6) -> np.ndarray:
+    """``(S, A)`` mask of the actions within ``atol`` (relative to the state's value range) of each state's best:
+    ties (moves into the border that stay in place, symmetric detours) are all optimal."""
+    scale = np.maximum(np.abs(q).max(1, keepdims=True), 1.0)
+    mask: np.ndarray = q >= q.max(1, keepdims=True) - atol * scale
+    return mask
 
 
 class MudGrid(gym.Env[np.ndarray, np.int64]):

@@ -20,7 +20,8 @@ import numpy as np
 from mbirl.errors import InputError
 from mbirl.rewards.epic import TRUE_REWARDS, EpicSamples, epic_distance
 
-__all__ = ["HEATMAP_GRIDS", "EpicConfig", "HeatmapGrid", "epic_of_run", "reward_heatmap"]
+__all__ = ["HEATMAP_GRIDS", "TABULAR_MODELS", "EpicConfig", "HeatmapGrid", "epic_of_run", "greedy_agreement",
+           "reward_heatmap"]
 
 
 @dataclass(frozen=True)
@@ -231,3 +232,59 @@ def reward_heatmap(run_dir: str | Path, out: str | Path, *, term: str | None = N
     path = save_figure(fig, out)
     return {"figure": str(path), "term": reward.term, "pearson": corr, "spearman": rank, "env_id": run.env_id,
             "states_drawn": int(drawn.sum()), "states_blank": int((~drawn).sum())}
+
+
+def _mud_grid_model() -> Any:
+    from mbirl.envs.gridworld import mud_grid_model
+
+    return mud_grid_model()
+
+
+TABULAR_MODELS: dict[str, Callable[[], Any]] = {"MudGrid-v0": _mud_grid_model}
+"""Tasks whose dynamics are known as a table (:class:`mbirl.envs.gridworld.TabularModel`), so a learned reward can
+be optimised exactly."""
+
+
+def greedy_agreement(run_dir: str | Path) -> dict[str, Any]:
+    """The greedy policy of each reward term of the run, optimised exactly (value iteration on the task's known
+    tabular dynamics, the run's discount), against the expert's: the fraction of non-terminal states where the
+    greedy action is optimal under the true reward (ties count: a state may have several optimal moves), and where
+    it is the demonstrator's action on the states the demonstrations visit."""
+    from mbirl.api import ImitationRun, load_run
+    from mbirl.envs.gridworld import optimal_actions, value_iteration
+    from mbirl.experts.demos import demo_stats
+
+    run = load_run(run_dir)
+    if not isinstance(run, ImitationRun) or run.reward is None:
+        raise InputError("needs an adversarial imitation run (mairl, mgail, gail, airl or dac)", source=str(run_dir))
+    make_model, true = TABULAR_MODELS.get(run.env_id), TRUE_REWARDS.get(run.env_id)
+    if make_model is None or true is None:
+        raise InputError(f"the greedy policy needs known tabular dynamics; none for '{run.env_id}' (known: "
+                         f"{', '.join(TABULAR_MODELS)})", source=str(run_dir), field="env")
+    model = make_model()
+    n_s, n_a = model.n_states, model.n_actions
+    states = np.repeat(np.arange(n_s), n_a)
+    actions = np.tile(np.arange(n_a), n_s)
+    nxt = model.next_state[states, actions]
+    eye = np.eye(n_s, dtype=np.float32)
+    done = model.terminal[nxt].astype(np.float32)
+    gamma = float(run.reward.spec.kwargs.get("gamma", 0.99))
+    q_true = value_iteration(model, true(eye[states], actions, eye[nxt]).reshape(n_s, n_a), gamma)
+    expert = optimal_actions(q_true)
+    live = ~model.terminal
+    demos = demo_stats(run.config.demos, env=run.config.env or None)
+    demo_states = np.asarray(demos.obs).argmax(-1)
+    demo_actions = np.asarray(demos.acts).reshape(len(demo_states)).astype(np.int64)
+    result: dict[str, Any] = {
+        "run_dir": str(run.path), "algo": run.algo, "env_id": run.env_id, "gamma": gamma,
+        "default_term": run.reward.term, "states": int(live.sum()),
+        "demo_transitions": len(demo_states), "demo_states": int(len(np.unique(demo_states))),
+        "demonstrator_optimal": float(expert[demo_states, demo_actions].mean()), "terms": {}}
+    for term in _terms(run.reward):
+        r = run.reward.with_term(term)(eye[states], actions, eye[nxt], done).reshape(n_s, n_a)
+        greedy = value_iteration(model, r, gamma).argmax(1)
+        result["terms"][term] = {
+            "agreement": float(expert[np.arange(n_s), greedy][live].mean()),
+            "demo_agreement": float((greedy[demo_states] == demo_actions).mean()),
+            "greedy": greedy.tolist()}
+    return result
