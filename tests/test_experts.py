@@ -158,7 +158,7 @@ def test_expert_train_is_a_run_directory_that_is_never_overwritten_silently(tmp_
     assert cli("expert", "train", "--config", str(cfg), "--seed", "5", "--out", str(out), "--no-progress") == 0
     saved = json.loads((out / "config.json").read_text())
     assert saved == {"env": "Pendulum-v1", "seed": 5, "steps": 200, "max_minutes": None, "eval_every": 10_000,
-                     "eval_episodes": 1, "algo": None}
+                     "eval_episodes": 1, "algo": None, "device": "cpu"}
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["env_steps"] == 200 and metrics["seed"] == 5
     assert (out / "expert.json").is_file() and len((out / "metrics.jsonl").read_text().splitlines()) == 1

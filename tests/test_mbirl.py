@@ -195,7 +195,7 @@ def test_every_config_field_is_documented():
                       and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)}
         missing = {f.name for f in dataclasses.fields(cls)} - documented
         assert not missing, (cls.__name__, missing)
-    assert MBIRLRunConfig.RESUMABLE == ("outer_iters", "checkpoint_every")
+    assert MBIRLRunConfig.RESUMABLE == ("outer_iters", "checkpoint_every", "device")
     assert "extra" not in {f.name for f in dataclasses.fields(MBIRLRunConfig)}
 
 

@@ -192,7 +192,7 @@ def _load_imitation(path: Path, *, demos: str | Path | None) -> ImitationRun:
         raise InputError(f"the run's demonstration file '{cfg.demos}' is not there; pass demos=...",
                          source=str(path), field="demos")
     state = load_checkpoint(checkpoint_stem(path))
-    learner, stats = build_learner(cfg)
+    learner, stats = build_learner(cfg, device="cpu")  # acts one observation at a time: the CPU, whatever trained it
     learner.load_policy(state["trainer"])
     obs_dim = int(stats.obs.shape[1])
     return ImitationRun(path=path, algo=cfg.algo, env_id=stats.env_id, config=cfg,
@@ -250,7 +250,8 @@ def _load_mbirl(path: Path, *, demos: str | Path | None, cost: Any) -> MBIRLRun:
     if custom and cost is None:
         raise InputError(f"the run learnt a user's own cost ({cfg.method[7:]}); pass cost=<an instance of it>",
                          source=str(path), field="cost")
-    prep = prepare_run(dataclasses.replace(cfg, method="weighted") if custom else cfg)
+    # loaded to plan and evaluate, on the CPU, whichever device trained the run
+    prep = prepare_run(dataclasses.replace(cfg, method="weighted" if custom else cfg.method, device="cpu"))
     learner: Any = prep.learner
     if custom:
         from mbirl.algorithms.mbirl import MBIRL

@@ -168,3 +168,12 @@ class TransitionBatch:
     def with_log_pi(self, log_pi: torch.Tensor) -> TransitionBatch:
         """The same transitions with ``log_pi`` set."""
         return replace(self, log_pi=log_pi)
+
+    def to(self, device: torch.device | str) -> TransitionBatch:
+        """The same transitions on ``device`` (this batch itself when they are there already)."""
+        import torch
+
+        if self.obs.device == torch.device(device):
+            return self
+        return TransitionBatch(self.obs.to(device), self.act.to(device), self.next_obs.to(device),
+                               self.done.to(device), None if self.log_pi is None else self.log_pi.to(device))

@@ -66,6 +66,7 @@ from mbirl.errors import InputError, check_finite
 from mbirl.experts.demos import DemoStats, check_demo_spaces
 from mbirl.experts.rollout import EpisodeResult, make_env
 from mbirl.experts.train import EXPERT_PRESETS, HOPPER_PPO, ExpertPreset
+from mbirl.nets import DEFAULT_DEVICE, resolve_device
 from mbirl.rewards.discriminator import DISCRIMINATORS, AIRLDiscriminator, Discriminator, mean_update_stats
 from mbirl.types import TransitionBatch
 
@@ -394,9 +395,13 @@ class AdversarialPPO:
         discriminator: ``gail`` or ``airl``.
         seed: seeds SB3 (networks, action sampling, minibatch orders), the discriminator, its sampling and the
             training environments' reset seeds.
+        device: where PPO's networks and the discriminator train (:func:`mbirl.nets.resolve_device`). A resumed
+            run continues bit-identically on the CPU; on a GPU, PPO samples from CUDA's generator, which the
+            checkpoint does not hold.
     """
 
-    def __init__(self, config: AdversarialPPOConfig, demos: DemoStats, *, discriminator: str, seed: int) -> None:
+    def __init__(self, config: AdversarialPPOConfig, demos: DemoStats, *, discriminator: str, seed: int,
+                 device: torch.device | str = DEFAULT_DEVICE) -> None:
         from stable_baselines3 import PPO
         from stable_baselines3.common.logger import Logger
 
@@ -405,6 +410,7 @@ class AdversarialPPO:
                              f"{', '.join(DISCRIMINATOR_NAMES)})", field="algo")
         obs_space, space = check_demo_spaces(demos)
         self.config, self.demos, self.env_id, self.seed = config, demos, demos.env_id, seed
+        self.device = resolve_device(device)
         self.algo = discriminator
         self.discrete = isinstance(space, gym.spaces.Discrete)
         if not self.discrete and not (np.isfinite(space.low).all() and np.isfinite(space.high).all()):
@@ -421,8 +427,8 @@ class AdversarialPPO:
                              field="ppo.n_steps")
         self.obs_dim = int(obs_space.shape[0])
         self.act_dim = int(space.n) if self.discrete else int(space.shape[0])
-        self.act_scale = torch.ones(self.act_dim) if self.discrete else \
-            torch.as_tensor((space.high - space.low) / 2, dtype=torch.float32)
+        self.act_scale = torch.ones(self.act_dim, device=self.device) if self.discrete else \
+            torch.as_tensor((space.high - space.low) / 2, dtype=torch.float32, device=self.device)
         self.demo_batch_size = config.demo_batch_size or self.rollout_size
         self.disc_updates = config.disc_updates if config.disc_updates is not None else \
             max(4, self.rollout_size // 512)
@@ -435,12 +441,12 @@ class AdversarialPPO:
         venv: VecEnv = self.obs_norm if self.obs_norm is not None else self.reward_env
 
         # PPO seeds the global generators (torch, numpy, random) with ``seed``; the discriminator is built after it
-        self.model = PPO("MlpPolicy", venv, seed=seed, device="cpu", verbose=0, **kwargs)
+        self.model = PPO("MlpPolicy", venv, seed=seed, device=self.device, verbose=0, **kwargs)
         self.model.set_logger(Logger(folder=None, output_formats=[]))
         self.disc: Discriminator = DISCRIMINATORS.make(
             discriminator, obs_dim=self.obs_dim, act_dim=self.act_dim, hidden=config.disc_hidden,
             **({"gamma": self.model.gamma, "state_only": config.state_only,
-                "reward_hidden": config.airl_reward_hidden} if discriminator == "airl" else {}))
+                "reward_hidden": config.airl_reward_hidden} if discriminator == "airl" else {})).to(self.device)
         self.opt_disc = torch.optim.Adam(self.disc.parameters(), lr=config.disc_lr)
         m = self.model
         clip = m.clip_range(1.0) if callable(m.clip_range) else m.clip_range
@@ -476,8 +482,9 @@ class AdversarialPPO:
         float32 vectors (Box)."""
         acts = np.asarray(acts)
         if self.discrete:
-            return F.one_hot(torch.as_tensor(acts.reshape(-1).astype(np.int64)), self.act_dim).float()
-        return torch.as_tensor(acts.reshape(len(acts), -1).astype(np.float32))
+            return F.one_hot(torch.as_tensor(acts.reshape(-1).astype(np.int64), device=self.device),
+                             self.act_dim).float()
+        return torch.as_tensor(acts.reshape(len(acts), -1).astype(np.float32), device=self.device)
 
     def policy_obs(self, obs: np.ndarray) -> np.ndarray:
         """Raw observations as the policy sees them (standardised by the current statistics with
@@ -490,17 +497,19 @@ class AdversarialPPO:
         observations ``obs``, ``(N,)``."""
         policy = self.model.policy
         with torch.no_grad():
-            dist = policy.get_distribution(torch.as_tensor(self.policy_obs(obs)))
-            a = torch.as_tensor(np.asarray(acts).reshape(len(acts)).astype(np.int64)) if self.discrete else \
-                torch.as_tensor(np.asarray(acts, np.float32).reshape(len(acts), -1))
+            dist = policy.get_distribution(torch.as_tensor(self.policy_obs(obs), device=self.device))
+            a = np.asarray(acts).reshape(len(acts)).astype(np.int64) if self.discrete else \
+                np.asarray(acts, np.float32).reshape(len(acts), -1)
+            return dist.log_prob(torch.as_tensor(a, device=self.device))
             return dist.log_prob(a)
 
     def transitions(self, obs: np.ndarray, acts: np.ndarray, next_obs: np.ndarray, done: np.ndarray
                     ) -> TransitionBatch:
         """Environment transitions as a batch for the discriminator, with ``log_pi`` (AIRL)."""
-        batch = TransitionBatch(torch.as_tensor(np.asarray(obs, np.float32)), self.encode_actions(acts),
-                                torch.as_tensor(np.asarray(next_obs, np.float32)),
-                                torch.as_tensor(np.asarray(done, np.float32)))
+        batch = TransitionBatch(torch.as_tensor(np.asarray(obs, np.float32), device=self.device),
+                                self.encode_actions(acts),
+                                torch.as_tensor(np.asarray(next_obs, np.float32), device=self.device),
+                                torch.as_tensor(np.asarray(done, np.float32), device=self.device))
         return batch.with_log_pi(self.log_pi(obs, acts)) if self.disc.uses_log_pi else batch
 
     def learned_reward(self, obs: np.ndarray, acts: np.ndarray, next_obs: np.ndarray, done: np.ndarray
@@ -517,7 +526,7 @@ class AdversarialPPO:
             else:
                 r = F.softplus(self.disc.logits(batch.obs, batch.act, batch.next_obs, batch.done,
                                                 torch.zeros_like(batch.done)))
-        return r.double().numpy()
+        return r.double().cpu().numpy()
 
     def rewards(self, obs: np.ndarray, acts: np.ndarray, next_obs: np.ndarray, done: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray]:
@@ -683,8 +692,8 @@ class AdversarialPPO:
             self.reward_env.last_obs[i] = obs
 
 
-def build_adversarial_ppo(config: AdversarialPPOConfig, demos: DemoStats, *, discriminator: str, seed: int
-                          ) -> AdversarialPPO:
+def build_adversarial_ppo(config: AdversarialPPOConfig, demos: DemoStats, *, discriminator: str, seed: int,
+                          device: torch.device | str = DEFAULT_DEVICE) -> AdversarialPPO:
     """The GAIL (``discriminator="gail"``) or AIRL (``"airl"``) trainer of ``config`` for the environment of
-    ``demos``."""
-    return AdversarialPPO(config, demos, discriminator=discriminator, seed=seed)
+    ``demos``, on ``device``."""
+    return AdversarialPPO(config, demos, discriminator=discriminator, seed=seed, device=device)

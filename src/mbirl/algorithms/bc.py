@@ -32,6 +32,7 @@ from mbirl.algorithms.learner import EVAL_SEED, StepInfo, evaluate_policy, numpy
 from mbirl.errors import InputError, check_finite
 from mbirl.experts.demos import DemoStats, check_demo_spaces
 from mbirl.experts.rollout import EpisodeResult
+from mbirl.nets import DEFAULT_DEVICE, resolve_device
 
 __all__ = ["BC", "BCConfig", "BCPolicy", "build_bc"]
 
@@ -142,8 +143,8 @@ class BCPolicy(nn.Module):
         """Demonstrated environment actions as the policy fits them: indices (Discrete) or ``(N, act_dim)``
         offsets from the box's centre in half-ranges, clipped to the box (Box)."""
         if self.discrete:
-            return torch.as_tensor(np.asarray(acts), dtype=torch.long)
-        a = torch.as_tensor(np.asarray(acts, np.float32).reshape(len(acts), -1))
+            return torch.as_tensor(np.asarray(acts), dtype=torch.long, device=self.obs_mean.device)
+        a = torch.as_tensor(np.asarray(acts, np.float32).reshape(len(acts), -1), device=self.low.device)
         return (torch.minimum(torch.maximum(a, self.low), self.high) - self.act_center) / self.act_scale
 
     def distribution(self, obs: torch.Tensor) -> torch.distributions.Distribution:
@@ -189,13 +190,17 @@ class BC:
         config: the hyper-parameters.
         demos: the demonstrations (their environment is evaluated on).
         seed: seeds the episode split, the network's initialisation and the minibatch order.
+        device: where the policy and the demonstrations train (:func:`mbirl.nets.resolve_device`; the network is
+            initialised on the CPU first, so a seed gives the same initial weights on every device).
     """
 
-    def __init__(self, config: BCConfig, demos: DemoStats, *, seed: int) -> None:
+    def __init__(self, config: BCConfig, demos: DemoStats, *, seed: int,
+                 device: torch.device | str = DEFAULT_DEVICE) -> None:
         import gymnasium as gym
 
         obs_space, space = check_demo_spaces(demos)
         self.config, self.demos, self.env_id, self.seed = config, demos, demos.env_id, seed
+        self.device = resolve_device(device)
         self.discrete = isinstance(space, gym.spaces.Discrete)
         if not self.discrete and not (np.isfinite(space.low).all() and np.isfinite(space.high).all()):
             raise InputError(f"needs a bounded action box, got {space}", field="env", source=self.env_id)
@@ -209,11 +214,11 @@ class BC:
                                n_actions=int(space.n) if self.discrete else None,
                                low=None if self.discrete else space.low.astype(np.float32),
                                high=None if self.discrete else space.high.astype(np.float32),
-                               hidden=config.hidden, log_std_init=config.log_std_init)
-        self.obs = torch.as_tensor(obs)
+                               hidden=config.hidden, log_std_init=config.log_std_init).to(self.device)
+        self.obs = torch.as_tensor(obs, device=self.device)
         self.acts = self.policy.encode_actions(np.concatenate([trajs[i].acts for i in self.train_episodes]))
         self.heldout_obs = torch.as_tensor(np.concatenate([trajs[i].obs[:-1] for i in self.heldout_episodes]
-                                                          ).astype(np.float32))
+                                                          ).astype(np.float32), device=self.device)
         self.heldout_acts = self.policy.encode_actions(np.concatenate([trajs[i].acts
                                                                        for i in self.heldout_episodes]))
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr)
@@ -238,7 +243,7 @@ class BC:
         batch = min(c.batch_size, n)
         stats = []
         for b in range(n // batch):
-            idx = torch.as_tensor(order[b * batch:(b + 1) * batch])
+            idx = torch.as_tensor(order[b * batch:(b + 1) * batch], device=self.device)
             log_p, entropy = self.policy.log_prob_entropy(self.obs[idx], self.acts[idx])
             neglogp, ent = -log_p.mean(), entropy.mean()
             loss = neglogp - c.ent_weight * ent
@@ -282,8 +287,8 @@ class BC:
     def act_deterministic(self, obs: np.ndarray) -> Any:
         """The kept policy's deterministic action (the weights with the lowest held-out negative log-likelihood)."""
         with torch.no_grad():
-            a = self.best_policy.act(torch.as_tensor(np.asarray(obs, np.float32))[None])[0]
-        return int(a) if self.discrete else a.numpy().astype(np.float32)
+            a = self.best_policy.act(torch.as_tensor(np.asarray(obs, np.float32), device=self.device)[None])[0]
+        return int(a) if self.discrete else a.cpu().numpy().astype(np.float32)
 
     def evaluate(self, episodes: int = 10, *, seed: int = EVAL_SEED) -> EpisodeResult:
         """Deterministic episodes of the kept policy on the true reward (fixed reset seeds)."""
@@ -314,6 +319,7 @@ class BC:
         self.env_steps, self.iteration = int(state["env_steps"]), int(state["iteration"])
 
 
-def build_bc(config: BCConfig, demos: DemoStats, *, seed: int) -> BC:
-    """Behaviour cloning of ``demos`` with ``config`` (checks that the demonstrations fit their environment)."""
-    return BC(config, demos, seed=seed)
+def build_bc(config: BCConfig, demos: DemoStats, *, seed: int, device: torch.device | str = DEFAULT_DEVICE) -> BC:
+    """Behaviour cloning of ``demos`` with ``config`` on ``device`` (checks that the demonstrations fit their
+    environment)."""
+    return BC(config, demos, seed=seed, device=device)

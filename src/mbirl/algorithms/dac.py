@@ -47,6 +47,7 @@ from mbirl.data.replay import ReplayBuffer
 from mbirl.errors import InputError, check_finite
 from mbirl.experts.demos import DemoStats, check_demo_spaces
 from mbirl.experts.rollout import EpisodeResult, make_env
+from mbirl.nets import DEFAULT_DEVICE, resolve_device
 from mbirl.rewards.discriminator import DISCRIMINATORS, Discriminator
 from mbirl.types import TransitionBatch
 
@@ -254,9 +255,13 @@ class DAC:
         sac: the resolved SAC hyper-parameters (:func:`resolve_sac`).
         seed: seeds the sampling generators, the replay sampling and the environment resets (the networks are
             initialised from torch's global generator, seeded by :func:`build_dac`).
+        device: where the networks train (:func:`mbirl.nets.resolve_device`; they are initialised on the CPU and
+            moved, and the sampling generator stays on the CPU, so a seed gives the same run on every device up
+            to the device's arithmetic).
     """
 
-    def __init__(self, config: DACConfig, demos: DemoStats, sac: SACSettings, *, seed: int) -> None:
+    def __init__(self, config: DACConfig, demos: DemoStats, sac: SACSettings, *, seed: int,
+                 device: torch.device | str = DEFAULT_DEVICE) -> None:
         import gymnasium as gym
         from stable_baselines3.sac.policies import SACPolicy
 
@@ -267,6 +272,7 @@ class DAC:
         if not (np.isfinite(space.low).all() and np.isfinite(space.high).all()):
             raise InputError(f"DAC needs a bounded action box, got {space}", field="env", source=demos.env_id)
         self.config, self.sac, self.demos, self.env_id, self.seed = config, sac, demos, demos.env_id, seed
+        self.device = resolve_device(device)
         self.obs_dim, self.act_dim = int(obs_space.shape[0]), int(space.shape[0])
         self.low, self.high = space.low.astype(np.float32), space.high.astype(np.float32)
         self.obs_mean = demos.obs.mean(0).astype(np.float32)
@@ -274,19 +280,19 @@ class DAC:
         self.dim = self.obs_dim + 1 if config.absorbing else self.obs_dim
         unit_box = gym.spaces.Box(-1.0, 1.0, (self.act_dim,), np.float32)
         self.policy = SACPolicy(gym.spaces.Box(-np.inf, np.inf, (self.dim,), np.float32), unit_box,
-                                lambda _: sac.learning_rate, net_arch=list(config.net_arch))
+                                lambda _: sac.learning_rate, net_arch=list(config.net_arch)).to(self.device)
         self.actor, self.critic, self.critic_target = self.policy.actor, self.policy.critic, self.policy.critic_target
         self.target_entropy = -float(self.act_dim)
         self.log_ent_coef: torch.Tensor | None = None
         self.opt_ent: torch.optim.Adam | None = None
         if config.ent_coef is None:  # SB3's "auto": learned, initially 1.0
-            self.log_ent_coef = torch.zeros(1, requires_grad=True)
+            self.log_ent_coef = torch.zeros(1, requires_grad=True, device=self.device)
             self.opt_ent = torch.optim.Adam([self.log_ent_coef], lr=sac.learning_rate)
         self.disc = DISCRIMINATORS.make(config.discriminator, obs_dim=self.dim, act_dim=self.act_dim,
-                                        gamma=sac.gamma, hidden=config.disc_hidden)
+                                        gamma=sac.gamma, hidden=config.disc_hidden).to(self.device)
         self.opt_disc = torch.optim.Adam(self.disc.parameters(), lr=config.lr_disc)
         self.expert = self._expert_transitions(demos)
-        self.buffer = ReplayBuffer(sac.buffer_size, self.dim, self.act_dim)
+        self.buffer = ReplayBuffer(sac.buffer_size, self.dim, self.act_dim, device=self.device)
         self.generator = torch.Generator().manual_seed(seed)
         self.rng = np.random.default_rng(seed)
         self.slot = EnvSlot(make_env(self.env_id), 0, [], np.zeros(0))
@@ -333,18 +339,18 @@ class DAC:
     def _expert_transitions(self, demos: DemoStats) -> ReplayBuffer:
         parts = [self.transitions(t.obs[:-1], self.from_env_action(np.asarray(t.acts).reshape(len(t), -1)),
                                   t.obs[1:], t.dones) for t in demos.trajectories]
-        return ReplayBuffer.from_arrays(*(np.concatenate(p) for p in zip(*parts, strict=True)))
+        return ReplayBuffer.from_arrays(*(np.concatenate(p) for p in zip(*parts, strict=True)), device=self.device)
 
     def _live(self, obs: torch.Tensor) -> torch.Tensor:
         """1 for real states, 0 for the absorbing state, ``(B,)``."""
-        return 1.0 - obs[:, -1] if self.config.absorbing else torch.ones(obs.shape[0])
+        return 1.0 - obs[:, -1] if self.config.absorbing else torch.ones(obs.shape[0], device=obs.device)
 
     # ----- policy -------------------------------------------------------------------------------------
     def sample_actions(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Squashed-Gaussian actions ``(B, act_dim)`` of the actor and their log-densities ``(B,)`` (SB3's
         ``action_log_prob``, drawn from this learner's generator so that a resumed run draws the same noise)."""
         mean, log_std, _ = self.actor.get_action_dist_params(obs)
-        eps = torch.randn(mean.shape, generator=self.generator)
+        eps = torch.randn(mean.shape, generator=self.generator, device=self.generator.device).to(mean.device)
         a = torch.tanh(mean + log_std.exp() * eps)
         log_prob = (-0.5 * eps**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
         return a, log_prob - torch.log(1 - a**2 + _LOG_EPS).sum(-1)
@@ -359,8 +365,8 @@ class DAC:
 
     def act_deterministic(self, obs: np.ndarray) -> Any:
         with torch.no_grad():
-            mean, _, _ = self.actor.get_action_dist_params(torch.as_tensor(self.observe(obs))[None])
-        return self.to_env_action(torch.tanh(mean[0]).numpy())
+            mean, _, _ = self.actor.get_action_dist_params(torch.as_tensor(self.observe(obs), device=self.device)[None])
+        return self.to_env_action(torch.tanh(mean[0]).cpu().numpy())
 
     # ----- environment --------------------------------------------------------------------------------
     def _reset(self) -> None:
@@ -378,7 +384,8 @@ class DAC:
             a = self.rng.uniform(-1.0, 1.0, self.act_dim).astype(np.float32)
         else:
             with torch.no_grad():
-                a = self.sample_actions(torch.as_tensor(self.observe(slot.obs))[None])[0][0].numpy()
+                obs = torch.as_tensor(self.observe(slot.obs), device=self.device)[None]
+                a = self.sample_actions(obs)[0][0].cpu().numpy()
         env_a = self.to_env_action(a)
         next_obs, rew, terminated, truncated, _ = slot.env.step(env_a)
         next_obs = np.asarray(next_obs, np.float32)
@@ -415,7 +422,7 @@ class DAC:
                 agent = agent.with_log_pi(self.log_prob(agent.obs, agent.act) * self._live(agent.obs))
         bce, stats = self.disc.loss(expert, agent, 1.0)
         gp = interpolated_gradient_penalty(self.disc, expert, agent, u) if self.config.grad_penalty > 0 else \
-            torch.zeros(())
+            torch.zeros((), device=self.device)
         stats = {**stats, "bce": float(bce.detach()), "grad_penalty": float(gp.detach())}
         return bce + self.config.grad_penalty * gp, stats
 
@@ -423,7 +430,7 @@ class DAC:
         """One discriminator update on a replay-buffer batch against an expert batch."""
         n = self.sac.batch_size
         agent, expert = self.agent_batch(n), self.expert_batch(n)
-        u = torch.rand((n, 1), generator=self.generator)
+        u = torch.rand((n, 1), generator=self.generator, device=self.generator.device).to(self.device)
         loss, stats = self.discriminator_loss(expert, agent, u)
         check_finite(loss, "discriminator loss", self.iteration + 1)
         self.opt_disc.zero_grad()
@@ -441,7 +448,7 @@ class DAC:
     def ent_coef(self) -> torch.Tensor:
         if self.log_ent_coef is None:
             assert self.config.ent_coef is not None
-            return torch.tensor(self.config.ent_coef)
+            return torch.tensor(self.config.ent_coef, device=self.device)
         return self.log_ent_coef.detach().exp()[0]
 
     def td_target(self, batch: TransitionBatch, reward: torch.Tensor, ent_coef: torch.Tensor | None = None
@@ -601,10 +608,11 @@ class DAC:
             raise InputError("environment replay does not reproduce the checkpointed state", field="env")
 
 
-def build_dac(config: DACConfig, demos: DemoStats, *, seed: int) -> DAC:
+def build_dac(config: DACConfig, demos: DemoStats, *, seed: int, device: torch.device | str = DEFAULT_DEVICE) -> DAC:
     """DAC of ``config`` for the environment of ``demos`` (InputError for a discrete or unbounded action space):
     resolves the SAC hyper-parameters, then seeds torch with ``seed`` and builds the SAC networks and the
-    discriminator (in that order, so a seed always gives the same initial networks)."""
+    discriminator (in that order, so a seed always gives the same initial networks) on the CPU, then moves them to
+    ``device``."""
     sac = resolve_sac(config, demos.env_id)
     torch.manual_seed(seed)
-    return DAC(config, demos, sac, seed=seed)
+    return DAC(config, demos, sac, seed=seed, device=device)

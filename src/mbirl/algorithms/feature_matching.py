@@ -53,7 +53,7 @@ class FeatureMatchingIRL:
         # pi_0 is the zero-action plan; its features start the projection.
         z0 = self._plan(torch.zeros_like(self.mu_expert), train)
         self.mu_bar = feature_expectations(z0, train.goal)
-        self.scales = torch.logspace(-3, 1, 17)
+        self.scales = torch.logspace(-3, 1, 17, device=train.z.device)
         self.cost = WeightedCost(train.z.shape[-1], weights=self._weights())
         self.iteration = 0
         self.margin = float((self.mu_expert - self.mu_bar).norm())
@@ -95,7 +95,7 @@ class FeatureMatchingIRL:
         return {"mu_bar": self.mu_bar.clone(), "iteration": self.iteration}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.mu_bar = state["mu_bar"].clone()
+        self.mu_bar = state["mu_bar"].to(self.mu_expert.device, copy=True)
         self.iteration = int(state["iteration"])
         self.margin = float((self.mu_expert - self.mu_bar).norm())
         self.cost = WeightedCost(self.train.z.shape[-1], weights=self._weights())

@@ -42,6 +42,7 @@ from mbirl.dynamics.training import fit_forward_model
 from mbirl.errors import InputError, check_finite
 from mbirl.experts.demos import DemoStats, check_demo_spaces
 from mbirl.experts.rollout import EpisodeResult, make_env
+from mbirl.nets import DEFAULT_DEVICE, resolve_device
 from mbirl.rewards.discriminator import DISCRIMINATORS, Discriminator, mean_update_stats
 from mbirl.types import TransitionBatch
 
@@ -222,31 +223,32 @@ def model_based_rollout_loss(policy: Policy, model: ForwardModel | ModelEnsemble
     contributing (their later steps are masked out and not taken).
     """
     s = s0
-    alive = torch.ones(s0.shape[0], dtype=s0.dtype)
-    loss = torch.zeros((), dtype=s0.dtype)
+    dev = s0.device
+    alive = torch.ones(s0.shape[0], dtype=s0.dtype, device=dev)
+    loss = torch.zeros((), dtype=s0.dtype, device=dev)
     rewards = []
     rec: dict[str, list[Any]] = {k: [] for k in ("obs", "act", "next_obs", "done", "rew", "env", "over")}
     for t in range(horizon):
-        idx = torch.nonzero(alive > 0)[:, 0].numpy()
+        idx = torch.nonzero(alive > 0)[:, 0].cpu().numpy()
         if len(idx) == 0:
             break
         a, log_pi = policy.sample(s, generator)
         s_hat = model(s, a)
         a_env = policy.env_action(a)
         next_env, terminal, over, rew_env = _step_subset(env_step, a_env, idx, s_hat)
-        s_next = s_hat + (torch.as_tensor(next_env, dtype=s0.dtype) - s_hat).detach()
-        done = torch.as_tensor(terminal, dtype=s0.dtype)
+        s_next = s_hat + (torch.as_tensor(next_env, dtype=s0.dtype, device=dev) - s_hat).detach()
+        done = torch.as_tensor(terminal, dtype=s0.dtype, device=dev)
         r = reward_fn(s, a, s_next, done) - alpha * log_pi.detach()
         loss = loss - (gamma**t) * (alive * r).sum() / s0.shape[0]
-        rewards.append(r.detach()[idx])
-        rec["obs"].append(s.detach().numpy()[idx])
-        rec["act"].append(a.detach().numpy()[idx])
+        rewards.append(r.detach().cpu()[idx])
+        rec["obs"].append(s.detach().cpu().numpy()[idx])
+        rec["act"].append(a.detach().cpu().numpy()[idx])
         rec["next_obs"].append(next_env[idx])
         rec["done"].append(terminal[idx].astype(np.float32))
         rec["rew"].append(rew_env[idx])
         rec["env"].append(idx)
         rec["over"].append(over[idx])
-        alive = alive * torch.as_tensor(~over, dtype=s0.dtype)
+        alive = alive * torch.as_tensor(~over, dtype=s0.dtype, device=dev)
         s = s_next
     cat = {k: np.concatenate(v) for k, v in rec.items()}
     return RolloutResult(loss, float(torch.cat(rewards).mean()), cat["obs"].astype(np.float32),
@@ -276,15 +278,16 @@ def imagined_rollout_loss(policy: Policy, model: ForwardModel | ModelEnsemble, r
     after a step that ``terminal_fn`` says ends the episode or whose disagreement exceeds ``max_disagreement``.
     """
     s = s0
-    alive = torch.ones(s0.shape[0], dtype=s0.dtype)
-    loss = torch.zeros((), dtype=s0.dtype)
-    rewards, disagreements, length = [], [], torch.zeros((), dtype=s0.dtype)
+    dev = s0.device
+    alive = torch.ones(s0.shape[0], dtype=s0.dtype, device=dev)
+    loss = torch.zeros((), dtype=s0.dtype, device=dev)
+    rewards, disagreements, length = [], [], torch.zeros((), dtype=s0.dtype, device=dev)
     for t in range(horizon):
         a, log_pi = policy.sample(s, generator)
         if isinstance(model, ModelEnsemble):
             s_next, u = model.sample(s, a, generator)
         else:
-            s_next, u = model(s, a), torch.zeros(s0.shape[0], dtype=s0.dtype)
+            s_next, u = model(s, a), torch.zeros(s0.shape[0], dtype=s0.dtype, device=dev)
         ended = terminal_fn(s_next.detach())
         r = reward_fn(s, a, s_next, ended.to(s0.dtype)) - alpha * log_pi.detach() - penalty * u
         loss = loss - (gamma**t) * (alive * r).sum() / s0.shape[0]
@@ -304,7 +307,7 @@ def _step_subset(env_step: EnvStep, a_env: np.ndarray, idx: np.ndarray, s_hat: t
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Step only the environments in ``idx``; the others keep the model's prediction (masked out anyway)."""
     b = s_hat.shape[0]
-    next_obs = s_hat.detach().numpy().astype(np.float64).copy()
+    next_obs = s_hat.detach().cpu().numpy().astype(np.float64).copy()
     terminal = np.zeros(b, dtype=bool)
     over = np.ones(b, dtype=bool)
     rew = np.zeros(b, dtype=np.float64)
@@ -332,28 +335,32 @@ class MAIRL:
     Args:
         config: the hyper-parameters.
         demos: the expert's transitions (their environment is trained on).
-        policy, model, disc: the networks, already initialised (the trainer owns them from here on).
+        policy, model, disc: the networks, already initialised (the trainer owns them from here on and moves them
+            to ``device``).
         seed: seeds the sampling generator, the replay sampling and the environment resets.
+        device: where the networks train (:func:`mbirl.nets.resolve_device`); the sampling generator stays on
+            the CPU, so a seed draws the same noise on every device.
     """
 
     def __init__(self, config: MAIRLConfig, demos: DemoStats, policy: Policy, model: ForwardModel | ModelEnsemble,
-                 disc: Discriminator, *, seed: int) -> None:
+                 disc: Discriminator, *, seed: int, device: torch.device | str = DEFAULT_DEVICE) -> None:
         obs_dim = demos.obs.shape[1]
         for part, module in (("policy", policy), ("model", model), ("discriminator", disc)):
             if (module.obs_dim, module.act_dim) != (obs_dim, policy.act_dim):
                 raise InputError(f"{part} is for observations/actions of size {module.obs_dim}/{module.act_dim}, "
                                  f"not {obs_dim}/{policy.act_dim}", field=part)
         self.config, self.demos, self.env_id, self.seed = config, demos, demos.env_id, seed
-        self.policy, self.model, self.disc = policy, model, disc
+        self.device = resolve_device(device)
+        self.expert_act = policy.encode_actions(demos.acts)
+        self.policy, self.model, self.disc = policy.to(self.device), model.to(self.device), disc.to(self.device)
         self.discrete = policy.discrete
         self.obs_dim, self.act_dim = obs_dim, policy.act_dim
         self.act_scale = policy.action_scale()
-        self.expert_act = policy.encode_actions(demos.acts)
         self.policy_ema: Policy | None = copy.deepcopy(policy) if config.ema_rate < 1.0 else None
         self.opt_policy = torch.optim.Adam(policy.parameters(), lr=config.lr_policy)
         self.opt_model = torch.optim.Adam(model.parameters(), lr=config.lr_model)
         self.opt_disc = torch.optim.Adam(disc.parameters(), lr=config.lr_disc)
-        self.buffer = ReplayBuffer(config.replay_size, obs_dim, self.act_dim)
+        self.buffer = ReplayBuffer(config.replay_size, obs_dim, self.act_dim, device=self.device)
         self.generator = torch.Generator().manual_seed(seed)
         self.rng = np.random.default_rng(seed)
         self.envs = [EnvSlot(make_env(self.env_id), 0, [], np.zeros(0)) for _ in range(config.n_rollouts)]
@@ -410,13 +417,13 @@ class MAIRL:
                     self._reset(slot)
         idx = self.buffer.recent_indices(self.buffer.size)
         all_obs = np.concatenate([self.demos.obs, self.buffer.obs[idx]])
-        obs_t = torch.as_tensor(all_obs)
+        obs_t = torch.as_tensor(all_obs, device=self.device)
         self.policy.set_normalizer(obs_t)
         if self.policy_ema is not None:
             self.policy_ema.set_normalizer(obs_t)
         self.disc.set_normalizer(obs_t, self.act_scale)
         self.model.set_normalizer(all_obs, np.concatenate([self.demos.next_obs, self.buffer.next_obs[idx]]),
-                                  self.act_scale.numpy())
+                                  self.act_scale.cpu().numpy())
         self.train_model(self.config.model_pretrain_steps)
         self.warmup_done = self.env_steps
 
@@ -429,7 +436,7 @@ class MAIRL:
         idx = self.rng.integers(0, len(self.demos.obs), size=n)
         batch = TransitionBatch(torch.from_numpy(self.demos.obs[idx]), torch.from_numpy(self.expert_act[idx]),
                                 torch.from_numpy(self.demos.next_obs[idx]), torch.from_numpy(self.demos.dones[idx]))
-        return self._policy_log_pi(batch)
+        return self._policy_log_pi(batch.to(self.device))
 
     # ----- blocks -------------------------------------------------------------------------------------
     def train_model(self, steps: int) -> float:
@@ -464,7 +471,7 @@ class MAIRL:
         """One end-to-end policy update over ``n_rollouts`` real ``horizon``-step segments (the data collection).
         Returns (loss, gradient norm before clipping, mean reward, returns of episodes that ended)."""
         c = self.config
-        s0 = torch.as_tensor(np.stack([s.obs for s in self.envs]))
+        s0 = torch.as_tensor(np.stack([s.obs for s in self.envs]), device=self.device)
         alive = np.arange(len(self.envs))
 
         def tracked(actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -512,7 +519,7 @@ class MAIRL:
         window = self.buffer.recent_indices(c.start_window if c.start_window > 0 else self.buffer.size)
         replay = self.buffer.obs[window[self.rng.integers(0, len(window), size=n - n_demo)]]
         demo = self.demos.obs[self.rng.integers(0, len(self.demos.obs), size=n_demo)]
-        return torch.as_tensor(np.concatenate([replay, demo]).astype(np.float32))
+        return torch.as_tensor(np.concatenate([replay, demo]).astype(np.float32), device=self.device)
 
     def imagined_updates(self, n: int) -> tuple[float, float, float, float]:
         """``n`` policy updates on imagined rollouts; mean (loss, gradient norm, reward, disagreement) (NaN for 0)."""
@@ -588,8 +595,8 @@ class MAIRL:
 
     def act_deterministic(self, obs: np.ndarray) -> Any:
         with torch.no_grad():
-            a = self.eval_policy.act(torch.as_tensor(np.asarray(obs, np.float32))[None])[0]
-        return int(a.argmax()) if self.discrete else a.numpy().astype(np.float32)
+            a = self.eval_policy.act(torch.as_tensor(np.asarray(obs, np.float32), device=self.device)[None])[0]
+        return int(a.argmax()) if self.discrete else a.cpu().numpy().astype(np.float32)
 
     def evaluate(self, episodes: int = 10, *, seed: int = EVAL_SEED, render: bool = False) -> EpisodeResult:
         """Deterministic episodes on the true reward (fixed reset seeds, so evaluations are comparable)."""
@@ -646,10 +653,12 @@ class MAIRL:
                 raise InputError("environment replay does not reproduce the checkpointed state", field="envs")
 
 
-def build_mairl(config: MAIRLConfig, demos: DemoStats, *, seed: int) -> MAIRL:
+def build_mairl(config: MAIRLConfig, demos: DemoStats, *, seed: int, device: torch.device | str = DEFAULT_DEVICE
+                ) -> MAIRL:
     """The trainer of ``config`` for the environment of ``demos``: checks that the demonstrations fit the
     environment's spaces, then seeds torch with ``seed`` and builds the policy, the forward model and the
-    discriminator (in that order, so a seed always gives the same initial networks)."""
+    discriminator (in that order, on the CPU, so a seed always gives the same initial networks) and moves them
+    to ``device``."""
     import gymnasium as gym
 
     obs_space, space = check_demo_spaces(demos)
@@ -670,5 +679,5 @@ def build_mairl(config: MAIRLConfig, demos: DemoStats, *, seed: int) -> MAIRL:
         model = MODELS.make(config.dynamics, obs_dim=obs_dim, act_dim=act_dim)
     disc = DISCRIMINATORS.make(VARIANTS[config.variant], obs_dim=obs_dim, act_dim=act_dim, gamma=config.gamma,
                                hidden=config.disc_hidden, state_only=config.state_only)
-    return MAIRL(config, demos, policy, model, disc, seed=seed)
+    return MAIRL(config, demos, policy, model, disc, seed=seed, device=device)
 

@@ -125,6 +125,10 @@ class DemoBatch:
         idx = slice(index, index + 1) if isinstance(index, int) else index
         return DemoBatch(q0=self.q0[idx], z=self.z[idx])
 
+    def to(self, device: torch.device | str) -> DemoBatch:
+        """The same demonstrations on ``device``."""
+        return DemoBatch(q0=self.q0.to(device), z=self.z.to(device))
+
 
 def irl_loss(z_pred: torch.Tensor, z_demo: torch.Tensor) -> torch.Tensor:
     """Per-demonstration IRL loss ``sum_t mean_d (z_pred - z_demo)^2``; inputs ``(B, T, D)``, output ``(B,)``."""

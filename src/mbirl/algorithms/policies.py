@@ -74,7 +74,7 @@ class GaussianPolicy(_Policy):
 
     def encode_actions(self, acts: np.ndarray) -> np.ndarray:
         """Environment actions ``(N, ...)`` as the ``(N, act_dim)`` float32 actions the networks see (clipped)."""
-        return _clip(acts, self.low.numpy(), self.high.numpy())
+        return _clip(acts, self.low.cpu().numpy(), self.high.cpu().numpy())
 
     def action_scale(self) -> torch.Tensor:
         """Half-range of the action box, ``(act_dim,)`` (the model's and discriminator's action scale)."""
@@ -91,7 +91,7 @@ class GaussianPolicy(_Policy):
     def sample(self, obs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Reparameterised sample: ``(action for model/discriminator (B, act_dim), log pi (B,))``."""
         mu = self.mean(obs)
-        eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype)
+        eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=generator.device).to(mu.device)
         a = mu + self.sigma * eps
         a = a + (torch.maximum(torch.minimum(a, self.high), self.low) - a).detach()
         return a, self.log_prob(obs, a, mu=mu)
@@ -108,7 +108,7 @@ class GaussianPolicy(_Policy):
         return self.mean(obs)
 
     def env_action(self, act: torch.Tensor) -> np.ndarray:
-        return act.detach().numpy()
+        return act.detach().cpu().numpy()
 
 
 class GumbelPolicy(_Policy):
@@ -128,11 +128,12 @@ class GumbelPolicy(_Policy):
         return np.eye(self.act_dim, dtype=np.float32)[acts]
 
     def action_scale(self) -> torch.Tensor:
-        return torch.ones(self.act_dim)
+        return torch.ones(self.act_dim, device=self.obs_mean.device)
 
     def sample(self, obs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self._out(obs)
-        u = torch.rand(logits.shape, generator=generator, dtype=logits.dtype).clamp(1e-10, 1 - 1e-7)
+        u = torch.rand(logits.shape, generator=generator, dtype=logits.dtype, device=generator.device
+                       ).to(logits.device).clamp(1e-10, 1 - 1e-7)
         y = torch.softmax((logits - torch.log(-torch.log(u))) / self.tau, -1)
         hard = nn.functional.one_hot(y.argmax(-1), self.act_dim).to(y.dtype)
         a = hard + y - y.detach()
@@ -152,7 +153,7 @@ class GumbelPolicy(_Policy):
         return nn.functional.one_hot(self._out(obs).argmax(-1), self.act_dim).float()
 
     def env_action(self, act: torch.Tensor) -> np.ndarray:
-        return act.detach().argmax(-1).numpy()
+        return act.detach().argmax(-1).cpu().numpy()
 
 
 Policy = GaussianPolicy | GumbelPolicy

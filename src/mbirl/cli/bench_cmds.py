@@ -75,8 +75,14 @@ def bench_run(
     variant: Annotated[list[str] | None, typer.Option(
         help="NAME=FILE: a named configuration usable in --algos (repeatable); FILE is YAML run settings that name "
              "their algo (algo: mairl, mairl: {policy_utd: 0.1}), applied over --config's")] = None,
+    device: Annotated[str | None, typer.Option(
+        help="where every run's networks train: auto|cpu|cuda (default: --config's, else "
+             f"{ImitationRunConfig.device}); cuda, or auto on a GPU machine, needs --gpus-per-trial")] = None,
     cpus_per_trial: Annotated[float, typer.Option(help="CPUs per trial (torch threads)")
                               ] = SweepConfig.cpus_per_trial,
+    gpus_per_trial: Annotated[float, typer.Option(help="GPUs per trial (a fraction shares one GPU between trials; "
+                                                       "Ray hides the GPUs from a trial that reserves none)")
+                              ] = SweepConfig.gpus_per_trial,
     max_failures: Annotated[int, typer.Option(help="restarts of a failed trial (each continues from its "
                                                    "checkpoint)")] = SweepConfig.max_failures,
     address: Annotated[str | None, typer.Option(help="join a running Ray cluster: auto or HOST:PORT (default: "
@@ -120,15 +126,17 @@ def bench_run(
     run: dict[str, Any] = dict(base.get("run", {}))
     if config is not None:
         run = load_config(config, ImitationRunConfig, legacy=False)
-    for name, count in (("env_steps", env_steps), ("eval_every", eval_every), ("eval_episodes", eval_episodes)):
-        if count is not None:
-            run[name] = count
+    for name, value in (("env_steps", env_steps), ("eval_every", eval_every), ("eval_episodes", eval_episodes),
+                        ("device", device)):
+        if value is not None:
+            run[name] = value
     base["run"] = run
     variant_files = _parse_pairs(variant or [], "variant", "NAME=FILE")
     if variant_files:
         base["variants"] = {name: load_config(Path(path), ImitationRunConfig, legacy=False)
                             for name, path in variant_files.items()}
-    for name, resource in (("cpus_per_trial", cpus_per_trial), ("max_failures", max_failures)):
+    for name, resource in (("cpus_per_trial", cpus_per_trial), ("gpus_per_trial", gpus_per_trial),
+                           ("max_failures", max_failures)):
         if name in given or name not in base:
             base[name] = resource
     sweep = SweepConfig.from_json(base, source="command line" if config is None else f"command line / {config}")

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from mbirl.cli.mairl_cmds import mairl_eval
-from mbirl.cli.options import build_config
+from mbirl.cli.options import DeviceOpt, build_config
 from mbirl.experiments.imitation import ALGORITHMS, ImitationRunConfig
 
 __all__ = ["il_app"]
@@ -37,6 +37,7 @@ def il_train(
                           ] = ImitationRunConfig.eval_every,
     eval_episodes: Annotated[int, typer.Option(help="episodes per evaluation")] = ImitationRunConfig.eval_episodes,
     run_dir: Annotated[Path | None, typer.Option(help="run directory (default: runs/il/ALGO)")] = None,
+    device: DeviceOpt = ImitationRunConfig.device,
     config: Annotated[Path | None, typer.Option(
         help="YAML configuration (keys: the fields of ImitationRunConfig, each algorithm family's nested under its "
              "name); options given on the command line take precedence")] = None,
@@ -47,7 +48,7 @@ def il_train(
     from mbirl.experiments.imitation import run_imitation
 
     values = {"algo": algo, "env": env, "env_steps": env_steps, "seed": seed, "eval_every": eval_every,
-              "eval_episodes": eval_episodes}
+              "eval_episodes": eval_episodes, "device": device}
     if demos is not None:
         values["demos"] = demos
     cfg = build_config(ctx, ImitationRunConfig, values, config)

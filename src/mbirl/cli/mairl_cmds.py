@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from mbirl.algorithms.mairl import VARIANTS, MAIRLConfig
-from mbirl.cli.options import build_config
+from mbirl.cli.options import DeviceOpt, build_config
 from mbirl.dynamics.models import MODELS
 from mbirl.errors import InputError
 from mbirl.experiments.mairl_run import MAIRLRunConfig, ModelComparisonConfig
@@ -61,6 +61,7 @@ def expert_train(
                           ] = ExpertRunConfig.eval_every,
     algo: Annotated[str | None, typer.Option(help="sac|td3|ppo with Stable-Baselines3's defaults: for an "
                                                   "environment without a preset (default: the preset)")] = None,
+    device: DeviceOpt = ExpertRunConfig.device,
     config: Annotated[Path | None, _config_opt(ExpertRunConfig)] = None,
     overwrite: Annotated[bool, typer.Option(help="train a new expert in place of the one in OUT")] = False,
     resume: Annotated[bool, typer.Option(help="continue the expert run in OUT from its last checkpoint (exactly as "
@@ -73,7 +74,7 @@ def expert_train(
 
     cfg = build_config(ctx, ExpertRunConfig, _given({"env": env, "seed": seed, "steps": steps,
                                                      "max_minutes": max_minutes, "eval_every": eval_every,
-                                                     "algo": algo}), config)
+                                                     "algo": algo, "device": device}), config)
     out_dir = out if out is not None else Path("runs/experts") / cfg.env
     res = train_expert(cfg, out_dir, progress=progress, overwrite=overwrite, resume=resume)
     typer.echo(f"{cfg.env}: best evaluation return {res.best_return:.1f} after {res.env_steps} steps "
@@ -130,6 +131,7 @@ def mairl_train(
                           ] = MAIRLConfig.n_rollouts,
     state_only: Annotated[bool, typer.Option(help="state-only reward g(s) (for transfer; mairl only)")
                           ] = MAIRLConfig.state_only,
+    device: DeviceOpt = MAIRLRunConfig.device,
     config: Annotated[Path | None, _config_opt(MAIRLRunConfig)] = None,
     resume: Annotated[bool, typer.Option(help="continue the run in --run-dir from its last checkpoint")] = False,
     progress: ProgressOpt = True,
@@ -139,7 +141,7 @@ def mairl_train(
 
     values = {"demos": demos, "env": env, "dynamics": dynamics, "variant": variant, "env_steps": env_steps,
               "seed": seed, "eval_every": eval_every, "eval_episodes": eval_episodes, "horizon": horizon,
-              "n_rollouts": n_rollouts, "state_only": state_only}
+              "n_rollouts": n_rollouts, "state_only": state_only, "device": device}
     trainer_fields = {name: f"trainer.{name}" for name in ("dynamics", "variant", "horizon", "n_rollouts",
                                                            "state_only")}
     cfg = build_config(ctx, MAIRLRunConfig, _given(values), config, fields=trainer_fields)
@@ -199,6 +201,7 @@ def mairl_models(
                                                       "(default: the demonstrations)")] = None,
     ensemble_size: Annotated[int, typer.Option(help="also measure each model type as an ensemble of this many")
                              ] = ModelComparisonConfig.ensemble_size,
+    device: DeviceOpt = ModelComparisonConfig.device,
     config: Annotated[Path | None, _config_opt(ModelComparisonConfig)] = None,
 ) -> None:
     """Train every forward model on the same replay data; report 1-step and open-loop multi-step errors on the same
@@ -206,7 +209,7 @@ def mairl_models(
     from mbirl.experiments.mairl_run import compare_models
 
     values = {"demos": demos, "steps": steps, "train_steps": train_steps, "seed": seed, "run_dir": run_dir,
-              "ensemble_size": ensemble_size,
+              "ensemble_size": ensemble_size, "device": device,
               "models": tuple(k.strip() for k in models.split(",") if k.strip())}
     cfg = build_config(ctx, ModelComparisonConfig, _given(values), config)
     res = compare_models(cfg, out)

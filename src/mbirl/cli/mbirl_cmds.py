@@ -14,7 +14,7 @@ import typer
 
 from mbirl.algorithms.mbirl import MBIRLConfig
 from mbirl.cli.kuka import LinksOpt, RobotOpt, UrdfOpt
-from mbirl.cli.options import build_config
+from mbirl.cli.options import DeviceOpt, build_config
 from mbirl.costs import COSTS
 from mbirl.errors import InputError
 from mbirl.experiments.kuka_irl import BASELINES, MBIRLRunConfig, parse_split
@@ -106,6 +106,7 @@ def train(
     rbf_original: RbfOriginalOpt = MBIRLRunConfig.rbf_original,
     seed: SeedOpt = MBIRLRunConfig.seed,
     checkpoint_every: CheckpointOpt = MBIRLRunConfig.checkpoint_every,
+    device: DeviceOpt = MBIRLRunConfig.device,
     run_dir: RunDirOpt = Path("runs/mbirl"),
     resume: ResumeOpt = False,
     progress: ProgressOpt = True,
@@ -143,6 +144,7 @@ def compare(
     grad_mode: GradModeOpt = MBIRLConfig.grad_mode,
     rbf_original: RbfOriginalOpt = MBIRLRunConfig.rbf_original,
     seed: SeedOpt = MBIRLRunConfig.seed,
+    device: DeviceOpt = MBIRLRunConfig.device,
     run_dir: RunDirOpt = Path("runs/compare"),
     resume: ResumeOpt = False,
     progress: ProgressOpt = True,
@@ -163,6 +165,7 @@ def quickstart(
     run_dir: RunDirOpt = Path("runs/quickstart"),
     seed: SeedOpt = MBIRLRunConfig.seed,
     outer_iters: OuterOpt = MBIRLRunConfig.outer_iters,
+    device: DeviceOpt = MBIRLRunConfig.device,
     progress: ProgressOpt = True,
     config: ConfigOpt = None,
 ) -> None:
@@ -173,8 +176,8 @@ def quickstart(
     from mbirl.reporting.plots import plot_demos
 
     demo_path = run_dir / "demos_placing.npz"
-    cfg = build_config(ctx, MBIRLRunConfig, {"demos": str(demo_path), "seed": seed, "outer_iters": outer_iters},
-                       config)
+    cfg = build_config(ctx, MBIRLRunConfig, {"demos": str(demo_path), "seed": seed, "outer_iters": outer_iters,
+                                             "device": device}, config)
     if cfg.demos != str(demo_path):
         raise InputError("the quickstart makes its own demonstrations; use `mbirl mbirl compare --demos` for a file",
                          source=str(config), field="demos")

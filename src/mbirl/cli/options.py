@@ -8,15 +8,21 @@ so a default is written once, in the dataclass.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
+from mbirl.nets import DEVICES, resolve_device
 from mbirl.validation import check_overrides, config_from_dict, load_config
 
-__all__ = ["build_config", "explicit_options"]
+__all__ = ["DeviceOpt", "build_config", "explicit_options"]
 
 T = TypeVar("T")
+
+DeviceOpt = Annotated[str, typer.Option(
+    help=f"where the networks train: {'|'.join(DEVICES)} (auto: CUDA when torch sees a GPU, else the CPU); the "
+         "CPU is the tested, bit-reproducible default, and --resume may change it")]
+"""``--device`` of every training command (its default: the command's config field, ``= SomeConfig.device``)."""
 
 
 def explicit_options(ctx: typer.Context) -> set[str]:
@@ -46,7 +52,9 @@ def build_config(ctx: typer.Context, cls: type[T], values: dict[str, Any], confi
     """Build config dataclass ``cls`` from the command's option ``values`` and the optional YAML ``config``.
 
     ``values`` maps option names to their values; ``fields`` maps option names to (dotted) field names where
-    they differ (``{"horizon": "trainer.horizon"}``). Values are type-checked through the dataclass.
+    they differ (``{"horizon": "trainer.horizon"}``). Values are type-checked through the dataclass, and a
+    ``device`` field is resolved (:func:`mbirl.nets.resolve_device`), so that ``--device cuda`` on a machine
+    without a GPU is refused before any work is done.
     """
     fields = fields or {}
     merged: dict[str, Any] = load_config(config, cls) if config is not None else {}
@@ -56,4 +64,8 @@ def build_config(ctx: typer.Context, cls: type[T], values: dict[str, Any], confi
         if name in explicit or not _has(merged, dotted):
             _set(merged, dotted, str(value) if isinstance(value, Path) else value)
     source = "command line" if config is None else f"command line / {config}"
-    return config_from_dict(cls, check_overrides(merged, cls, source=source, legacy=False), source=source)
+    cfg = config_from_dict(cls, check_overrides(merged, cls, source=source, legacy=False), source=source)
+    device = getattr(cfg, "device", None)
+    if isinstance(device, str):
+        resolve_device(device)
+    return cfg

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from mbirl.cli.options import build_config
+from mbirl.cli.options import DeviceOpt, build_config
 from mbirl.experiments.transfer import TRANSFER_ROWS, TRANSFER_TASKS, TransferRunConfig
 
 __all__ = ["transfer_app"]
@@ -45,6 +45,7 @@ def transfer_run(
                                ] = TransferRunConfig.random_episodes,
     workers: Annotated[int, typer.Option(help="processes for independent stages (the reward learners; the SAC runs "
                                               "on the target)")] = TransferRunConfig.workers,
+    device: DeviceOpt = TransferRunConfig.device,
     config: Annotated[Path | None, typer.Option(help="YAML configuration (keys: the fields of TransferRunConfig); "
                                                      "options given on the command line take precedence")] = None,
     resume: Annotated[bool, typer.Option(help="continue the run in OUT (finished stages are kept)")] = False,
@@ -57,7 +58,7 @@ def transfer_run(
                                  "demo_episodes": demo_episodes, "irl_steps": irl_steps, "rl_steps": rl_steps,
                                  "rows": tuple(r.strip() for r in rows.split(",") if r.strip()),
                                  "eval_episodes": eval_episodes, "eval_every": eval_every, "workers": workers,
-                                 "random_episodes": random_episodes}
+                                 "random_episodes": random_episodes, "device": device}
     if demos is not None:
         values["demos"] = demos
     cfg = build_config(ctx, TransferRunConfig, values, config)

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from mbirl.algorithms.mbirl import MBIRLConfig
-from mbirl.cli.options import build_config
+from mbirl.cli.options import DeviceOpt, build_config
 from mbirl.dynamics.keypoint_mlp import DynamicsTrainConfig, KeypointMLPConfig
 from mbirl.envs.render import DEFAULT_RESOLUTION, default_camera
 from mbirl.experiments.visual import (
@@ -120,6 +120,7 @@ def train_detector(
     saliency_weight: Annotated[float, typer.Option(help="extra loss weight of pixels unlike the background")] = (
         DetectorTrainConfig.saliency_weight),
     seed: SeedOpt = DetectorStageConfig.seed,
+    device: DeviceOpt = DetectorStageConfig.device,
     run_dir: RunDirOpt = Path("runs/detector"),
     resume: ResumeOpt = False,
     progress: ProgressOpt = True,
@@ -128,7 +129,7 @@ def train_detector(
     """Train the spatial-softmax keypoint autoencoder; report the matched pixel error on held-out frames."""
     cfg = build_config(ctx, DetectorStageConfig, _given(
         data=data, keypoints=keypoints, width=width, steps=steps, batch_size=batch_size, lr=lr,
-        saliency_weight=saliency_weight, seed=seed), config, fields={
+        saliency_weight=saliency_weight, seed=seed, device=device), config, fields={
         "keypoints": "model.n_keypoints", "width": "model.width", "steps": "train.steps",
         "batch_size": "train.batch_size", "lr": "train.lr", "saliency_weight": "train.saliency_weight"})
     m = run_detector_stage(cfg, run_dir, resume=resume, progress=progress)
@@ -150,6 +151,7 @@ def train_dynamics(
     steps: StepsOpt = DynamicsTrainConfig.steps,
     lr: Annotated[float, typer.Option(help="AdamW learning rate")] = DynamicsTrainConfig.lr,
     seed: SeedOpt = DynamicsStageConfig.seed,
+    device: DeviceOpt = DynamicsStageConfig.device,
     run_dir: RunDirOpt = Path("runs/dynamics"),
     resume: ResumeOpt = False,
     progress: ProgressOpt = True,
@@ -157,7 +159,8 @@ def train_dynamics(
 ) -> None:
     """Train the keypoint dynamics MLP on detector keypoints; report 1-step and open-loop held-out errors."""
     cfg = build_config(ctx, DynamicsStageConfig, _given(
-        data=data, detector=detector, hidden=hidden, layers=layers, ensemble=ensemble, steps=steps, lr=lr, seed=seed),
+        data=data, detector=detector, hidden=hidden, layers=layers, ensemble=ensemble, steps=steps, lr=lr, seed=seed,
+        device=device),
         config, fields={"hidden": "model.hidden", "layers": "model.layers", "ensemble": "model.ensemble",
                         "steps": "train.steps", "lr": "train.lr"})
     m = run_dynamics_stage(cfg, run_dir, resume=resume, progress=progress)
@@ -181,6 +184,7 @@ def irl(
     inner_lr: Annotated[float, typer.Option(help="inner (action) learning rate")] = MBIRLConfig.inner_lr,
     outer_lr: Annotated[float, typer.Option(help="outer (cost) Adam learning rate")] = MBIRLConfig.outer_lr,
     seed: SeedOpt = VisualIRLConfig.seed,
+    device: DeviceOpt = VisualIRLConfig.device,
     run_dir: RunDirOpt = Path("runs/visual_irl"),
     resume: ResumeOpt = False,
     progress: ProgressOpt = True,
@@ -192,7 +196,7 @@ def irl(
     cfg = build_config(ctx, VisualIRLConfig, _given(
         demos=demos, detector=detector, dynamics=dynamics, costs=_methods(costs), headline=headline,
         train=parse_split(train, "train"), test=parse_split(test, "test"), outer_iters=outer_iters,
-        inner_steps=inner_steps, inner_lr=inner_lr, outer_lr=outer_lr, seed=seed), config, fields={
+        inner_steps=inner_steps, inner_lr=inner_lr, outer_lr=outer_lr, seed=seed, device=device), config, fields={
         "costs": "methods", "inner_steps": "trainer.inner_steps", "inner_lr": "trainer.inner_lr",
         "outer_lr": "trainer.outer_lr"})
     m = run_visual_irl(cfg, run_dir, resume=resume, progress=progress)
@@ -219,6 +223,7 @@ def pipeline(
     costs: Annotated[str | None, typer.Option(help=_COSTS_HELP)] = None,
     outer_iters: Annotated[int | None, typer.Option(help=_OUTER_HELP)] = None,
     seed: SeedOpt = PipelineConfig.seed,
+    device: DeviceOpt = PipelineConfig.device,
     resume: ResumeOpt = False,
     progress: ProgressOpt = True,
     config: ConfigOpt = None,
@@ -230,7 +235,7 @@ def pipeline(
     # --quick's settings enter as defaults: a --config file overrides them, explicit options override both.
     values: dict[str, Any] = flatten_config(config_to_dict(PipelineConfig.quick())) if quick else {}
     values.update(_given(resolution=resolution, seed=seed, costs=None if costs is None else _methods(costs),
-                         outer_iters=outer_iters))
+                         outer_iters=outer_iters, device=device))
     cfg = build_config(ctx, PipelineConfig, values, config,
                        fields={"costs": "irl.methods", "outer_iters": "irl.outer_iters"})
     m = run_pipeline(cfg, run_dir, resume=resume, progress=progress)

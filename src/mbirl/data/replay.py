@@ -19,12 +19,15 @@ class ReplayBuffer:
     Args:
         capacity: the most transitions held (the oldest are overwritten).
         obs_dim, act_dim: widths of observations and actions (one-hot width for discrete actions).
+        device: where the minibatches of :meth:`batch` go (the transitions themselves are held in host memory).
     """
 
-    def __init__(self, capacity: int, obs_dim: int, act_dim: int) -> None:
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, *, device: torch.device | str | None = None
+                 ) -> None:
         if capacity < 1:
             raise InputError(f"must be >= 1, got {capacity}", field="replay_size")
         self.capacity = capacity
+        self.device = torch.device("cpu") if device is None else torch.device(device)
         self.obs = np.zeros((capacity, obs_dim), np.float32)
         self.act = np.zeros((capacity, act_dim), np.float32)
         self.next_obs = np.zeros((capacity, obs_dim), np.float32)
@@ -33,9 +36,10 @@ class ReplayBuffer:
         self.size = 0
 
     @classmethod
-    def from_arrays(cls, obs: np.ndarray, act: np.ndarray, next_obs: np.ndarray, done: np.ndarray) -> ReplayBuffer:
+    def from_arrays(cls, obs: np.ndarray, act: np.ndarray, next_obs: np.ndarray, done: np.ndarray, *,
+                    device: torch.device | str | None = None) -> ReplayBuffer:
         """A buffer holding exactly these ``N`` transitions (capacity ``N``), in order."""
-        buf = cls(len(obs), obs.shape[1], act.shape[1])
+        buf = cls(len(obs), obs.shape[1], act.shape[1], device=device)
         buf.add(obs, act, next_obs, done)
         return buf
 
@@ -61,9 +65,10 @@ class ReplayBuffer:
         return (self.ptr - 1 - np.arange(n)) % self.capacity
 
     def batch(self, idx: np.ndarray) -> TransitionBatch:
-        """The transitions at indices ``idx`` (``log_pi`` unset)."""
+        """The transitions at indices ``idx`` (``log_pi`` unset), on the buffer's ``device``."""
         return TransitionBatch(torch.from_numpy(self.obs[idx]), torch.from_numpy(self.act[idx]),
-                               torch.from_numpy(self.next_obs[idx]), torch.from_numpy(self.done[idx]))
+                               torch.from_numpy(self.next_obs[idx]), torch.from_numpy(self.done[idx])
+                               ).to(self.device)
 
     def state_dict(self) -> dict[str, Any]:
         order = self.recent_indices(self.size)[::-1].copy()  # oldest first

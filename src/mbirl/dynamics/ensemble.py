@@ -65,8 +65,8 @@ class ModelEnsemble(nn.Module):
         """A random member's next observation per row ``(B, obs_dim)`` (differentiable) and the disagreement
         ``(B,)`` (detached)."""
         preds = self.predictions(obs, act)
-        pick = torch.randint(0, self.size, (obs.shape[0],), generator=generator)
-        chosen = preds[pick, torch.arange(obs.shape[0])]
+        pick = torch.randint(0, self.size, (obs.shape[0],), generator=generator, device=generator.device)
+        chosen = preds[pick.to(obs.device), torch.arange(obs.shape[0], device=obs.device)]
         disagreement = (preds.detach().std(0) / self.obs_std).mean(-1)
         return chosen, disagreement
 

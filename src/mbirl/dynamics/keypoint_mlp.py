@@ -272,7 +272,7 @@ def _losses(model: KeypointMLPDynamics, q: torch.Tensor, z: torch.Tensor, u: tor
     # open loop from the true start, every member on its own
     qm = q[:, 0].unsqueeze(0).expand(M, *q[:, 0].shape)
     zm = z[:, 0].unsqueeze(0).expand(M, *z[:, 0].shape)
-    open_loop = torch.zeros(M)
+    open_loop = torch.zeros(M, device=q.device)
     for t in range(T):
         qn, zn = [], []
         for m in range(M):  # members advance on their own states
@@ -303,16 +303,17 @@ def fit_keypoint_dynamics(model: KeypointMLPDynamics, q: np.ndarray, z: np.ndarr
 
     ``on_step(step, scalars, state)`` is called after every step (logging, checkpoints); ``state`` holds the
     optimiser state for resuming with ``start_step`` and ``optimizer_state`` (``generator`` carries the minibatch
-    order). Returns the final optimiser state.
+    order). The data goes to the model's device. Returns the final optimiser state.
     """
     N, T1, J = q.shape
     if z.shape[:2] != (N, T1) or actions.shape != (N, T1 - 1, J) or J != model.n_joints \
             or z.shape[2] != model.n_keypoints:
         raise InputError(f"inconsistent training data q {q.shape}, z {z.shape}, actions {actions.shape}",
                          field="dynamics")
-    qt = torch.as_tensor(q, dtype=torch.float32)
-    zt = torch.as_tensor(z, dtype=torch.float32).reshape(N, T1, -1)
-    ut = torch.as_tensor(actions, dtype=torch.float32)
+    device = model.stats.device
+    qt = torch.as_tensor(q, dtype=torch.float32, device=device)
+    zt = torch.as_tensor(z, dtype=torch.float32, device=device).reshape(N, T1, -1)
+    ut = torch.as_tensor(actions, dtype=torch.float32, device=device)
     if start_step == 0:
         model.set_statistics(qt[:, :-1].reshape(-1, J), zt[:, :-1].reshape(N * (T1 - 1), -1), ut.reshape(-1, J),
                              qt[:, 1:].reshape(-1, J), zt[:, 1:].reshape(N * (T1 - 1), -1))
@@ -325,7 +326,7 @@ def fit_keypoint_dynamics(model: KeypointMLPDynamics, q: np.ndarray, z: np.ndarr
         lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / max(cfg.steps, 1)))
         for group in opt.param_groups:
             group["lr"] = lr
-        idx = torch.randint(0, N, (min(cfg.batch_size, N),), generator=generator)
+        idx = torch.randint(0, N, (min(cfg.batch_size, N),), generator=generator, device=generator.device).to(device)
         open_loop, one, read = _losses(model, qt[idx], zt[idx], ut[idx], cfg.huber_delta)
         loss = (open_loop + cfg.one_step_weight * one + read).sum()
         check_finite(loss, "keypoint-dynamics loss", step)
@@ -348,13 +349,15 @@ def dynamics_errors(model: KeypointMLPDynamics, q: np.ndarray, z: np.ndarray, ac
     """Keypoint prediction errors (mean Euclidean distance per keypoint, robot units) on trajectories.
 
     ``one_step``: from the true ``(q_t, z_t)``; ``open_loop``: ``horizon`` steps from the true start, at the
-    last step (``open_loop_mean`` averages steps 1..horizon); ``readout``: ``h(q)`` against ``z``.
+    last step (``open_loop_mean`` averages steps 1..horizon); ``readout``: ``h(q)`` against ``z``. Computed on the
+    model's device.
     """
     N, T1, J = q.shape
     horizon = min(horizon, T1 - 1)
-    qt = torch.as_tensor(q, dtype=torch.float32)
-    zt = torch.as_tensor(z, dtype=torch.float32).reshape(N, T1, -1)
-    ut = torch.as_tensor(actions, dtype=torch.float32)
+    device = model.stats.device
+    qt = torch.as_tensor(q, dtype=torch.float32, device=device)
+    zt = torch.as_tensor(z, dtype=torch.float32, device=device).reshape(N, T1, -1)
+    ut = torch.as_tensor(actions, dtype=torch.float32, device=device)
     k = model.n_keypoints
     _, z1 = model.step(qt[:, :-1].reshape(-1, J), zt[:, :-1].reshape(N * (T1 - 1), -1), ut.reshape(-1, J))
     one = (z1 - zt[:, 1:].reshape(N * (T1 - 1), -1)).reshape(-1, k, 3).norm(dim=-1).mean()

@@ -69,7 +69,7 @@ NEVER_TERMINATE = ("Pendulum-v1", "MountainCarContinuous-v0", "HalfCheetah-v5", 
 
 
 def _never(obs: torch.Tensor) -> torch.Tensor:
-    return torch.zeros(obs.shape[0], dtype=torch.bool)
+    return torch.zeros(obs.shape[0], dtype=torch.bool, device=obs.device)
 
 
 def termination_fn(env_id: str) -> tuple[TerminationFn, bool]:

@@ -443,7 +443,7 @@ def check_joint_limits(q: Any, robot: KeypointRobot, *, source: str | None = Non
     """Refuse joint states ``(..., n_joints)`` outside ``robot``'s limits (by more than ``slack`` rad): a state the
     robot cannot be in would be clipped silently and train on something else than the data says."""
     arr = np.asarray(q, dtype=np.float64)
-    lower, upper = robot.lower.double().numpy(), robot.upper.double().numpy()
+    lower, upper = robot.lower.double().cpu().numpy(), robot.upper.double().cpu().numpy()
     outside = (arr < lower - slack) | (arr > upper + slack)
     if outside.any():
         idx = tuple(int(i) for i in np.argwhere(outside)[0])

@@ -11,7 +11,8 @@ exactly) and the final ``metrics.json``:
   first iteration that reaches each multiple of ``eval_every`` environment steps and one when training ends;
 * ``final_normalized_return``, ``best_normalized_return``, ``final_mean_return``, ``expert_return``,
   ``random_return``, ``env_steps``, ``iterations``, ``train_seconds``, ``seconds_per_1k_env_steps`` (null for
-  learners that take no environment steps), ``torch_threads``, ``env_id``, ``algo``, ``seed``, plus the learner's
+  learners that take no environment steps), ``torch_threads``, ``device`` (where the networks trained, e.g.
+  ``cpu`` or ``cuda``), ``env_id``, ``algo``, ``seed``, plus the learner's
   own entries (:meth:`~mbirl.algorithms.learner.ImitationLearner.describe`).
 
 Every evaluation is the same protocol: ``eval_episodes`` deterministic episodes with reset seeds
@@ -41,6 +42,7 @@ from mbirl.algorithms.mairl import VARIANTS, MAIRLConfig, build_mairl
 from mbirl.errors import InputError
 from mbirl.experts.demos import DemoStats, demo_stats, normalized_return
 from mbirl.experts.rollout import check_env_id
+from mbirl.nets import DEFAULT_DEVICE, check_device, resolve_device
 from mbirl.registry import Registry
 from mbirl.reporting.checkpoint import load_checkpoint, restoring
 from mbirl.reporting.runs import RunDir, checkpoint_stem
@@ -50,8 +52,9 @@ __all__ = ["ALGORITHMS", "BaseRunConfig", "ImitationRunConfig", "build_learner",
            "learner_components", "load_imitation_config", "run_imitation", "train_learner"]
 
 ALGORITHMS = Registry[ImitationLearner]("algorithm")
-"""The imitation algorithms by ``algo`` name; each factory takes ``cfg`` (an :class:`ImitationRunConfig`) and
-``demos`` (:class:`mbirl.experts.demos.DemoStats`) and builds the learner."""
+"""The imitation algorithms by ``algo`` name; each factory takes ``cfg`` (an :class:`ImitationRunConfig`),
+``demos`` (:class:`mbirl.experts.demos.DemoStats`) and ``device`` (a :class:`torch.device`) and builds the
+learner."""
 
 MAIRL_FAMILY = tuple(VARIANTS)
 """The ``algo`` names trained by the MAIRL trainer (configured by ``ImitationRunConfig.mairl``; the name is its
@@ -60,24 +63,24 @@ variant)."""
 
 @ALGORITHMS.register("mgail")
 @ALGORITHMS.register("mairl")
-def _mairl(*, cfg: ImitationRunConfig, demos: DemoStats) -> ImitationLearner:
-    return build_mairl(cfg.mairl, demos, seed=cfg.seed)
+def _mairl(*, cfg: ImitationRunConfig, demos: DemoStats, device: torch.device) -> ImitationLearner:
+    return build_mairl(cfg.mairl, demos, seed=cfg.seed, device=device)
 
 
 @ALGORITHMS.register("bc")
-def _bc(*, cfg: ImitationRunConfig, demos: DemoStats) -> ImitationLearner:
-    return build_bc(cfg.bc, demos, seed=cfg.seed)
+def _bc(*, cfg: ImitationRunConfig, demos: DemoStats, device: torch.device) -> ImitationLearner:
+    return build_bc(cfg.bc, demos, seed=cfg.seed, device=device)
 
 
 @ALGORITHMS.register("dac")
-def _dac(*, cfg: ImitationRunConfig, demos: DemoStats) -> ImitationLearner:
-    return build_dac(cfg.dac, demos, seed=cfg.seed)
+def _dac(*, cfg: ImitationRunConfig, demos: DemoStats, device: torch.device) -> ImitationLearner:
+    return build_dac(cfg.dac, demos, seed=cfg.seed, device=device)
 
 
 @ALGORITHMS.register("airl")
 @ALGORITHMS.register("gail")
-def _adversarial_ppo(*, cfg: ImitationRunConfig, demos: DemoStats) -> ImitationLearner:
-    return build_adversarial_ppo(cfg.ppo, demos, discriminator=cfg.algo, seed=cfg.seed)
+def _adversarial_ppo(*, cfg: ImitationRunConfig, demos: DemoStats, device: torch.device) -> ImitationLearner:
+    return build_adversarial_ppo(cfg.ppo, demos, discriminator=cfg.algo, seed=cfg.seed, device=device)
 
 
 @dataclass(frozen=True)
@@ -101,9 +104,13 @@ class BaseRunConfig:
     """episodes per evaluation (fixed reset seeds)"""
     checkpoint_every: int = 50
     """iterations between checkpoints (one is also written at every evaluation and at the end)"""
+    device: str = DEFAULT_DEVICE
+    """where the networks train: ``auto`` (CUDA when there is a GPU), ``cpu`` or ``cuda``
+    (:func:`mbirl.nets.resolve_device`)"""
 
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("env_steps", "eval_every", "eval_episodes", "checkpoint_every")
-    """What ``--resume`` may change: how long the run goes and how often it reports."""
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("env_steps", "eval_every", "eval_episodes", "checkpoint_every", "device")
+    """What ``--resume`` may change: how long the run goes, how often it reports and the device it trains on
+    (checkpoints hold CPU tensors)."""
     PATHS: ClassVar[tuple[str, ...]] = ("demos",)
     """Input files: recorded absolute in ``config.json`` (:class:`~mbirl.reporting.runs.RunDir`)."""
 
@@ -113,6 +120,7 @@ class BaseRunConfig:
                 raise InputError(f"must be >= 1, got {getattr(self, name)}", field=name.replace("_", "-"))
         if self.seed < 0:
             raise InputError(f"must be >= 0, got {self.seed}", field="seed")
+        check_device(self.device)
 
     def base_fields(self) -> dict[str, Any]:
         """The run-level fields as keyword arguments."""
@@ -150,12 +158,15 @@ class ImitationRunConfig(BaseRunConfig):
             raise InputError(f"must be in [1, env_steps), got {self.mairl.warmup_steps}", field="mairl.warmup_steps")
 
 
-def build_learner(cfg: ImitationRunConfig, demos: DemoStats | None = None) -> tuple[ImitationLearner, DemoStats]:
-    """The learner of ``cfg`` (reads the demo file unless ``demos`` is given; writes nothing)."""
+def build_learner(cfg: ImitationRunConfig, demos: DemoStats | None = None, *,
+                  device: str | torch.device | None = None) -> tuple[ImitationLearner, DemoStats]:
+    """The learner of ``cfg`` (reads the demo file unless ``demos`` is given; writes nothing) on ``device``
+    (default: the configuration's)."""
+    where = resolve_device(cfg.device if device is None else device)
     demos = demos if demos is not None else demo_stats(cfg.demos, env=cfg.env or None)
     if cfg.env and cfg.env != demos.env_id:
         raise InputError(f"demos are for '{demos.env_id}', not '{cfg.env}'", source=cfg.demos, field="env")
-    return ALGORITHMS.make(cfg.algo, cfg=cfg, demos=demos), demos
+    return ALGORITHMS.make(cfg.algo, cfg=cfg, demos=demos, device=where), demos
 
 
 def learner_components(learner: ImitationLearner) -> dict[str, str]:
@@ -249,7 +260,7 @@ def train_learner(run: RunDir, cfg: ImitationRunConfig, *, progress: bool = True
         "expert_return": demos.expert_return, "random_return": demos.random_return,
         "env_steps": learner.env_steps, "iterations": learner.iteration, "train_seconds": seconds,
         "seconds_per_1k_env_steps": 1000 * seconds / learner.env_steps if learner.env_steps else None,
-        "torch_threads": threads,
+        "torch_threads": threads, "device": str(resolve_device(cfg.device)),
     }
     run.finish(metrics)
     return metrics
@@ -326,7 +337,8 @@ def evaluate_imitation_run(run_dir: str | Path, episodes: int = 10, *, video: st
     if env is not None and env != demos.env_id:
         _check_same_spaces(demos.env_id, env)
         demos.env_id = env
-    learner, demos = build_learner(dataclasses.replace(cfg, env=demos.env_id), demos)
+    # evaluation acts one observation at a time: on the CPU, whichever device trained the run
+    learner, demos = build_learner(dataclasses.replace(cfg, env=demos.env_id), demos, device="cpu")
     stem = checkpoint_stem(run_dir)
     state = load_checkpoint(stem)
     with restoring(stem.with_suffix(".json")):

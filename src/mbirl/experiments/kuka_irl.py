@@ -26,6 +26,7 @@ from mbirl.dynamics.kinematic import KinematicKeypointDynamics
 from mbirl.envs.kuka import DEFAULT_ROBOT, ROBOTS, robot_from_options
 from mbirl.envs.robot import check_joint_limits
 from mbirl.errors import InputError, check_finite
+from mbirl.nets import DEFAULT_DEVICE, check_device, resolve_device
 from mbirl.reporting.checkpoint import restoring
 from mbirl.reporting.provenance import component_name
 from mbirl.reporting.runs import RunDir, rng_state, set_rng_state
@@ -57,8 +58,9 @@ class MBIRLRunConfig:
     """One cost-learning run (``mbirl mbirl train``): demonstrations, robot, method, split, and the learner's
     hyper-parameters in ``trainer``."""
 
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("outer_iters", "checkpoint_every")
-    """Fields ``--resume`` may change: how long the run goes and how often it checkpoints."""
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("outer_iters", "checkpoint_every", "device")
+    """Fields ``--resume`` may change: how long the run goes, how often it checkpoints and the device it runs
+    on."""
 
     demos: str
     """demonstration file (``.npz`` of this project or an original MBIRL ``.pt``)"""
@@ -83,6 +85,9 @@ class MBIRLRunConfig:
     """seeds python, numpy and torch (the neural cost's initialisation)"""
     checkpoint_every: int = 10
     """outer iterations between checkpoints (the last one is always saved)"""
+    device: str = DEFAULT_DEVICE
+    """where the cost, the dynamics and the demonstrations live: ``auto`` (CUDA when there is a GPU), ``cpu`` or
+    ``cuda`` (:func:`mbirl.nets.resolve_device`); these problems are small, the CPU is usually fastest"""
     trainer: MBIRLConfig = field(default_factory=MBIRLConfig)
     """the bi-level learner's hyper-parameters (also the inner loop of the ``abbeel`` baseline)"""
 
@@ -91,7 +96,7 @@ class MBIRLRunConfig:
 class MBIRLCompareConfig:
     """Several methods on one demo set (``mbirl mbirl compare``): each runs ``run`` with its own ``method``."""
 
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("run.outer_iters", "run.checkpoint_every")
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("run.outer_iters", "run.checkpoint_every", "run.device")
 
     methods: tuple[str, ...]
     """the methods compared, in order (``run.method`` is the first)"""
@@ -127,21 +132,25 @@ def _check_run_options(cfg: MBIRLRunConfig) -> None:
             raise InputError(f"must be >= {low}, got {value}", field=name)
     if cfg.rbf_original and cfg.method != "rbf":
         raise InputError(f"--rbf-original applies to --cost rbf only, not '{cfg.method}'", field="rbf_original")
+    check_device(cfg.device)
 
 
 def make_learner(method: str, dynamics: KeypointDynamics, train: DemoBatch, test: DemoBatch | None,
                  config: MBIRLConfig, *, seed: int = 0, rbf_original: bool = False) -> CostLearner:
-    """The learner of ``method``: bi-level MBIRL on the named cost, or the feature-matching baseline ``abbeel``."""
+    """The learner of ``method``: bi-level MBIRL on the named cost, or the feature-matching baseline ``abbeel``; the
+    cost is initialised on the CPU and moved to the device of the demonstrations ``train``."""
     if method == "abbeel":
         return FeatureMatchingIRL(dynamics, train, test, config)
     cost = make_cost(method, horizon=train.horizon, dim=int(train.z.shape[-1]), seed=seed, rbf_original=rbf_original)
-    return MBIRL(cost, dynamics, train, test, config)
+    return MBIRL(cost.to(train.z.device), dynamics, train, test, config)
 
 
 def prepare_run(cfg: MBIRLRunConfig, demo_set: KeypointDemoSet | None = None,
                 dynamics: KeypointDynamics | None = None) -> Prepared:
-    """Validate the configuration and build the learner; raises InputError, writes nothing."""
+    """Validate the configuration and build the learner on ``cfg.device`` (the dynamics are moved there, in place);
+    raises InputError, writes nothing."""
     _check_run_options(cfg)
+    device = resolve_device(cfg.device)
     demo_set = demo_set if demo_set is not None else load_keypoint_demos(cfg.demos)
     if dynamics is None:
         dynamics = KinematicKeypointDynamics(robot_from_options(cfg.robot, cfg.urdf, cfg.keypoint_links))
@@ -155,8 +164,9 @@ def prepare_run(cfg: MBIRLRunConfig, demo_set: KeypointDemoSet | None = None,
     robot = getattr(dynamics, "robot", None)
     if robot is not None:  # a start the robot cannot be in would train silently on clipped joints
         check_joint_limits(np.stack([d.start_q for d in demo_set.demos]), robot, source=cfg.demos)
-    train = DemoBatch.from_demos(demo_set.subset(*cfg.train))
-    test = DemoBatch.from_demos(demo_set.subset(*cfg.test))
+    dynamics.to(device)
+    train = DemoBatch.from_demos(demo_set.subset(*cfg.train)).to(device)
+    test = DemoBatch.from_demos(demo_set.subset(*cfg.test)).to(device)
     _seed_everything(cfg.seed)
     learner = make_learner(cfg.method, dynamics, train, test, cfg.trainer, seed=cfg.seed,
                            rbf_original=cfg.rbf_original)
@@ -266,7 +276,7 @@ def run_mbirl(cfg: MBIRLRunConfig, run_dir: str | Path, *, resume: bool = False,
                 update(advance=1, info=info(train_loss, test_loss))
     final = learner.evaluate(prep.test)
     with torch.no_grad():  # the original code's "before training" train loss: zero actions, no inner step
-        u0 = torch.zeros(len(prep.train), prep.train.horizon - 1, prep.dynamics.n_joints)
+        u0 = torch.zeros(len(prep.train), prep.train.horizon - 1, prep.dynamics.n_joints, device=prep.train.z.device)
         zero_action = float(irl_loss(prep.dynamics.rollout(prep.train.q0, u0)[1].flatten(-2), prep.train.z).mean())
     metrics: dict[str, Any] = {
         "method": cfg.method,
@@ -282,6 +292,7 @@ def run_mbirl(cfg: MBIRLRunConfig, run_dir: str | Path, *, resume: bool = False,
         "grad_clip": clip,
         "grad_clipped_iterations": int(sum(history.get("grad_clipped", []))),
         "outer_iters": cfg.outer_iters,
+        "device": str(prep.train.z.device),
     }
     weights = _weights_of(learner)
     if weights is not None:
@@ -289,11 +300,12 @@ def run_mbirl(cfg: MBIRLRunConfig, run_dir: str | Path, *, resume: bool = False,
     if figures:
         plot_learning_curves({cfg.method: metrics}, run.figures / "learning_curve.png",
                              title=f"IRL loss ({cfg.method})")
-        plot_predictions(prep.test.z.numpy(), {cfg.method: final.z_pred.numpy()}, run.figures / "predictions.png")
+        plot_predictions(prep.test.z.cpu().numpy(), {cfg.method: final.z_pred.cpu().numpy()},
+                         run.figures / "predictions.png")
         if weights is not None:
             plot_weights({cfg.method: weights}, run.figures / "weights.png", prep.dynamics.n_keypoints)
     run.finish(metrics)
-    metrics["_z_pred"] = final.z_pred.numpy()
+    metrics["_z_pred"] = final.z_pred.cpu().numpy()
     return metrics
 
 
@@ -325,7 +337,8 @@ def run_compare(base: MBIRLRunConfig, methods: Sequence[str], run_dir: str | Pat
     first = next(iter(prepared.values()))
     plot_learning_curves(results, run_dir / "learning_curves.png",
                          title=f"IRL loss, {len(first.train)} train / {len(first.test)} test demos")
-    plot_predictions(first.test.z.numpy(), {m: r["_z_pred"] for m, r in results.items()}, run_dir / "predictions.png")
+    plot_predictions(first.test.z.cpu().numpy(), {m: r["_z_pred"] for m, r in results.items()},
+                     run_dir / "predictions.png")
     weights = {m: np.asarray(r["learned_weights"]) for m, r in results.items() if "learned_weights" in r}
     if weights:
         plot_weights(weights, run_dir / "weights.png", dynamics.n_keypoints)

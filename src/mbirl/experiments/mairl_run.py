@@ -38,6 +38,7 @@ from mbirl.experiments.imitation import (
 )
 from mbirl.experts.demos import DemoStats, check_demo_spaces, demo_stats
 from mbirl.fileio import write_json_atomic
+from mbirl.nets import DEFAULT_DEVICE, check_device, resolve_device
 from mbirl.reporting.checkpoint import load_checkpoint, restoring
 from mbirl.reporting.runs import RunDir, checkpoint_stem
 from mbirl.reporting.stats import spearman
@@ -166,6 +167,9 @@ class ModelComparisonConfig:
     ensemble_size: int = 1
     """> 1: each model type is also measured as an ensemble of this many (the mean prediction's errors, and how
     well the members' disagreement predicts the one-step error)"""
+    device: str = DEFAULT_DEVICE
+    """where the models train: ``auto``, ``cpu`` or ``cuda`` (:func:`mbirl.nets.resolve_device`); the MAIRL run
+    of ``run_dir`` collects its data on the CPU"""
 
     def __post_init__(self) -> None:
         if not 1 <= self.ensemble_size <= 32:
@@ -181,6 +185,7 @@ class ModelComparisonConfig:
                 raise InputError(f"must be >= 1, got {getattr(self, name)}", field=name)
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise InputError(f"must be a positive finite number, got {self.lr}", field="lr")
+        check_device(self.device)
 
 
 def _collect_episodes(env_id: str, policy: Any, steps: int, seed: int) -> list[Any]:
@@ -210,6 +215,7 @@ def compare_models(cfg: ModelComparisonConfig, out: str | Path) -> dict[str, Any
     from mbirl.experts.rollout import make_env, random_policy
 
     seed, horizon = cfg.seed, cfg.horizon
+    device = resolve_device(cfg.device)
     out = check_output_path(out, directory=True)
     demos = demo_stats(cfg.demos)
     check_demo_spaces(demos)
@@ -222,7 +228,7 @@ def compare_models(cfg: ModelComparisonConfig, out: str | Path) -> dict[str, Any
         if run_env != env_id:
             raise InputError(f"the run is of '{run_env}', the demonstrations of '{env_id}'", source=str(cfg.run_dir),
                              field="run_dir")
-        learner, _ = build_learner(run_cfg, demos)
+        learner, _ = build_learner(run_cfg, demos, device="cpu")  # acts in the environment, step by step
         if not isinstance(learner, MAIRL):
             raise InputError(f"needs a MAIRL or MGAIL run, got algo '{run_cfg.algo}'", source=str(cfg.run_dir),
                              field="run_dir")
@@ -258,10 +264,10 @@ def compare_models(cfg: ModelComparisonConfig, out: str | Path) -> dict[str, Any
     data = ReplayBuffer.from_arrays(np.concatenate([t.obs[:-1] for t in train]),
                                     np.concatenate([acts_of(t) for t in train]),
                                     np.concatenate([t.obs[1:] for t in train]),
-                                    np.concatenate([t.dones for t in train]).astype(np.float32))
-    to = torch.as_tensor(np.concatenate([t.obs[:-1] for t in test]))
-    ta = torch.as_tensor(np.concatenate([acts_of(t) for t in test]))
-    to2 = torch.as_tensor(np.concatenate([t.obs[1:] for t in test]))
+                                    np.concatenate([t.dones for t in train]).astype(np.float32), device=device)
+    to = torch.as_tensor(np.concatenate([t.obs[:-1] for t in test]), device=device)
+    ta = torch.as_tensor(np.concatenate([acts_of(t) for t in test]), device=device)
+    to2 = torch.as_tensor(np.concatenate([t.obs[1:] for t in test]), device=device)
     seg_o, seg_a = [], []
     for t in test:
         ta_t = acts_of(t)
@@ -270,7 +276,7 @@ def compare_models(cfg: ModelComparisonConfig, out: str | Path) -> dict[str, Any
             seg_a.append(ta_t[s:s + horizon])
     if not seg_o:
         raise InputError(f"held-out episodes are shorter than {horizon} steps", field="steps")
-    so, sa = torch.as_tensor(np.stack(seg_o)), torch.as_tensor(np.stack(seg_a))
+    so, sa = torch.as_tensor(np.stack(seg_o), device=device), torch.as_tensor(np.stack(seg_a), device=device)
     results: dict[str, Any] = {}
     sizes = (1,) if cfg.ensemble_size == 1 else (1, cfg.ensemble_size)
     for kind in cfg.models:
@@ -279,6 +285,7 @@ def compare_models(cfg: ModelComparisonConfig, out: str | Path) -> dict[str, Any
             model: ForwardModel | ModelEnsemble = (
                 MODELS.make(kind, obs_dim=data.obs.shape[1], act_dim=act_dim) if size == 1 else
                 ModelEnsemble(kind, size, obs_dim=data.obs.shape[1], act_dim=act_dim))
+            model.to(device)  # initialised on the CPU: the same weights on every device
             model.set_normalizer(data.obs, data.next_obs, act_scale)
             opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
             t0 = time.perf_counter()
@@ -297,7 +304,7 @@ def compare_models(cfg: ModelComparisonConfig, out: str | Path) -> dict[str, Any
                 with torch.no_grad():
                     _, disagreement = model.sample(to, ta, torch.Generator().manual_seed(seed))
                 entry["mean_disagreement"] = float(disagreement.mean())
-                entry["disagreement_error_spearman"] = spearman(disagreement.numpy(), errors.numpy())
+                entry["disagreement_error_spearman"] = spearman(disagreement.cpu().numpy(), errors.cpu().numpy())
             results[kind if size == 1 else f"{kind}-x{size}"] = entry
     summary = {"env_id": env_id, "train_transitions": len(data), "test_transitions": len(to),
                "test_segments": len(so), "horizon": horizon, "train_steps": cfg.train_steps, "seed": seed,

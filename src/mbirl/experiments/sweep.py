@@ -41,6 +41,7 @@ from mbirl.errors import InputError
 from mbirl.experiments.imitation import ALGORITHMS, ImitationRunConfig
 from mbirl.fileio import write_json_atomic
 from mbirl.interrupts import Interrupted
+from mbirl.nets import resolve_device
 from mbirl.validation import config_from_dict, config_to_dict, read_json
 
 __all__ = ["GRID_FIELDS", "SWEEP_FILE", "SweepCell", "SweepConfig", "SweepPlan", "SweepResult", "bench_import",
@@ -130,6 +131,9 @@ class SweepConfig:
     ``eval_every``, ``mairl: {horizon: 10}``, ``bc: {...}``); not the grid's own fields (algo, env, seed, demos)"""
     cpus_per_trial: float = 1.0
     """CPUs Ray reserves for each trial (torch uses that many threads, at least one)"""
+    gpus_per_trial: float = 0.0
+    """GPUs (a fraction shares one) Ray reserves for each trial; needed when the runs' ``device`` is ``cuda``, or
+    ``auto`` on a machine with a GPU: Ray hides the GPUs from a trial that reserves none"""
     max_failures: int = 2
     """times Ray restarts a failed trial; each restart continues from the trial's last checkpoint"""
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -160,6 +164,8 @@ class SweepConfig:
             raise InputError(f"expected distinct seeds >= 0, got {list(self.seeds)}", field="seeds")
         if self.cpus_per_trial <= 0:
             raise InputError(f"must be > 0, got {self.cpus_per_trial}", field="cpus-per-trial")
+        if not 0 <= self.gpus_per_trial <= 64:
+            raise InputError(f"must be in [0, 64], got {self.gpus_per_trial}", field="gpus-per-trial")
         if self.max_failures < 0:
             raise InputError(f"must be >= 0, got {self.max_failures}", field="max-failures")
         grid = sorted(set(self.run) & set(GRID_FIELDS))
@@ -269,9 +275,14 @@ def cell_is_finished(config: ImitationRunConfig, run_dir: str | Path) -> bool:
     if not (run_dir / "metrics.json").is_file() or not (run_dir / "config.json").is_file():
         return False
     try:
-        return bool(read_json(run_dir / "config.json") == config_to_dict(config))
+        saved = read_json(run_dir / "config.json")
     except InputError:
         return False
+    if not isinstance(saved, dict):
+        return False
+    # the device a run trained on is not part of what it is (runs written before it was recorded have none)
+    want = config_to_dict(config)
+    return bool({k: v for k, v in saved.items() if k != "device"} == {k: v for k, v in want.items() if k != "device"})
 
 
 def run_cell(config: ImitationRunConfig | dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
@@ -343,6 +354,17 @@ def plan_sweep(sweep: SweepConfig, out: str | Path, *, resume: bool = False) -> 
     return SweepPlan(sweep, out, cells, todo)
 
 
+def _check_devices(sweep: SweepConfig, cells: Sequence[SweepCell]) -> None:
+    """Refuse, before Ray starts, cells whose ``device`` this machine lacks (``cuda`` without a GPU) or that would
+    train on a GPU without reserving one (``gpus_per_trial`` 0: Ray hides the GPUs from such a trial)."""
+    for cell in cells:
+        device = resolve_device(cell.config().device)
+        if device.type == "cuda" and sweep.gpus_per_trial <= 0:
+            raise InputError(f"{cell.name} trains on {device.type}: reserve GPUs for its trial with "
+                             "--gpus-per-trial (e.g. 0.25 to share one GPU between four trials), or pass "
+                             "--device cpu", field="gpus-per-trial")
+
+
 def sweep_command(sweep: SweepConfig, out: Path, *, config_file: str | None = None, address: str | None = None,
                   variant_files: dict[str, str] | None = None) -> str:
     """The ``mbirl bench run`` command line that runs ``sweep`` (the grid options; the run settings are in
@@ -356,7 +378,11 @@ def sweep_command(sweep: SweepConfig, out: Path, *, config_file: str | None = No
         args += ["--config", config_file]
     for name, path in (variant_files or {}).items():
         args += ["--variant", f"{name}={path}"]
+    if "device" in sweep.run:
+        args += ["--device", str(sweep.run["device"])]
     args += ["--cpus-per-trial", f"{sweep.cpus_per_trial:g}", "--max-failures", str(sweep.max_failures)]
+    if sweep.gpus_per_trial > 0:
+        args += ["--gpus-per-trial", f"{sweep.gpus_per_trial:g}"]
     if address:
         args += ["--address", address]
     args += ["--out", str(out)]
@@ -433,6 +459,7 @@ def run_sweep(sweep: SweepConfig, out: str | Path, *, resume: bool = False, addr
         verbose: Ray Tune's verbosity (0 silent, 1 status, 2 trial results).
         on_plan: called with the plan once it is validated, before Ray starts.
     """
+    _check_devices(sweep, sweep.cells())
     plan = plan_sweep(sweep, out, resume=resume)
     if on_plan is not None:
         on_plan(plan)
@@ -466,7 +493,10 @@ def run_sweep(sweep: SweepConfig, out: str | Path, *, resume: bool = False, addr
         def trial_name(trial: Any) -> str:
             return str(trial.config["cell"]["key"]).replace("/", "_")
 
-        trainable = tune.with_resources(_trial, {"cpu": sweep.cpus_per_trial})
+        resources = {"cpu": sweep.cpus_per_trial}
+        if sweep.gpus_per_trial > 0:
+            resources["gpu"] = sweep.gpus_per_trial
+        trainable = tune.with_resources(_trial, resources)
         tuner = tune.Tuner(
             trainable,
             param_space={"cell": tune.grid_search(params)},

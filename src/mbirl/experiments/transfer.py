@@ -40,6 +40,7 @@ import torch
 
 from mbirl.errors import InputError
 from mbirl.experts.train import ExpertPreset
+from mbirl.nets import DEFAULT_DEVICE, check_device, resolve_device
 from mbirl.reporting.runs import RunDir
 
 __all__ = ["TRANSFER_ROWS", "TRANSFER_TASKS", "SACStageConfig", "TransferRunConfig", "TransferTask", "run_transfer",
@@ -127,8 +128,11 @@ class TransferRunConfig:
     workers: int = 1
     """processes for the stages that do not depend on each other (MAIRL / AIRL / GAIL; the SAC runs on the
     target), one torch thread each; the results do not depend on it"""
+    device: str = DEFAULT_DEVICE
+    """where every stage's networks train: ``auto`` (CUDA when there is a GPU), ``cpu`` or ``cuda``
+    (:func:`mbirl.nets.resolve_device`)"""
 
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("eval_every", "workers")
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("eval_every", "workers", "device")
     """What ``--resume`` may change (finished stages are kept whatever their budget was)."""
     PATHS: ClassVar[tuple[str, ...]] = ("demos",)
 
@@ -145,6 +149,7 @@ class TransferRunConfig:
             raise InputError(f"must be >= 0, got {self.seed}", field="seed")
         if not 1 <= self.workers <= 16:
             raise InputError(f"must be in [1, 16], got {self.workers}", field="workers")
+        check_device(self.device)
         unknown = [r for r in self.rows if r not in TRANSFER_ROWS]
         if unknown or not self.rows:
             raise InputError(f"unknown rows {', '.join(unknown) or '(none given)'} (expected some of "
@@ -177,8 +182,10 @@ class SACStageConfig:
     seed: int = 0
     eval_every: int = 5_000
     eval_episodes: int = 10
+    device: str = DEFAULT_DEVICE
+    """where SAC's networks train (:func:`mbirl.nets.resolve_device`)"""
 
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("eval_every",)
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("eval_every", "device")
     PATHS: ClassVar[tuple[str, ...]] = ("reward",)
 
 
@@ -238,7 +245,8 @@ def train_sac_stage(cfg: SACStageConfig, out: str | Path, *, sac_kwargs: dict[st
 
         env = LearnedRewardWrapper(env, reward_fn)
     torch.manual_seed(cfg.seed)
-    model = SAC("MlpPolicy", env, seed=cfg.seed, verbose=0, device="cpu", **(sac_kwargs or {}))
+    model = SAC("MlpPolicy", env, seed=cfg.seed, verbose=0, device=resolve_device(cfg.device),
+                **(sac_kwargs or {}))
     run.start()
     t0 = time.monotonic()
     curve: list[dict[str, float]] = []
@@ -292,7 +300,8 @@ def _expert_and_demos(cfg: TransferRunConfig, out: Path, progress: bool) -> Path
     if not (expert_dir / "metrics.json").exists():
         steps = cfg.budget("expert_steps")
         ecfg = ExpertRunConfig(env=task.source, seed=cfg.seed, steps=steps,
-                               eval_every=min(cfg.eval_every, steps), eval_episodes=cfg.eval_episodes)
+                               eval_every=min(cfg.eval_every, steps), eval_episodes=cfg.eval_episodes,
+                               device=cfg.device)
         train_expert(ecfg, expert_dir, progress=progress, preset=dataclasses.replace(task.sac, steps=steps),
                      overwrite=True)
     n = cfg.budget("demo_episodes")
@@ -373,7 +382,7 @@ def _learn_rewards(cfg: TransferRunConfig, out: Path, demos: Path, progress: boo
         ppo = AdversarialPPOConfig(**{**task.ppo, "state_only": algo == "airl"})
         icfg = ImitationRunConfig(demos=str(demos), env=task.source, env_steps=steps, seed=cfg.seed,
                                   eval_every=min(cfg.eval_every, steps), eval_episodes=cfg.eval_episodes,
-                                  algo=algo, mairl=mairl, ppo=ppo)
+                                  algo=algo, mairl=mairl, ppo=ppo, device=cfg.device)
         jobs[algo] = (run_imitation, (icfg, run_dir), {"resume": True, "progress": progress and cfg.workers == 1})
     return {**results, **_run_all(jobs, cfg.workers)}
 
@@ -422,7 +431,7 @@ def run_transfer(cfg: TransferRunConfig, out: str | Path, *, resume: bool = Fals
                 mean, std = 0.0, 1.0
         scfg = SACStageConfig(task=cfg.task, env=task.target, reward=reward, reward_mean=mean, reward_std=std,
                               steps=rl_steps, seed=cfg.seed, eval_every=min(cfg.eval_every, rl_steps),
-                              eval_episodes=cfg.eval_episodes)
+                              eval_episodes=cfg.eval_episodes, device=cfg.device)
         jobs[row] = (train_sac_stage, (scfg, out / "target" / row), {"sac_kwargs": sac_kwargs, "progress": progress})
     rows = _run_all(jobs, cfg.workers)
     seed = _eval_seed()

@@ -66,6 +66,7 @@ from mbirl.envs.robot import KeypointRobot
 from mbirl.errors import InputError
 from mbirl.experiments.kuka_irl import METHODS, MBIRLRunConfig, prepare_run, run_mbirl
 from mbirl.fileio import write_json_atomic
+from mbirl.nets import DEFAULT_DEVICE, resolve_device
 from mbirl.perception.detector import DetectorConfig, KeypointAutoencoder, check_image_size, images_to_tensor
 from mbirl.perception.evaluate import lift_keypoints_checked, match_keypoints
 from mbirl.perception.train import DetectorTrainConfig, detector_optimizer, fit_detector, init_background
@@ -151,13 +152,16 @@ class DetectorSettings:
 class DetectorStageConfig(DetectorSettings):
     """Train and evaluate the keypoint detector on an exploration data set (``mbirl visual train-detector``)."""
 
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("train.steps", "checkpoint_every")
-    """Fields ``--resume`` may change: how long training goes and how often it checkpoints."""
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("train.steps", "checkpoint_every", "device")
+    """Fields ``--resume`` may change: how long training goes, how often it checkpoints and the device."""
 
     data: str
     """exploration ``.npz`` (``mbirl visual explore``)"""
     seed: int = 0
     """initialisation and minibatch order"""
+    device: str = DEFAULT_DEVICE
+    """where the detector trains (the pipeline's GPU stage): ``auto`` (CUDA when there is a GPU), ``cpu``
+    or ``cuda`` (:func:`mbirl.nets.resolve_device`)"""
 
 
 @dataclass
@@ -181,8 +185,8 @@ class DynamicsSettings:
 class DynamicsStageConfig(DynamicsSettings):
     """Train and evaluate the keypoint dynamics on detector keypoints (``mbirl visual train-dynamics``)."""
 
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("train.steps", "checkpoint_every")
-    """Fields ``--resume`` may change: how long training goes and how often it checkpoints."""
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("train.steps", "checkpoint_every", "device")
+    """Fields ``--resume`` may change: how long training goes, how often it checkpoints and the device."""
 
     data: str
     """exploration ``.npz`` (``mbirl visual explore``)"""
@@ -190,6 +194,9 @@ class DynamicsStageConfig(DynamicsSettings):
     """directory of a trained detector (``mbirl visual train-detector``)"""
     seed: int = 0
     """initialisation and minibatch order"""
+    device: str = DEFAULT_DEVICE
+    """where the dynamics model trains and the detector detects: ``auto`` (CUDA when there is a GPU), ``cpu``
+    or ``cuda`` (:func:`mbirl.nets.resolve_device`)"""
 
 
 @dataclass
@@ -218,8 +225,9 @@ class IRLSettings:
 class VisualIRLConfig(IRLSettings):
     """Visual MBIRL from trained stages (``mbirl visual irl``)."""
 
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("outer_iters", "checkpoint_every")
-    """Fields ``--resume`` may change (as an MBIRL run's): how long learning goes and how often it checkpoints."""
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("outer_iters", "checkpoint_every", "device")
+    """Fields ``--resume`` may change (as an MBIRL run's): how long learning goes, how often it checkpoints and the
+    device."""
 
     demos: str
     """visual demonstrations (``mbirl visual demos``)"""
@@ -229,6 +237,9 @@ class VisualIRLConfig(IRLSettings):
     """directory of a trained dynamics model (``mbirl visual train-dynamics``)"""
     seed: int = 0
     """seeds every method's run (the neural cost's initialisation)"""
+    device: str = DEFAULT_DEVICE
+    """where every method's run learns and the detector detects: ``auto`` (CUDA when there is a GPU), ``cpu``
+    or ``cuda`` (:func:`mbirl.nets.resolve_device`)"""
 
 
 @dataclass
@@ -237,7 +248,7 @@ class PipelineConfig:
     smoke run)."""
 
     RESUMABLE: ClassVar[tuple[str, ...]] = ("detector.checkpoint_every", "dynamics.checkpoint_every",
-                                            "irl.outer_iters", "irl.checkpoint_every")
+                                            "irl.outer_iters", "irl.checkpoint_every", "device")
     """Fields ``--resume`` may change. Finished stages are skipped on resume, so only what a stage cut short or the
     IRL stage (always continued) can still honour: checkpoint intervals and the outer iterations."""
 
@@ -255,6 +266,9 @@ class PipelineConfig:
     """visual and ground-truth MBIRL"""
     seed: int = 0
     """detector, dynamics and cost initialisation (the data sets have their own seeds)"""
+    device: str = DEFAULT_DEVICE
+    """where every stage's networks train (rendering is on the CPU): ``auto`` (CUDA when there is a GPU), ``cpu``
+    or ``cuda`` (:func:`mbirl.nets.resolve_device`)"""
 
     @classmethod
     def quick(cls) -> PipelineConfig:
@@ -456,12 +470,14 @@ def run_detector_stage(cfg: DetectorStageConfig, run_dir: str | Path, *, resume:
     if cfg.checkpoint_every < 1 or cfg.calibration_frames < 1:
         raise InputError("checkpoint_every and calibration_frames must be >= 1", field="detector")
     n_train = _split(len(data), cfg.holdout_fraction)
+    device = resolve_device(cfg.device)
     run = RunDir(run_dir, cfg, resume=resume)
     camera = data.camera
     train_images = _frames(data.images[:n_train])
     torch.manual_seed(cfg.seed)
     model = KeypointAutoencoder(cfg.model, image_size=H)
     init_background(model, train_images)
+    model.to(device)  # initialised on the CPU: the same weights on every device
     generator = torch.Generator().manual_seed(cfg.seed)
 
     def fit(**kw: Any) -> dict[str, Any]:
@@ -487,7 +503,7 @@ def run_detector_stage(cfg: DetectorStageConfig, run_dir: str | Path, *, resume:
     TrainedDetector(model, tuple(match.indices), camera, background_depth).save(run.path)
     pick = np.linspace(0, len(held_images) - 1, 6).astype(int)
     with torch.no_grad():
-        recon = model(images_to_tensor(held_images[pick]))[1]
+        recon = model(images_to_tensor(held_images[pick]).to(device))[1].cpu()
     recon_u8 = ((recon.movedim(1, -1) + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     plot_keypoint_overlay(held_images[pick], learned_held[pick], run.figures / "keypoints.png",
                           truth=truth_held[pick], matched=match.indices, reconstructions=recon_u8,
@@ -510,6 +526,7 @@ def run_detector_stage(cfg: DetectorStageConfig, run_dir: str | Path, *, resume:
         "image_size": int(H),
         "seconds_training": seconds,
         "steps": cfg.train.steps,
+        "device": str(device),
     }
     run.finish(metrics)
     return metrics
@@ -548,7 +565,9 @@ def run_dynamics_stage(cfg: DynamicsStageConfig, run_dir: str | Path, *, resume:
     if cfg.train.steps < 1:
         raise InputError(f"need at least one training step, got {cfg.train.steps}", field="steps")
     n_train = _split(len(data), cfg.holdout_fraction)
+    device = resolve_device(cfg.device)
     run = RunDir(run_dir, cfg, resume=resume)
+    detector.model.to(device)
     z, valid = _detect_exploration(detector, data)
     # Trajectories where the detector lost the object in some frame are left out (training and evaluation).
     tr = np.flatnonzero(valid[:n_train])
@@ -557,7 +576,7 @@ def run_dynamics_stage(cfg: DynamicsStageConfig, run_dir: str | Path, *, resume:
         raise InputError("the detector lost the object in every training or held-out trajectory", source=cfg.detector)
     torch.manual_seed(cfg.seed)
     model = KeypointMLPDynamics(data.q.shape[-1], z.shape[2], cfg.model, lower=robot.lower, upper=robot.upper,
-                                seed=cfg.seed)
+                                seed=cfg.seed).to(device)
     generator = torch.Generator().manual_seed(cfg.seed)
     q, u = data.q, data.actions
 
@@ -576,9 +595,10 @@ def run_dynamics_stage(cfg: DynamicsStageConfig, run_dir: str | Path, *, resume:
     truth = dynamics_errors(model, q[ho], data.keypoints[ho] + offset, u[ho], cfg.eval_horizon)
     model.save(run.path)
     with torch.no_grad():
-        qh = torch.as_tensor(q[ho][:6])
-        _, zp = model.rollout(qh[:, 0], torch.as_tensor(u[ho][:6]), torch.as_tensor(z[ho][:6, 0]))
-    plot_dynamics_rollouts(z[ho][:6], zp.numpy(), run.figures / "rollouts.png",
+        qh = torch.as_tensor(q[ho][:6], device=device)
+        _, zp = model.rollout(qh[:, 0], torch.as_tensor(u[ho][:6], device=device),
+                              torch.as_tensor(z[ho][:6, 0], device=device))
+    plot_dynamics_rollouts(z[ho][:6], zp.cpu().numpy(), run.figures / "rollouts.png",
                            title=f"held-out exploration: detector keypoints (black) and {u.shape[1]}-step open-loop "
                                  f"predictions")
     metrics = {
@@ -599,6 +619,7 @@ def run_dynamics_stage(cfg: DynamicsStageConfig, run_dir: str | Path, *, resume:
         "n_trajectories_with_lost_keypoints": int((~valid).sum()),
         "seconds_training": seconds,
         "steps": cfg.train.steps,
+        "device": str(device),
     }
     run.finish(metrics)
     return metrics
@@ -615,8 +636,10 @@ def run_visual_irl(cfg: VisualIRLConfig, run_dir: str | Path, *, resume: bool = 
 
     run_dir = Path(run_dir)
     _check_methods(cfg.methods, cfg.headline)
+    device = resolve_device(cfg.device)
     visual = load_visual_demos(cfg.demos)
     detector = TrainedDetector.load(cfg.detector)
+    detector.model.to(device)
     model = KeypointMLPDynamics.load(cfg.dynamics)
     if detector.camera != visual.camera:
         raise InputError("the demonstrations were rendered with a different camera than the detector's",
@@ -637,7 +660,8 @@ def run_visual_irl(cfg: VisualIRLConfig, run_dir: str | Path, *, resume: bool = 
     detected_set = KeypointDemoSet(tuple(detected), {"detected_from": cfg.demos, "detector": cfg.detector,
                                                      "dynamics": cfg.dynamics})
     base: dict[str, Any] = {"train": cfg.train, "test": cfg.test, "outer_iters": cfg.outer_iters,
-                            "checkpoint_every": cfg.checkpoint_every, "seed": cfg.seed, "trainer": cfg.trainer}
+                            "checkpoint_every": cfg.checkpoint_every, "seed": cfg.seed, "trainer": cfg.trainer,
+                            "device": cfg.device}
     detected_path = run_dir / "demos_detected.npz"
     visual_cfgs = {m: MBIRLRunConfig(demos=str(detected_path), method=m, **base) for m in cfg.methods}
     gt_cfgs = {m: MBIRLRunConfig(demos=cfg.demos, method=m, **base) for m in cfg.methods}
@@ -648,8 +672,8 @@ def run_visual_irl(cfg: VisualIRLConfig, run_dir: str | Path, *, resume: bool = 
     run.start()
     if not detected_path.exists():
         save_keypoint_demos(detected_path, detected, detected_set.meta)
-    gt_train = DemoBatch.from_demos(visual.demo_set.subset(*cfg.train))
-    gt_test = DemoBatch.from_demos(visual.demo_set.subset(*cfg.test))
+    gt_train = DemoBatch.from_demos(visual.demo_set.subset(*cfg.train)).to(device)
+    gt_test = DemoBatch.from_demos(visual.demo_set.subset(*cfg.test)).to(device)
     results: dict[str, dict[str, Any]] = {}
     robot_z: dict[str, np.ndarray] = {}
     curves: dict[str, dict[str, list[float]]] = {}
@@ -660,7 +684,7 @@ def run_visual_irl(cfg: VisualIRLConfig, run_dir: str | Path, *, resume: bool = 
         test_eval = evaluate_on_robot(prep.learner, model, true_dyn, prep.test, gt_test)
         train_eval = evaluate_on_robot(prep.learner, model, true_dyn, prep.train, gt_train)
         gm = run_mbirl(gt_cfgs[m], run_dir / "gt" / m, resume=resume, progress=progress, prepared=gt_prepared[m])
-        robot_z[m] = test_eval["z"].numpy()
+        robot_z[m] = test_eval["z"].cpu().numpy()
         curves[m] = {"irl_loss_train": vm["irl_loss_train"], "irl_loss_test": vm["irl_loss_test"]}
         if "learned_weights" in vm:
             weights[m] = np.asarray(vm["learned_weights"])
@@ -681,7 +705,7 @@ def run_visual_irl(cfg: VisualIRLConfig, run_dir: str | Path, *, resume: bool = 
                        for m, r in results.items()}, run.figures / "visual_vs_gt.png")
     plot_learning_curves(curves, run.figures / "learning_curves_visual.png",
                          title="visual MBIRL: IRL loss in the detector's keypoint space (learned model)")
-    plot_predictions(gt_test.z.numpy(), robot_z, run.figures / "predictions_on_robot.png",
+    plot_predictions(gt_test.z.cpu().numpy(), robot_z, run.figures / "predictions_on_robot.png",
                      title="test demos (ground truth) vs visual costs' plans executed on the robot")
     if weights:
         plot_weights(weights, run.figures / "weights_visual.png", model.n_keypoints)
@@ -736,6 +760,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path, *, resume: bool = Fal
     """Run every stage into ``run_dir``; with ``resume``, finished stages are skipped and a stage cut short
     continues from its checkpoint. Returns (and writes) ``metrics.json``."""
     _check_pipeline(cfg)
+    resolve_device(cfg.device)  # a missing GPU is refused before anything is rendered
     run = RunDir(run_dir, cfg, resume=resume)
     run.start()
     root = run.path
@@ -763,7 +788,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path, *, resume: bool = Fal
         det_metrics = _read_metrics(det_dir / "metrics.json")
     else:
         det_metrics = run_detector_stage(_stage(DetectorStageConfig, cfg.detector, data=str(explore_path),
-                                                seed=cfg.seed),
+                                                seed=cfg.seed, device=cfg.device),
                                          det_dir, resume=True, progress=progress, data=exploration)
     _copy_figure(det_dir / "figures" / "keypoints.png", run.figures / "stage3_detector_keypoints.png")
     timings.stop("detector")
@@ -774,7 +799,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path, *, resume: bool = Fal
         dyn_metrics = _read_metrics(dyn_dir / "metrics.json")
     else:
         dyn_metrics = run_dynamics_stage(_stage(DynamicsStageConfig, cfg.dynamics, data=str(explore_path),
-                                                detector=str(det_dir), seed=cfg.seed),
+                                                detector=str(det_dir), seed=cfg.seed, device=cfg.device),
                                          dyn_dir, resume=True, progress=progress, data=exploration)
     _copy_figure(dyn_dir / "figures" / "rollouts.png", run.figures / "stage4_dynamics_rollouts.png")
     timings.stop("dynamics")
@@ -782,7 +807,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path, *, resume: bool = Fal
     irl_dir = root / "irl"
     timings.start(ran=not (irl_dir / "metrics.json").exists())
     irl_metrics = run_visual_irl(_stage(VisualIRLConfig, cfg.irl, demos=str(demos_path), detector=str(det_dir),
-                                        dynamics=str(dyn_dir), seed=cfg.seed),
+                                        dynamics=str(dyn_dir), seed=cfg.seed, device=cfg.device),
                                  irl_dir, resume=True, progress=progress)
     _copy_figure(irl_dir / "figures" / "visual_vs_gt.png", run.figures / "stage5_irl_visual_vs_gt.png")
     timings.stop("irl")

@@ -27,6 +27,7 @@ from mbirl.errors import InputError
 from mbirl.experts.policy import ExpertPolicy, export_sb3_policy
 from mbirl.experts.rollout import make_env, run_episodes
 from mbirl.experts.sb3_state import load_sb3_state, sb3_state
+from mbirl.nets import DEFAULT_DEVICE, check_device, resolve_device
 from mbirl.reporting.checkpoint import restoring
 from mbirl.reporting.runs import ALREADY_HOLDS_A_RUN, RunDir, rng_state, set_rng_state
 
@@ -116,9 +117,12 @@ class ExpertRunConfig:
     algo: str | None = None
     """``sac``, ``td3`` or ``ppo`` with Stable-Baselines3's default hyper-parameters, for an environment without a
     preset (or instead of its preset's algorithm); None: the preset"""
+    device: str = DEFAULT_DEVICE
+    """where SB3's networks train: ``auto`` (CUDA when there is a GPU), ``cpu`` or ``cuda``
+    (:func:`mbirl.nets.resolve_device`); SB3's MLP policies are usually fastest on the CPU"""
 
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("steps", "max_minutes")
-    """What ``--resume`` may change: how long training goes."""
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("steps", "max_minutes", "device")
+    """What ``--resume`` may change: how long training goes and the device (checkpoints hold CPU tensors)."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "eval_every", "eval_episodes"):
@@ -130,6 +134,7 @@ class ExpertRunConfig:
         if self.algo is not None and self.algo not in GENERIC_ALGOS:
             raise InputError(f"unknown algorithm '{self.algo}' (expected one of {', '.join(GENERIC_ALGOS)})",
                              field="algo")
+        check_device(self.device)
 
     def preset(self) -> ExpertPreset:
         """The preset this run trains with: :data:`EXPERT_PRESETS`' for the environment, or SB3's defaults for
@@ -156,7 +161,7 @@ class ExpertResult:
     seconds: float
 
 
-def _make_model(env_id: str, preset: ExpertPreset, seed: int) -> Any:
+def _make_model(env_id: str, preset: ExpertPreset, seed: int, device: torch.device | str = DEFAULT_DEVICE) -> Any:
     if preset.algo == "ppo":
         from stable_baselines3 import PPO
         from stable_baselines3.common.env_util import make_vec_env
@@ -166,11 +171,11 @@ def _make_model(env_id: str, preset: ExpertPreset, seed: int) -> Any:
             from stable_baselines3.common.vec_env import VecNormalize
 
             venv = VecNormalize(venv, norm_reward=preset.normalize_reward, gamma=preset.kwargs.get("gamma", 0.99))
-        return PPO("MlpPolicy", venv, seed=seed, verbose=0, device="cpu", **preset.kwargs)
+        return PPO("MlpPolicy", venv, seed=seed, verbose=0, device=device, **preset.kwargs)
     if preset.algo == "sac":
         from stable_baselines3 import SAC
 
-        return SAC("MlpPolicy", make_env(env_id), seed=seed, verbose=0, device="cpu", **preset.kwargs)
+        return SAC("MlpPolicy", make_env(env_id), seed=seed, verbose=0, device=device, **preset.kwargs)
     if preset.algo == "td3":
         from stable_baselines3 import TD3
         from stable_baselines3.common.noise import NormalActionNoise
@@ -180,11 +185,11 @@ def _make_model(env_id: str, preset: ExpertPreset, seed: int) -> Any:
         sigma = kwargs.pop("noise_std", 0.1)
         n = env.action_space.shape[0]
         noise = NormalActionNoise(np.zeros(n), sigma * np.ones(n))
-        return TD3("MlpPolicy", env, seed=seed, verbose=0, device="cpu", action_noise=noise, **kwargs)
+        return TD3("MlpPolicy", env, seed=seed, verbose=0, device=device, action_noise=noise, **kwargs)
     if preset.algo == "tqc":
         from sb3_contrib import TQC
 
-        return TQC("MlpPolicy", make_env(env_id), seed=seed, verbose=0, device="cpu", **preset.kwargs)
+        return TQC("MlpPolicy", make_env(env_id), seed=seed, verbose=0, device=device, **preset.kwargs)
     raise InputError(f"unknown algorithm '{preset.algo}'", field="algo")
 
 
@@ -201,6 +206,7 @@ def train_expert(cfg: ExpertRunConfig, out_dir: str | Path, *, progress: bool = 
     from stable_baselines3.common.logger import Logger
 
     env_id, seed = cfg.env, cfg.seed
+    device = resolve_device(cfg.device)
     if preset is None:
         preset = cfg.preset()
     _check_action_space(env_id, preset.algo)
@@ -212,7 +218,7 @@ def train_expert(cfg: ExpertRunConfig, out_dir: str | Path, *, progress: bool = 
         raise InputError("--resume continues the expert in OUT, --overwrite replaces it: pass one", field="resume")
     run = _open_run(out, cfg, overwrite, resume)
     torch.manual_seed(seed)
-    model = _make_model(env_id, preset, seed)
+    model = _make_model(env_id, preset, seed, device)
     model.set_logger(Logger(folder=None, output_formats=[]))  # SB3's default makes an empty temporary directory
     eval_env = make_env(env_id)
     best = {"ret": -np.inf, "steps": 0}
@@ -293,10 +299,11 @@ def train_expert(cfg: ExpertRunConfig, out_dir: str | Path, *, progress: bool = 
     seconds = time.monotonic() - t0
     run.finish({"env_id": env_id, "algo": preset.algo, "seed": seed, "env_steps": int(model.num_timesteps),
                 "best_eval_return": float(best["ret"]), "best_at_env_steps": int(best["steps"]),
-                "seconds": seconds, "target": preset.target,
+                "seconds": seconds, "target": preset.target, "device": str(device),
                 "command": f"mbirl expert train --env {env_id} --seed {seed} --out {out}"
                            + (f" --steps {cfg.steps}" if cfg.steps is not None else "")
-                           + (f" --algo {cfg.algo}" if cfg.algo is not None else "")})
+                           + (f" --algo {cfg.algo}" if cfg.algo is not None else "")
+                           + (f" --device {cfg.device}" if cfg.device != DEFAULT_DEVICE else "")})
     return ExpertResult(out / "expert", float(best["ret"]), int(model.num_timesteps), seconds)
 
 

@@ -163,9 +163,12 @@ class KeypointAutoencoder(nn.Module):
 
     @torch.no_grad()
     def detect(self, images: Any, batch_size: int = 256) -> torch.Tensor:
-        """Keypoints of uint8 images ``(N, H, W, 3)``: ``(N, K, 2)`` pixels, evaluated in batches."""
+        """Keypoints of uint8 images ``(N, H, W, 3)``: ``(N, K, 2)`` pixels on the CPU, evaluated in batches on the
+        model's device."""
         was_training = self.training
         self.eval()
-        out = [self.encode(images_to_tensor(images[i:i + batch_size]))[0] for i in range(0, len(images), batch_size)]
+        device = self.background.device
+        out = [self.encode(images_to_tensor(torch.as_tensor(images[i:i + batch_size]).to(device)))[0].cpu()
+               for i in range(0, len(images), batch_size)]
         self.train(was_training)
         return torch.cat(out) if out else torch.zeros(0, self.config.n_keypoints, 2)

@@ -66,13 +66,15 @@ def fit_detector(model: KeypointAutoencoder, images: np.ndarray, cfg: DetectorTr
     """Train on uint8 images ``(N, H, W, 3)``; ``on_step(step, scalars, state)`` after every step.
 
     ``state`` carries the optimiser state (``generator`` carries the minibatch order) so a run can resume at
-    ``start_step``. Call :func:`init_background` first on a fresh model.
+    ``start_step``. Call :func:`init_background` first on a fresh model. The images stay in host memory; each
+    minibatch goes to the model's device.
     """
     S = model.image_size
     if images.ndim != 4 or images.shape[1:] != (S, S, 3) or images.dtype != np.uint8:
         raise InputError(f"expected uint8 images (N, {S}, {S}, 3), got {images.dtype} {images.shape}", field="images")
     data = torch.from_numpy(images)
-    background = median_frame(images)  # fixed saliency reference (the same on resume)
+    device = model.background.device
+    background = median_frame(images).to(device)  # fixed saliency reference (the same on resume)
     opt = detector_optimizer(model, cfg)
     if optimizer_state is not None:
         load_optimizer_state(opt, optimizer_state)
@@ -82,7 +84,7 @@ def fit_detector(model: KeypointAutoencoder, images: np.ndarray, cfg: DetectorTr
         for group in opt.param_groups:
             group["lr"] = lr
         idx = torch.randint(0, len(data), (min(cfg.batch_size, len(data)),), generator=generator)
-        x = images_to_tensor(data[idx])
+        x = images_to_tensor(data[idx].to(device))
         _, recon, _ = model(x)
         weight = 1.0 + cfg.saliency_weight * (x - background).abs().sum(1)
         loss = ((recon - x).pow(2).sum(1) * weight).mean()
