@@ -260,11 +260,11 @@ def test_report_has_an_epic_column_where_rewards_exist(tmp_path, monkeypatch):
 
 def test_cli_report_and_its_errors(tmp_path, capsys):
     sweep = _fake_sweep(tmp_path / "sweep")
-    assert _cli("bench", "report", str(sweep), "--reps", "100", "--budgets", "10000") == 0
+    assert _cli("bench", "report", str(sweep), "--reps", "100", "--budgets", "10000", "--no-epic") == 0
     out = capsys.readouterr().out
     assert "Final normalised return: IQM [95% CI]" in out and "(mairl)" in out and "index.html" in out
     summary = json.loads((sweep / "report" / "summary.json").read_text())
-    assert summary["budgets"] == [10_000] and summary["reps"] == 100
+    assert summary["budgets"] == [10_000] and summary["reps"] == 100 and "epic" not in summary
     assert _cli("bench", "report", str(tmp_path / "none")) == 2
     assert "not a directory" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()

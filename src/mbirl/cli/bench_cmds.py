@@ -181,12 +181,15 @@ def bench_report(
     seed: Annotated[int, typer.Option(help="bootstrap seed")] = ReportConfig.seed,
     videos: Annotated[bool, typer.Option(help="record one rollout video per (environment, algorithm)")
                       ] = ReportConfig.videos,
+    epic: Annotated[bool, typer.Option(help="EPIC distance of each run's learned reward to the true reward, where "
+                                            "one is known")] = ReportConfig.epic,
 ) -> None:
     """Statistics of a sweep: summary.md, summary.json, figures/ and index.html in OUT."""
     from mbirl.reporting.bench_report import tables, write_report
 
     cfg = ReportConfig(budgets=_ints(budgets, "budgets"), threshold=threshold, reference=reference, reps=reps,
-                       confidence=confidence, grid_points=grid_points, seed=seed, videos=videos)
+                       confidence=confidence, grid_points=grid_points, seed=seed, videos=videos,
+                       epic=epic)
     target = out if out is not None else sweep_dir / "report"
     summary = write_report(sweep_dir, target, cfg)
     title, table = tables({**summary, "_curves": {}})[0]
