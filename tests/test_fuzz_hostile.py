@@ -238,11 +238,55 @@ def _keypoint_case(data: bytes) -> None:
                     "--test", "2:3", "--run-dir", root / "run", "--no-progress"], root)
 
 
+def pt_declaring(data: bytes, member: str, size: int) -> bytes:
+    """A torch archive whose zip directory declares ``size`` uncompressed bytes for ``member`` (its data unchanged:
+    what a deflated bomb declares)."""
+    out = bytearray(data)
+    at = out.find(b"PK\x01\x02")
+    while at >= 0:  # central directory entries: uncompressed size at +24, name length at +28, name at +46
+        name = bytes(out[at + 46: at + 46 + int.from_bytes(out[at + 28: at + 30], "little")]).decode()
+        if name.endswith(member):
+            out[at + 24: at + 28] = size.to_bytes(4, "little")
+        at = out.find(b"PK\x01\x02", at + 1)
+    return bytes(out)
+
+
+def pt_with_member(data: bytes, name: str, content: bytes) -> bytes:
+    """A torch archive with one more member (beside its own, under the same prefix)."""
+    buf = io.BytesIO(data)
+    with zipfile.ZipFile(buf, "a") as zf:
+        prefix = zf.namelist()[0].split("/")[0]
+        zf.writestr(f"{prefix}/{name}", content)
+    return buf.getvalue()
+
+
 @st.composite
 def hostile_pt_files(draw) -> bytes:
-    kind = draw(st.sampled_from(["entries", "entries", "entries", "other", "bytes"]))
+    kind = draw(st.sampled_from(["entries", "entries", "entries", "other", "bytes", "declared", "view", "member",
+                                 "legacy"]))
     if kind == "bytes":
         return draw(st.binary(max_size=300))
+    good = [{"start_joint_config": torch.zeros(1, 7), "desired_keypoints": torch.zeros(5, 2, 3)}]
+    buf = io.BytesIO()
+    if kind == "declared":  # a record (or the pickle) whose zip entry declares far more than it holds
+        torch.save(good, buf)
+        return pt_declaring(buf.getvalue(), draw(st.sampled_from(["data/0", "data/1", "data.pkl", "version"])),
+                            draw(st.sampled_from([2**31 - 1, 2**32 - 1, 300 * 1024**2])))
+    if kind == "view":  # a few bytes of storage, a tensor that declares hundreds of MB to GBs over it
+        n = draw(st.sampled_from([12_000_000, 10**9, 2**40]))
+        key = draw(st.sampled_from(["start_joint_config", "desired_keypoints"]))
+        torch.save([{**good[0], key: torch.zeros(1, 1, 1).expand(n, 2, 3)}], buf)
+        return buf.getvalue()
+    if kind == "member":
+        torch.save(good, buf)
+        return pt_with_member(buf.getvalue(), draw(st.sampled_from(["data/x", "extra.pkl", "data/9", "../x"])),
+                              draw(st.sampled_from([b"", b"\0" * 5000])))
+    if kind == "legacy":  # torch < 1.6's format: pickles and storages in one stream
+        huge = torch.zeros(1, 1, 1).expand(10**9, 2, 3)
+        obj = draw(st.sampled_from([good, [{**good[0], "desired_keypoints": huge}]]))
+        torch.save(obj, buf, _use_new_zipfile_serialization=False)
+        data = buf.getvalue()
+        return data[: draw(st.sampled_from([len(data), len(data) - 100, 40]))]
     if kind == "other":
         obj = draw(st.sampled_from([[], {}, "abc", 3, [1, 2], {"start_joint_config": 1}, [None], [[{}]]]))
     else:
@@ -255,7 +299,6 @@ def hostile_pt_files(draw) -> bytes:
                for _ in range(draw(st.integers(1, 3)))]
         if draw(st.booleans()):
             obj[0].pop(draw(st.sampled_from(["start_joint_config", "desired_keypoints"])))
-    buf = io.BytesIO()
     torch.save(obj, buf)
     return buf.getvalue()
 

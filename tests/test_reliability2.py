@@ -656,6 +656,31 @@ def test_pt_demo_files_holding_strings_are_refused(tmp_path):
         load_keypoint_demos(tmp_path / "d.pt")
 
 
+def test_pt_files_declaring_more_than_a_demo_file_holds_are_refused_before_loading(tmp_path, monkeypatch):
+    import torch
+
+    from mbirl.data import load_keypoint_demos
+    from test_fuzz_hostile import pt_declaring, pt_with_member
+
+    good = [{"start_joint_config": torch.zeros(1, 7), "desired_keypoints": torch.zeros(5, 2, 3)}]
+    torch.save(good, tmp_path / "old.pt", _use_new_zipfile_serialization=False)  # torch < 1.6's format still reads
+    assert len(load_keypoint_demos(tmp_path / "old.pt")) == 1
+    buf, view = io.BytesIO(), io.BytesIO()
+    torch.save(good, buf)
+    # a 4-byte storage under a tensor that declares 72 million coordinates (288 MB)
+    torch.save([{**good[0], "desired_keypoints": torch.zeros(1, 1, 1).expand(12_000_000, 2, 3)}], view)
+    cases = {"view": (view.getvalue(), "tensors declare more than"),
+             "record": (pt_declaring(buf.getvalue(), "data/1", 2**31 - 1), "declares 2147483647 bytes"),
+             "member": (pt_with_member(buf.getvalue(), "extra.pkl", b""), "unexpected member")}
+    loads: list = []
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: loads.append(args))
+    for name, (data, match) in cases.items():
+        (tmp_path / f"{name}.pt").write_bytes(data)
+        with pytest.raises(InputError, match=match):
+            load_keypoint_demos(tmp_path / f"{name}.pt")
+    assert not loads  # refused before torch.load
+
+
 def test_json_outputs_never_hold_nan_literals(tmp_path):
     from mbirl.fileio import json_text, write_json_atomic
 

@@ -13,7 +13,7 @@ import json
 import math
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,21 @@ KEYPOINT_OPTIONAL = ("q", "images", "depth")
 MAX_NPZ_BYTES = 1024**3
 MAX_META_BYTES = 16 * 1024**2
 MAX_ARRAYS = 16
+MAX_PT_BYTES = 256 * 1024**2
+"""Most tensor data an original MBIRL ``.pt`` file may hold (declared by its records and by its pickle): it holds
+keypoint trajectories and start configurations only, no images (256 MiB: 20 million 3-D keypoints in float32,
+thousands of times the original files)."""
+MAX_PT_PICKLE_BYTES = 4 * 1024**2
+"""Largest pickle (``data.pkl``) of a ``.pt`` demo file: a few hundred bytes per demonstration."""
+_PT_STORAGES = {"FloatStorage": 4, "DoubleStorage": 8, "HalfStorage": 2, "BFloat16Storage": 2, "LongStorage": 8,
+                "IntStorage": 4, "ShortStorage": 2, "CharStorage": 1, "ByteStorage": 1, "BoolStorage": 1}
+"""Storage classes a ``.pt`` of numbers names, with their item sizes."""
+_PT_GLOBALS = {"torch._utils _rebuild_tensor_v2", "torch._utils _rebuild_parameter", "collections OrderedDict",
+               *(f"torch {name}" for name in _PT_STORAGES)}
+"""Everything the pickle of a ``.pt`` of tensors, lists and dicts refers to."""
+_PT_METADATA = {"version", ".data/version", "byteorder", ".format_version", ".storage_alignment",
+                ".data/serialization_id"}
+"""The small members torch's zip format writes beside ``data.pkl`` and the storages ``data/<key>``."""
 
 
 @dataclass(frozen=True)
@@ -243,16 +258,144 @@ def _numbers(value: Any, source: str, field: str) -> np.ndarray:
     return arr
 
 
+@dataclass(frozen=True)
+class _Storage:
+    key: str
+    itemsize: int
+
+
+def _check_pt_archive(path: Path) -> None:
+    """Check an original MBIRL ``.pt`` from its zip directory and its pickle's opcodes alone, before
+    ``torch.load`` allocates anything: only the members torch's zip format writes, every record's declared
+    (uncompressed) size and every storage and tensor the pickle declares within :data:`MAX_PT_BYTES` in total, and
+    nothing in the pickle but tensors, lists, dicts and numbers. The format of torch < 1.6 (pickles and raw storages
+    in one stream) is checked the same way from its pickles. Nothing is unpickled here; ValueError says what does
+    not fit."""
+    if not zipfile.is_zipfile(path):
+        with path.open("rb") as fh:  # the legacy stream: magic number, protocol, system info, then the data
+            head = io.BytesIO(fh.read(MAX_PT_PICKLE_BYTES + 4096))
+        for _ in range(3):
+            _scan_pt_pickle(head, lambda pid: None)
+        storages = _scan_pt_pickle(head, lambda pid: pid[4] if len(pid) == 6 else None)
+        if storages > path.stat().st_size:
+            raise ValueError(f"its pickle declares {storages} bytes of storage, more than the file holds")
+        return
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+        if len(infos) > 2 * MAX_PT_BYTES // 4096 or len({i.filename for i in infos}) != len(infos):
+            raise ValueError(f"{len(infos)} members, some repeated or far more than a demo file holds")
+        prefix = infos[0].filename.split("/", 1)[0] + "/" if infos else ""
+        records: dict[str, int] = {}
+        pickle_info = None
+        for info in infos:
+            name = info.filename[len(prefix):] if info.filename.startswith(prefix) else None
+            limit = 1024 if name in _PT_METADATA else MAX_PT_PICKLE_BYTES if name == "data.pkl" else MAX_PT_BYTES
+            if name is None or not (name in _PT_METADATA or name == "data.pkl" or
+                                    (name.startswith("data/") and name[5:].isdigit())):
+                raise ValueError(f"unexpected member '{_clip(info.filename)}' (a torch archive of tensors holds "
+                                 "data.pkl, data/<n> and version records)")
+            if info.file_size > limit:
+                raise ValueError(f"member '{_clip(info.filename)}' declares {info.file_size} bytes, more than the "
+                                 f"{limit} it may hold")
+            if name == "data.pkl":
+                pickle_info = info
+            elif name.startswith("data/"):
+                records[name[5:]] = info.file_size
+        if sum(records.values()) > MAX_PT_BYTES:
+            raise ValueError(f"its tensor records declare {sum(records.values())} bytes, more than the "
+                             f"{MAX_PT_BYTES} a demo file may hold")
+        if pickle_info is None:
+            raise ValueError("not a torch archive (no data.pkl)")
+        pickled = io.BytesIO(zf.read(pickle_info))
+
+    def record(pid: tuple) -> int | None:  # a storage's element count, which must be its record's size
+        return pid[4] if len(pid) == 5 and pid[2] in records and pid[4] * _PT_STORAGES[pid[1]] == records[pid[2]] \
+            else None
+
+    _scan_pt_pickle(pickled, record)
+
+
+def _scan_pt_pickle(stream: io.BytesIO, elements: Callable[[tuple], int | None]) -> int:
+    """Run one pickle of a ``.pt`` symbolically (strings, numbers and tuples only; nothing is built): refuse
+    references to anything but tensors, lists and dicts, storages for which ``elements(pid)`` (the storage's
+    persistent id, its class reduced to the name) gives no element count, and tensors declaring more than
+    :data:`MAX_PT_BYTES` in total. Returns the bytes of the storages it declares (ValueError otherwise)."""
+    import pickletools
+
+    storages = tensors = 0
+    stack: list[Any] = []
+    marks: list[int] = []
+    memo: dict[Any, Any] = {}
+    for op, arg, _ in pickletools.genops(stream):
+        if op.name == "MARK":
+            marks.append(len(stack))
+        elif op.name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+            memo[len(memo) if op.name == "MEMOIZE" else arg] = stack[-1] if stack else None
+        elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+            stack.append(memo.get(arg))
+        elif op.name in ("GLOBAL", "STACK_GLOBAL"):
+            where = arg if op.name == "GLOBAL" else f"{stack.pop(-2)} {stack.pop()}" if len(stack) > 1 else None
+            if where not in _PT_GLOBALS:
+                raise ValueError(f"its pickle refers to {_clip(str(where))}, not only to tensors, lists and dicts")
+            stack.append(where)
+        elif op.name in ("TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "EMPTY_TUPLE"):
+            n = {"TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3, "EMPTY_TUPLE": 0}.get(op.name)
+            start = max(marks.pop() if n is None and marks else len(stack) - (n or 0), 0)
+            items = tuple(stack[start:])
+            del stack[start:]
+            stack.append(items)
+        elif op.name in ("BINPERSID", "PERSID"):
+            pid: Any = stack.pop() if op.name == "BINPERSID" and stack else arg
+            kind = pid[1].split(" ")[-1] if isinstance(pid, tuple) and len(pid) > 4 and isinstance(pid[1], str) \
+                else ""
+            itemsize = _PT_STORAGES.get(kind, 0)
+            count = elements((pid[0], kind, *pid[2:])) if itemsize else None
+            if not isinstance(count, int) or isinstance(count, bool) or count < 0 or pid[0] != "storage":
+                raise ValueError("its pickle names a storage it does not hold")
+            storages += count * itemsize
+            if storages > MAX_PT_BYTES:
+                raise ValueError(f"its storages declare more than the {MAX_PT_BYTES} bytes a demo file may hold")
+            stack.append(_Storage(str(pid[2]), itemsize))
+        elif op.name == "REDUCE" and len(stack) > 1 and stack[-2] == "torch._utils _rebuild_tensor_v2":
+            args = stack[-1]
+            if not (isinstance(args, tuple) and len(args) > 2 and isinstance(args[0], _Storage)
+                    and isinstance(args[2], tuple) and all(isinstance(d, int) and d >= 0 for d in args[2])):
+                raise ValueError("its pickle rebuilds a tensor from something else than a storage")
+            tensors += math.prod(args[2]) * args[0].itemsize
+            if tensors > MAX_PT_BYTES:
+                raise ValueError(f"its tensors declare more than the {MAX_PT_BYTES} bytes a demo file may hold")
+            del stack[-2:]
+            stack.append(None)
+        elif op.arg is not None and op.name not in ("PROTO", "FRAME") and not op.stack_before:
+            stack.append(arg)  # a string or number
+        else:  # any other opcode: its stack effect, values unknown
+            before = op.stack_before
+            if pickletools.markobject in before:
+                start = marks.pop() if marks else len(stack)
+                del stack[start:]
+                before = before[:before.index(pickletools.markobject)]
+            del stack[max(len(stack) - len(before), 0):]
+            stack.extend([None] * len(op.stack_after))
+    return storages
+
+
 def import_original_mbirl(path: str | Path) -> KeypointDemoSet:
     """Import an original MBIRL trajectory file: a ``torch.save``d list of dicts with
     ``start_joint_config`` ``(1, 7)`` and ``desired_keypoints`` ``(T, k, 3)``.
 
-    Read with ``torch.load(weights_only=True)``: a file that needs arbitrary unpickling is refused.
+    Read with ``torch.load(weights_only=True)`` once the archive's records and the sizes its pickle declares are
+    known to fit (:data:`MAX_PT_BYTES`): a file that needs arbitrary unpickling is refused, and memory is bounded by
+    what a demo file may hold, not by what a file claims.
     """
     import torch
 
     path = check_file(path, what="demonstration file")
     src = str(path)
+    try:
+        _check_pt_archive(path)
+    except (ValueError, IndexError, KeyError, TypeError, zipfile.BadZipFile, zlib.error, EOFError,
+            NotImplementedError, OSError) as exc:  # what a malformed archive or pickle raises
+        raise InputError(f"cannot be read safely as an MBIRL .pt file ({exc})", source=src) from None
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError on corrupt archives, ...
