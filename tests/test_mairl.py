@@ -246,7 +246,8 @@ def test_fit_forward_model_is_the_seeded_minibatch_loop():
                                            ({"horizon": 0}, "horizon"), ({"lr_model": float("nan")}, "lr_model"),
                                            ({"ema_rate": 0.0}, "ema_rate"), ({"gamma": 1.5}, "gamma"),
                                            ({"policy_hidden": (8, 0)}, "policy_hidden"),
-                                           ({"variant": "mgail", "state_only": True}, "state_only")])
+                                           ({"variant": "mgail", "state_only": True}, "state_only"),
+                                           ({"bc_steps": -1}, "bc_steps"), ({"bc_weight": float("nan")}, "bc_weight")])
 def test_trainer_config_is_validated_on_construction(kw, field):
     with pytest.raises(InputError, match=f"field '{field}'"):
         MAIRLConfig(**kw)
@@ -270,6 +271,40 @@ def test_build_mairl_gives_the_configured_components():
     for a, b in ((t.policy, again.policy), (t.model, again.model), (t.disc, again.disc)):
         for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
             torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_behaviour_cloning_start_and_demonstration_term():
+    """``bc_steps``: the warm-up ends with a policy cloned from the demonstrations (its deterministic actions on the
+    demo states ~5x closer to the expert's than an uncloned policy's), without an environment step more; ``bc_weight``
+    adds the demonstrations' likelihood to a policy update (a zero rollout loss then still moves the policy toward
+    them)."""
+    from mbirl.experts.demos import demo_stats
+
+    pend = demo_stats("data/demos/Pendulum-v1.npz")
+    obs = torch.as_tensor(pend.obs)
+
+    def trained(**kw):
+        t = build_mairl(MAIRLConfig(warmup_steps=100, model_pretrain_steps=0, batch_size=256, **kw), pend, seed=0)
+        t.warmup()
+        with torch.no_grad():
+            error = (t.policy.act(obs) - torch.as_tensor(t.expert_act)).abs().mean().item()
+        return t, error
+
+    plain, before = trained()
+    cloned, after = trained(bc_steps=300)
+    assert after < 0.3 * before and cloned.env_steps == plain.env_steps == 100
+    assert np.isnan(plain.bc_pretrain_nll) and cloned.bc_pretrain_nll < 1.0
+    act = torch.as_tensor(plain.expert_act)
+    change = {}
+    for weight in (0.0, 1.0):
+        t, _ = trained(bc_weight=weight)
+        with torch.no_grad():
+            nll = -t.policy.log_prob(obs, act).mean().item()
+        for _ in range(20):
+            t._policy_step(torch.zeros((), requires_grad=True), obs[:8])
+        with torch.no_grad():
+            change[weight] = -t.policy.log_prob(obs, act).mean().item() - nll
+    assert change[1.0] < -0.1 and abs(change[0.0]) < 0.5 * abs(change[1.0]), change
 
 
 def test_bad_trainer_options(tmp_path):

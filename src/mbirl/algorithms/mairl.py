@@ -116,6 +116,14 @@ class MAIRLConfig:
     """uniformly random environment steps before training (model data, normalisers)"""
     model_pretrain_steps: int = 500
     """forward-model updates after the warm-up"""
+    bc_steps: int = 0
+    """behaviour-cloning updates of the policy on the demonstrations after the warm-up (maximum likelihood,
+    minibatches of ``batch_size``; no environment steps): adversarial training then starts from a cloned policy
+    (0: none, the paper's variant)"""
+    bc_weight: float = 0.0
+    """weight of the demonstrations' negative log-likelihood (a minibatch of ``batch_size``) added to every policy
+    update, which keeps a cloned policy near the demonstrations while the discriminator is still uninformative
+    (0: none)"""
     ema_rate: float = 1.0
     """< 1 evaluates (and exports) an exponential moving average of the policy weights (rate per update)"""
     policy_utd: float = 0.0
@@ -154,7 +162,7 @@ class MAIRLConfig:
                      "warmup_steps", "imagine_horizon", "imagine_batch", "ensemble_size"):
             if getattr(self, name) < 1:
                 raise InputError(f"must be >= 1, got {getattr(self, name)}", field=name)
-        for name in ("model_steps", "disc_steps", "model_pretrain_steps"):
+        for name in ("model_steps", "disc_steps", "model_pretrain_steps", "bc_steps"):
             if getattr(self, name) < 0:
                 raise InputError(f"must be >= 0, got {getattr(self, name)}", field=name)
         for name in ("lr_policy", "lr_disc", "lr_model", "grad_clip", "sigma_scale", "gumbel_tau"):
@@ -165,7 +173,7 @@ class MAIRLConfig:
             raise InputError(f"must be >= 0, got {self.disc_half_life}", field="disc_half_life")
         if self.start_window < 0:
             raise InputError(f"must be >= 0, got {self.start_window}", field="start_window")
-        for name in ("policy_utd", "model_penalty"):
+        for name in ("policy_utd", "model_penalty", "bc_weight"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise InputError(f"must be a finite number >= 0, got {value}", field=name)
@@ -373,6 +381,7 @@ class MAIRL:
         self.update_credit = 0.0
         self.episodes_started = 0
         self.warmup_done = 0
+        self.bc_pretrain_nll = math.nan
         for slot in self.envs:
             self._reset(slot)
 
@@ -425,7 +434,29 @@ class MAIRL:
         self.model.set_normalizer(all_obs, np.concatenate([self.demos.next_obs, self.buffer.next_obs[idx]]),
                                   self.act_scale.cpu().numpy())
         self.train_model(self.config.model_pretrain_steps)
+        self.bc_pretrain_nll = self.behaviour_clone(self.config.bc_steps)
         self.warmup_done = self.env_steps
+
+    def demo_nll(self) -> torch.Tensor:
+        """The policy's mean negative log-likelihood of ``batch_size`` demonstration transitions (drawn uniformly)."""
+        idx = self.rng.integers(0, len(self.demos.obs), size=self.config.batch_size)
+        obs = torch.as_tensor(self.demos.obs[idx], device=self.device)
+        act = torch.as_tensor(self.expert_act[idx], device=self.device)
+        return -self.policy.log_prob(obs, act).mean()
+
+    def behaviour_clone(self, steps: int) -> float:
+        """``steps`` maximum-likelihood updates of the policy on the demonstrations; the last loss (NaN for 0)."""
+        loss = math.nan
+        for k in range(steps):
+            self.opt_policy.zero_grad()
+            nll = self.demo_nll()
+            check_finite(nll, "behaviour-cloning loss", k + 1)
+            nll.backward()
+            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.grad_clip)
+            self.opt_policy.step()
+            self._update_ema()
+            loss = float(nll.detach())
+        return loss
 
     def _policy_log_pi(self, batch: TransitionBatch) -> TransitionBatch:
         with torch.no_grad():
@@ -502,6 +533,8 @@ class MAIRL:
         c = self.config
         self.opt_policy.zero_grad()
         loss = rollout_loss + c.policy_reg * self.policy.saturation(s0) if c.policy_reg > 0 else rollout_loss
+        if c.bc_weight > 0:
+            loss = loss + c.bc_weight * self.demo_nll()
         check_finite(loss, "policy loss", self.iteration + 1)
         loss.backward()
         norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), c.grad_clip))
@@ -564,6 +597,8 @@ class MAIRL:
             scalars |= {"losses/imagined_policy": im_loss, "charts/imagined_grad_norm": im_norm,
                         "charts/imagined_reward": im_r, "charts/model_disagreement": im_u,
                         "charts/imagined_updates": float(n_imagined)}
+        if self.config.bc_steps > 0 and self.iteration == 1:
+            scalars["losses/bc_pretrain"] = self.bc_pretrain_nll
         return StepInfo(scalars, finished)
 
     def finished(self, env_steps: int) -> bool:
