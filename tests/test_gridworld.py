@@ -119,6 +119,7 @@ def test_greedy_policy_of_a_learned_reward_against_the_experts(tmp_path, monkeyp
     assert set(real["terms"]) == {"g", "f", "logit"} and real["default_term"] == "g" and real["states"] == 63
     assert all(0.0 <= t["agreement"] <= 1.0 and len(t["greedy"]) == 64 for t in real["terms"].values())
     assert real["demonstrator_optimal"] > 0.9  # the shipped PPO expert is near-optimal
+    assert real["references"] == {"goal only (the mud unknown)": pytest.approx(49 / 63)}  # it walks through mud
 
     for scale, check in ((3.0, lambda x: x == 1.0), (-1.0, lambda x: x < 0.5)):
         monkeypatch.setattr(LearnedReward, "with_term", lambda self, term, scale=scale: (

@@ -80,5 +80,7 @@ def reward_greedy(
         default = "  (the run's reward)" if term == result["default_term"] else ""
         typer.echo(f"{term:12s} greedy action optimal in {entry['agreement']:.1%} of {result['states']} states; "
                    f"the demonstrator's on {entry['demo_agreement']:.1%} of demo transitions{default}")
+    for name, share in result["references"].items():
+        typer.echo(f"reference: a reward of the {name}: greedy action optimal in {share:.1%}")
     typer.echo(f"(the demonstrator's own actions are optimal on {result['demonstrator_optimal']:.1%} of its "
                f"transitions); written to {target}")

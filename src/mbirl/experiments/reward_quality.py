@@ -240,9 +240,22 @@ def _mud_grid_model() -> Any:
     return mud_grid_model()
 
 
+def _mud_grid_goal_only(obs: np.ndarray, act: np.ndarray, next_obs: np.ndarray) -> np.ndarray:
+    from mbirl.envs.gridworld import REWARD_MUD, REWARD_STEP, mud_grid_true_reward
+
+    r = mud_grid_true_reward(obs, act, next_obs)
+    out: np.ndarray = np.where(r == REWARD_MUD, REWARD_STEP, r)
+    return out
+
+
 TABULAR_MODELS: dict[str, Callable[[], Any]] = {"MudGrid-v0": _mud_grid_model}
 """Tasks whose dynamics are known as a table (:class:`mbirl.envs.gridworld.TabularModel`), so a learned reward can
 be optimised exactly."""
+
+REFERENCE_REWARDS: dict[str, dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]]] = {
+    "MudGrid-v0": {"goal only (the mud unknown)": _mud_grid_goal_only},
+}
+"""Rewards whose greedy agreement puts a learned reward's in context (what knowing part of the task gives)."""
 
 
 def greedy_agreement(run_dir: str | Path) -> dict[str, Any]:
@@ -280,11 +293,15 @@ def greedy_agreement(run_dir: str | Path) -> dict[str, Any]:
         "default_term": run.reward.term, "states": int(live.sum()),
         "demo_transitions": len(demo_states), "demo_states": int(len(np.unique(demo_states))),
         "demonstrator_optimal": float(expert[demo_states, demo_actions].mean()), "terms": {}}
+    def agreement(reward: np.ndarray) -> tuple[float, np.ndarray]:
+        greedy = value_iteration(model, reward.reshape(n_s, n_a), gamma).argmax(1)
+        return float(expert[np.arange(n_s), greedy][live].mean()), greedy
+
     for term in _terms(run.reward):
-        r = run.reward.with_term(term)(eye[states], actions, eye[nxt], done).reshape(n_s, n_a)
-        greedy = value_iteration(model, r, gamma).argmax(1)
-        result["terms"][term] = {
-            "agreement": float(expert[np.arange(n_s), greedy][live].mean()),
-            "demo_agreement": float((greedy[demo_states] == demo_actions).mean()),
-            "greedy": greedy.tolist()}
+        share, greedy = agreement(run.reward.with_term(term)(eye[states], actions, eye[nxt], done))
+        result["terms"][term] = {"agreement": share, "demo_agreement": float((greedy[demo_states] ==
+                                                                              demo_actions).mean()),
+                                 "greedy": greedy.tolist()}
+    result["references"] = {name: agreement(fn(eye[states], actions, eye[nxt]))[0]
+                            for name, fn in REFERENCE_REWARDS.get(run.env_id, {}).items()}
     return result
