@@ -90,20 +90,41 @@ def _cli(args: list[str], cwd: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _comparable(run: Path) -> tuple[dict, list]:
-    """metrics.json and metrics.jsonl without wall-clock fields."""
-    metrics = {k: v for k, v in json.loads((run / "metrics.json").read_text()).items() if "seconds" not in k}
-    rows = [{k: v for k, v in json.loads(line).items() if "seconds" not in k}
-            for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return metrics, rows
+def _untimed(value: object) -> object:
+    """``value`` without its wall-clock entries (keys naming seconds), at any depth."""
+    if isinstance(value, dict):
+        return {k: _untimed(v) for k, v in value.items() if "seconds" not in k}
+    return value
 
 
-def _kill_resume_trial(cwd: Path, base: list[str], kills: int, rng: random.Random, max_rows: int
-                       ) -> tuple[int, int]:
+def _comparable(run: Path) -> tuple[object, list]:
+    """metrics.json and metrics.jsonl (if any) without wall-clock fields."""
+    metrics = _untimed(json.loads((run / "metrics.json").read_text()))
+    lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []
+    return metrics, [_untimed(json.loads(line)) for line in lines]
+
+
+def _rows(run: Path) -> int:
+    try:
+        return len((run / "metrics.jsonl").read_text().splitlines())
+    except OSError:
+        return 0
+
+
+def _kill_resume_trial(cwd: Path, base: list[str], kills: int, rng: random.Random, max_rows: int,
+                       parts: tuple[str, ...] = (), spread: bool = False) -> tuple[int, int]:
     """Kill a training command ``kills`` times at random points, resume it, compare with an uninterrupted run.
 
     ``base`` is the command without ``--run-dir``/``--resume``; kills land after a random number of metric rows
-    in ``[2, max_rows]``. Returns ``(mismatches, kills that landed mid-run)``."""
+    in ``[2, max_rows]`` (``spread``: distinct numbers, in increasing order, so every kill lands further on).
+    ``parts``: sub-directories that are runs of their own (a comparison's methods), whose rows count too and whose
+    outputs are compared as well. Returns ``(mismatches, kills that landed mid-run)``."""
+    runs = [Path("."), *map(Path, parts)]
+    targets = sorted(rng.sample(range(2, max_rows + 1), kills)) if spread else None
+
+    def outputs(root: Path) -> list:
+        return [_comparable(root / part) for part in runs]
+
     ref = _cli([*base, "--run-dir", "ref"], cwd)
     assert ref.wait(timeout=600) == 0, ref.stderr.read() if ref.stderr else ""
     mismatches = landed = 0
@@ -111,11 +132,10 @@ def _kill_resume_trial(cwd: Path, base: list[str], kills: int, rng: random.Rando
     for _ in range(kills):
         proc = _cli([*base, "--run-dir", "run", *flag], cwd)
         flag = ["--resume"]
-        jsonl = cwd / "run" / "metrics.jsonl"
-        target = rng.randint(2, max_rows)
+        target = targets.pop(0) if targets is not None else rng.randint(2, max_rows)
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
-            if jsonl.exists() and len(jsonl.read_text().splitlines()) >= target:
+            if sum(_rows(cwd / "run" / part) for part in runs) >= target:
                 break
             time.sleep(0.01)
         time.sleep(rng.uniform(0.0, 0.05))
@@ -123,12 +143,13 @@ def _kill_resume_trial(cwd: Path, base: list[str], kills: int, rng: random.Rando
         proc.wait(timeout=60)
         if proc.returncode == -signal.SIGKILL and not (cwd / "run" / "metrics.json").exists():
             landed += 1
-        ckpt = cwd / "run" / "checkpoints" / "last"
-        if ckpt.with_suffix(".json").exists():
-            load_checkpoint(ckpt)  # never left unreadable
+        for part in runs:
+            ckpt = cwd / "run" / part / "checkpoints" / "last"
+            if ckpt.with_suffix(".json").exists():
+                load_checkpoint(ckpt)  # never left unreadable
     final = _cli([*base, "--run-dir", "run", "--resume"], cwd)
     assert final.wait(timeout=600) == 0, final.stderr.read() if final.stderr else ""
-    if _comparable(cwd / "run") != _comparable(cwd / "ref"):
+    if outputs(cwd / "run") != outputs(cwd / "ref"):
         mismatches += 1
     return mismatches, landed
 
@@ -157,6 +178,18 @@ def test_sigkill_and_resume_reproduce_an_uninterrupted_run(tmp_path, placing_dem
 def test_sigkill_and_resume_mairl(tmp_path):
     base = _mairl_command(tmp_path, env_steps=1200)
     assert _kill_resume_trial(tmp_path, base, kills=1, rng=random.Random(1), max_rows=100) == (0, 1)
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_of_a_comparison(tmp_path, placing_demos):
+    # the methods run one after the other, each in its own run directory: kills land in either, or between them
+    methods = ("weighted", "neural", "abbeel")
+    save_keypoint_demos(tmp_path / "d.npz", placing_demos)
+    (tmp_path / "c.yaml").write_text("checkpoint_every: 4\n")
+    base = ["mbirl", "compare", "--demos", "d.npz", "--costs", ",".join(methods), "--outer-iters", "30",
+            "--config", "c.yaml", "--seed", "3", "--no-progress"]
+    assert _kill_resume_trial(tmp_path, base, kills=4, rng=random.Random(5), max_rows=90, parts=methods,
+                              spread=True) == (0, 4)
 
 
 @pytest.mark.slow
