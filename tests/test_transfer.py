@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 
+import imageio.v2 as imageio
 import numpy as np
 import pytest
 
@@ -131,6 +132,10 @@ def test_transfer_run_end_to_end(maze_demos: str, tmp_path: object) -> None:
     reward = json.loads(open(f"{out}/rewards/mairl.json").read())
     assert reward["term"] == "g" and reward["spec"]["kwargs"]["state_only"] is True
     assert (tmp_path / "maze" / "figures" / "maze_paths.png").exists()  # type: ignore[operator]
+    assert metrics["videos"] == {"mairl": "videos/mairl.mp4", "true_reward": "videos/true_reward.mp4"}
+    for video in metrics["videos"].values():
+        frames = imageio.mimread(f"{out}/{video}", memtest=False)
+        assert len(frames) == 100 and frames[0].ndim == 3 and np.std(frames[50]) > 10  # a full episode, not blank
     assert "| `mairl` |" in open(f"{out}/summary.md").read()
     # a finished run resumes to the same table without training anything again
     again = CliRunner().invoke(app, [*args, "--resume"])

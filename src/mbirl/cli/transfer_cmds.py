@@ -46,6 +46,8 @@ def transfer_run(
     workers: Annotated[int, typer.Option(help="processes for independent stages (the reward learners; the SAC runs "
                                               "on the target)")] = TransferRunConfig.workers,
     device: DeviceOpt = TransferRunConfig.device,
+    videos: Annotated[bool, typer.Option(help="record one target episode of each row's policy (OUT/videos)")
+                      ] = TransferRunConfig.videos,
     config: Annotated[Path | None, typer.Option(help="YAML configuration (keys: the fields of TransferRunConfig); "
                                                      "options given on the command line take precedence")] = None,
     resume: Annotated[bool, typer.Option(help="continue the run in OUT (finished stages are kept)")] = False,
@@ -58,7 +60,7 @@ def transfer_run(
                                  "demo_episodes": demo_episodes, "irl_steps": irl_steps, "rl_steps": rl_steps,
                                  "rows": tuple(r.strip() for r in rows.split(",") if r.strip()),
                                  "eval_episodes": eval_episodes, "eval_every": eval_every, "workers": workers,
-                                 "random_episodes": random_episodes, "device": device}
+                                 "random_episodes": random_episodes, "device": device, "videos": videos}
     if demos is not None:
         values["demos"] = demos
     cfg = build_config(ctx, TransferRunConfig, values, config)

@@ -125,6 +125,9 @@ class TransferRunConfig:
     """episodes of the random row (its return is noisy)"""
     standardize_reward: bool = True
     """standardise each learned reward over the demonstrations' states before SAC trains on it"""
+    videos: bool = True
+    """record one deterministic target-environment episode of each row's policy (``out/videos/ROW.mp4``; MuJoCo
+    offscreen through EGL)"""
     workers: int = 1
     """processes for the stages that do not depend on each other (MAIRL / AIRL / GAIL; the SAC runs on the
     target), one torch thread each; the results do not depend on it"""
@@ -132,7 +135,7 @@ class TransferRunConfig:
     """where every stage's networks train: ``auto`` (CUDA when there is a GPU), ``cpu`` or ``cuda``
     (:func:`mbirl.nets.resolve_device`)"""
 
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("eval_every", "workers", "device")
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("eval_every", "workers", "device", "videos")
     """What ``--resume`` may change (finished stages are kept whatever their budget was)."""
     PATHS: ClassVar[tuple[str, ...]] = ("demos",)
 
@@ -465,10 +468,33 @@ def run_transfer(cfg: TransferRunConfig, out: str | Path, *, resume: bool = Fals
                     if not (cfg.demos and name in ("expert_steps", "demo_episodes"))},
         "demos": str(demos), "seconds_this_session": time.monotonic() - t0, **extra,
     }
+    if cfg.videos:
+        metrics["videos"] = _videos(out, task, [r for r in rows if r != "random"], seed)
     _figures(out, task, rows, normalized, demos)
     top.finish(metrics, summary=transfer_summary(metrics))
     record_provenance(out)
     return metrics
+
+
+def _videos(out: Path, task: TransferTask, rows: list[str], seed: int) -> dict[str, str]:
+    """One episode of each row's policy on the target (the first evaluation episode's reset seed); a video already
+    recorded (a resumed run) is kept. Returns row -> path relative to ``out``."""
+    from mbirl.experts.policy import ExpertPolicy
+    from mbirl.experts.rollout import record_video
+
+    made = {}
+    for row in rows:
+        path = out / "videos" / f"{row}.mp4"
+        if not path.exists():
+            if row == "gail_policy":
+                act = _imitation_run(out / "irl" / "gail").policy.act
+            else:
+                act = ExpertPolicy.load(out / "target" / row / "policy")[0].act
+            tmp = path.with_name(f".{path.stem}.partial.mp4")
+            record_video(act, task.target, tmp, seed=seed)
+            tmp.replace(path)
+        made[row] = str(path.relative_to(out))
+    return made
 
 
 def _imitation_run(path: Path) -> Any:

@@ -152,7 +152,7 @@ def _draw_classic(env_id: str, obs: np.ndarray, size: int = 240) -> np.ndarray:
     return img
 
 
-_LOCOMOTION = ("Hopper", "HalfCheetah", "Walker2d", "Ant", "Swimmer", "Humanoid")
+_LOCOMOTION = ("Hopper", "HalfCheetah", "Walker2d", "Ant", "Swimmer", "Humanoid", "TransferAnt", "DisabledAnt")
 
 
 def record_video(policy: Policy, env_id: str, path: str | Path, *, seed: int = 0, episodes: int = 1,
