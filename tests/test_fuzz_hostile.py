@@ -1,5 +1,6 @@
 """Hostile inputs (hypothesis), per command family: trajectory files, keypoint files, ``.pt`` files, visual data
-files, checkpoints of every trainer, YAML configs and run-directory JSON files, each thrown at the command that
+files, checkpoints of every trainer (of finished runs; and unfinished runs resumed with edited optimiser states,
+which only a run that trains on reads), YAML configs and run-directory JSON files, each thrown at the command that
 reads it. Every case must end in exit 0 or a one-line error with exit 2 (3 for numerical failure), never a
 traceback; a refused input leaves its directory as it was (no partial outputs); no module named in a file is
 imported; and the process's peak RSS stays under 2 GB (headers declaring huge arrays, alias bombs and deep nesting
@@ -9,6 +10,7 @@ The default run takes a few examples per family; ``-m slow`` runs 200 per family
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import io
@@ -502,6 +504,207 @@ def _checkpoint_case(finished_runs, edit: tuple[str, int, object, str, bool]) ->
                        root)
 
 
+# ------------------------------------------------------------------------------------ optimiser states of stopped runs
+
+
+STOPPED = ("mairl", "bc", "dac", "gail", "airl", "weighted", "neural", "expert")
+"""The trainers whose *unfinished* runs the optimiser-state family resumes (MBIRL through two of its costs; the expert
+is SB3's PPO): a resumed unfinished run loads its optimisers' states and steps them, which a finished one never
+does."""
+
+
+def _stopped_run(kind: str, root: Path) -> list:
+    """The command of a tiny run of trainer ``kind`` long enough to be stopped after its third checkpoint, when every
+    optimiser has stepped (its run directory is ``root / 'run'``)."""
+    args = _tiny_run("weighted" if kind == "expert" else kind, root)
+
+    def setopt(name: str, value: str) -> None:
+        args[args.index(name) + 1] = value
+
+    if kind == "mairl":
+        setopt("--env-steps", "600")
+        setopt("--eval-every", "100")
+    elif kind == "bc":
+        (root / "bc.yaml").write_text("bc:\n  max_epochs: 8\n  patience: 100\ncheckpoint_every: 1\n")
+    elif kind == "dac":
+        (root / "dac.yaml").write_text((root / "dac.yaml").read_text() + "checkpoint_every: 1\n")
+        setopt("--env-steps", "600")
+        setopt("--eval-every", "600")
+    elif kind in ("gail", "airl"):
+        (root / "ppo.yaml").write_text((root / "ppo.yaml").read_text() + "checkpoint_every: 1\n")
+        setopt("--env-steps", "320")
+        setopt("--eval-every", "320")
+    elif kind == "expert":
+        args = ["expert", "train", "--env", "CartPole-v1", "--steps", "1024", "--eval-every", "256", "--out",
+                root / "run", "--no-progress"]
+    else:
+        setopt("--outer-iters", "6")
+    return args
+
+
+def _stop_after_saves(args: list, saves: int) -> tuple[int, str]:
+    """Run ``args``, interrupted (SIGINT, as the CLI sees it) right after its ``saves``-th checkpoint."""
+    import signal
+
+    from mbirl.interrupts import Interrupted
+    from mbirl.reporting.runs import RunDir
+
+    original, count = RunDir.save, [0]
+
+    def save(self, state):
+        original(self, state)
+        count[0] += 1
+        if count[0] == saves:
+            raise Interrupted(signal.SIGINT)
+
+    RunDir.save = save
+    try:
+        return run_cli(args)
+    finally:
+        RunDir.save = original
+
+
+def _optimizer_states(tree: object) -> list[tuple[object, object]]:
+    """(container, key) of every optimiser state (a mapping of exactly 'state' and 'param_groups') in a loaded
+    checkpoint."""
+    out: list[tuple[object, object]] = []
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else ()
+    for key, value in items:
+        if isinstance(value, dict) and set(value) == {"state", "param_groups"}:
+            out.append((tree, key))
+        else:
+            out += _optimizer_states(value)
+    return out
+
+
+@pytest.fixture(scope="module")
+def stopped_runs(tmp_path_factory, placing_demos) -> dict[str, tuple[Path, list]]:
+    """Per trainer, a run stopped by an interrupt after its third checkpoint (every optimiser with moments), and
+    its ``--resume`` command; an unedited copy of it resumes to the end."""
+    from mbirl.data import save_keypoint_demos
+    from mbirl.reporting.checkpoint import load_checkpoint
+
+    out = {}
+    for kind in STOPPED:
+        root = tmp_path_factory.mktemp(f"stopped-{kind}")
+        save_keypoint_demos(root / "kp.npz", placing_demos)
+        args = _stopped_run(kind, root)
+        code, err = _stop_after_saves(args, 3)
+        assert code == 130 and "--resume" in err, (kind, code, err)
+        state = load_checkpoint(root / "run" / "checkpoints" / "last")
+        found = _optimizer_states(state)
+        assert found and all(parent[key]["state"] for parent, key in found), (kind, "an optimiser without moments")
+        assert not (root / "run" / "metrics.json").exists()
+        resumed = [*args, "--resume"]
+        with tempfile.TemporaryDirectory() as tmp:
+            shutil.copytree(root, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".lock"))
+            code, err = run_cli([Path(tmp) / "run" if a == root / "run" else a for a in resumed])
+            assert code == 0 and (Path(tmp) / "run" / "metrics.json").is_file(), (kind, err)
+        out[kind] = (root, resumed)
+    return out
+
+
+OPTIMIZER_EDITS = ("shape", "flat", "string", "nan-step", "float-step", "negative-step", "fraction-step",
+                   "maximize", "no-groups", "two-groups", "nan-moment", "negative-second-moment", "int-moment",
+                   "double-moment", "drop-moment", "extra-moment", "unknown-param", "bad-params", "state-list",
+                   "betas", "lr-string", "swap", "sgd", "not-a-state")
+
+
+@st.composite
+def optimizer_edits(draw) -> tuple[str, str, int, int]:
+    """(trainer, edit, which optimiser of its checkpoint, which parameter's entry / group)."""
+    return (draw(st.sampled_from(STOPPED)), draw(st.sampled_from(OPTIMIZER_EDITS)), draw(st.integers(0, 10**6)),
+            draw(st.integers(0, 10**6)))
+
+
+def _cloned(tree: object) -> object:
+    """A copy of a loaded checkpoint's subtree sharing no tensor (safetensors refuses shared storage)."""
+    if isinstance(tree, dict):
+        return {k: _cloned(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_cloned(v) for v in tree]
+    return tree.clone() if isinstance(tree, torch.Tensor) else tree
+
+
+def _edit_optimizer(state: dict, edit: str, which: int, index: int) -> None:
+    """Apply ``edit`` to one optimiser state of a loaded checkpoint (in place)."""
+    found = _optimizer_states(state)
+    parent, key = found[which % len(found)]
+    opt = parent[key]
+    entries = list(opt["state"].values())
+    entry = entries[index % len(entries)]
+    group = opt["param_groups"][index % len(opt["param_groups"])]
+    moment = entry["exp_avg"]
+    nan = float("nan")
+    if edit == "shape":
+        entry["exp_avg"] = torch.zeros(*moment.shape, 2)
+    elif edit == "flat":
+        entry["exp_avg_sq"] = torch.zeros(moment.numel() + 1)
+    elif edit == "string":
+        entry[("exp_avg", "exp_avg_sq", "step")[index % 3]] = "abc"
+    elif edit == "nan-step":
+        entry["step"] = torch.tensor(nan)
+    elif edit == "float-step":
+        entry["step"] = nan
+    elif edit == "negative-step":
+        entry["step"] = torch.tensor(-3.0)
+    elif edit == "fraction-step":
+        entry["step"] = entry["step"] + 0.5
+    elif edit == "maximize":
+        group["maximize"] = True
+    elif edit == "no-groups":
+        opt["param_groups"] = []
+    elif edit == "two-groups":
+        opt["param_groups"] = [group, dict(group)]
+    elif edit == "nan-moment":
+        entry["exp_avg"] = torch.full_like(moment, nan)
+    elif edit == "negative-second-moment":
+        entry["exp_avg_sq"] = -1.0 - entry["exp_avg_sq"]
+    elif edit == "int-moment":
+        entry["exp_avg"] = moment.to(torch.int64)
+    elif edit == "double-moment":
+        entry["exp_avg"] = moment.double()
+    elif edit == "drop-moment":
+        del entry["exp_avg_sq"]
+    elif edit == "extra-moment":
+        entry["max_exp_avg_sq"] = entry["exp_avg_sq"].clone()  # AMSGrad's, for an optimiser without it
+    elif edit == "unknown-param":
+        opt["state"][10**6] = _cloned(entry)
+    elif edit == "bad-params":
+        group["params"] = [*group["params"], max(group["params"]) + 1]
+    elif edit == "state-list":
+        opt["state"] = entries
+    elif edit == "betas":
+        group["betas"] = [0.5, 0.5]
+    elif edit == "lr-string":
+        group["lr"] = "abc"
+    elif edit == "swap" and len(found) > 1:  # another optimiser's state in its place
+        other_parent, other_key = found[(which + 1 + index % (len(found) - 1)) % len(found)]
+        parent[key] = _cloned(other_parent[other_key])
+    elif edit == "sgd":
+        entries[index % len(entries)].clear()
+        entries[index % len(entries)]["momentum_buffer"] = moment.clone()
+    else:  # "not-a-state" (and "swap" where there is one optimiser)
+        parent[key] = {"state": {}, "param_groups": "abc"} if index % 2 else [1, 2]
+
+
+def _optimizer_case(stopped_runs, case: tuple[str, str, int, int]) -> None:
+    from mbirl.reporting.checkpoint import load_checkpoint, save_checkpoint
+    from mbirl.reporting.runs import checkpoint_stem
+
+    kind, edit, which, index = case
+    src, args = stopped_runs[kind]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        shutil.copytree(src, root, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".lock"))
+        args = [root / "run" if a == src / "run" else a for a in args]
+        stem = checkpoint_stem(root / "run")
+        state = load_checkpoint(stem)
+        _edit_optimizer(state, edit, which, index)
+        save_checkpoint(stem, state)
+        check_case(args, root, allowed=(2,))
+
+
 # ------------------------------------------------------------------------------------ YAML and run JSON
 
 
@@ -590,6 +793,21 @@ def test_hostile_files_full(family):
 def test_hostile_checkpoints_full(finished_runs):
     FULL(given(checkpoint_edits())(lambda edit: _checkpoint_case(finished_runs, edit)))()
     print(f"checkpoints: peak RSS {peak_rss() / 1024**2:.0f} MiB")
+
+
+@pytest.mark.slow
+def test_hostile_checkpoints_full_optimizer_states_of_stopped_runs(stopped_runs):
+    """Unfinished runs resumed with edited optimiser states: every one refused in one line, exit 2, nothing
+    written."""
+    refused: collections.Counter[str] = collections.Counter()
+
+    def case(edit: tuple[str, str, int, int]) -> None:
+        _optimizer_case(stopped_runs, edit)
+        refused[edit[0]] += 1
+
+    FULL(given(optimizer_edits())(case))()
+    print(f"optimizer states: {sum(refused.values())} cases refused ({dict(refused)}); peak RSS "
+          f"{peak_rss() / 1024**2:.0f} MiB")
 
 
 @pytest.mark.slow

@@ -67,6 +67,7 @@ from mbirl.experts.demos import DemoStats, check_demo_spaces
 from mbirl.experts.rollout import EpisodeResult, make_env
 from mbirl.experts.train import EXPERT_PRESETS, HOPPER_PPO, ExpertPreset
 from mbirl.nets import DEFAULT_DEVICE, resolve_device
+from mbirl.reporting.checkpoint import load_optimizer_state
 from mbirl.rewards.discriminator import DISCRIMINATORS, AIRLDiscriminator, Discriminator, mean_update_stats
 from mbirl.types import TransitionBatch
 
@@ -668,8 +669,9 @@ class AdversarialPPO:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         model = self.model
         self.load_policy(state)
-        model.policy.optimizer.load_state_dict(state["opt_policy"])
-        self.opt_disc.load_state_dict(state["opt_disc"])
+        # SB3 sets the policy optimiser's lr at every update: only the discriminator's must match the configuration
+        load_optimizer_state(model.policy.optimizer, state["opt_policy"], name="opt_policy")
+        load_optimizer_state(self.opt_disc, state["opt_disc"], scheduled=(), name="opt_disc")
         self.reward_stats.load_state_dict(state["reward_stats"])
         model._last_obs = state["last_obs"].numpy().copy()
         model._last_episode_starts = np.asarray(state["last_episode_starts"], bool)

@@ -33,6 +33,7 @@ from mbirl.errors import InputError, check_finite
 from mbirl.experts.demos import DemoStats, check_demo_spaces
 from mbirl.experts.rollout import EpisodeResult
 from mbirl.nets import DEFAULT_DEVICE, resolve_device
+from mbirl.reporting.checkpoint import load_optimizer_state
 
 __all__ = ["BC", "BCConfig", "BCPolicy", "build_bc"]
 
@@ -312,7 +313,7 @@ class BC:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.load_policy(state)
         self.policy.load_state_dict(state["policy"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"], scheduled=(), name="optimizer")
         set_numpy_rng_state(self.rng, state["rng"])
         self.best_nll, self.best_epoch = float(state["best_nll"]), int(state["best_epoch"])
         self.epochs_since_best = int(state["epochs_since_best"])

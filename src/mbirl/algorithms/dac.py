@@ -48,6 +48,7 @@ from mbirl.errors import InputError, check_finite
 from mbirl.experts.demos import DemoStats, check_demo_spaces
 from mbirl.experts.rollout import EpisodeResult, make_env
 from mbirl.nets import DEFAULT_DEVICE, resolve_device
+from mbirl.reporting.checkpoint import load_optimizer_state
 from mbirl.rewards.discriminator import DISCRIMINATORS, Discriminator
 from mbirl.types import TransitionBatch
 
@@ -580,15 +581,15 @@ class DAC:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.load_policy(state)
-        self.actor.optimizer.load_state_dict(state["opt_actor"])
-        self.critic.optimizer.load_state_dict(state["opt_critic"])
+        load_optimizer_state(self.actor.optimizer, state["opt_actor"], scheduled=(), name="opt_actor")
+        load_optimizer_state(self.critic.optimizer, state["opt_critic"], scheduled=(), name="opt_critic")
         if (state["log_ent_coef"] is None) != (self.log_ent_coef is None):
             raise InputError("checkpoint has another entropy-coefficient setting", field="ent_coef")
         if self.log_ent_coef is not None and self.opt_ent is not None:
             with torch.no_grad():
                 self.log_ent_coef.copy_(state["log_ent_coef"])
-            self.opt_ent.load_state_dict(state["opt_ent"])
-        self.opt_disc.load_state_dict(state["opt_disc"])
+            load_optimizer_state(self.opt_ent, state["opt_ent"], scheduled=(), name="opt_ent")
+        load_optimizer_state(self.opt_disc, state["opt_disc"], scheduled=(), name="opt_disc")
         self.buffer.load_state_dict(state["buffer"])
         self.generator.set_state(state["generator"])
         set_numpy_rng_state(self.rng, state["rng"])

@@ -43,6 +43,7 @@ from mbirl.errors import InputError, check_finite
 from mbirl.experts.demos import DemoStats, check_demo_spaces
 from mbirl.experts.rollout import EpisodeResult, make_env
 from mbirl.nets import DEFAULT_DEVICE, resolve_device
+from mbirl.reporting.checkpoint import load_optimizer_state
 from mbirl.rewards.discriminator import DISCRIMINATORS, Discriminator, mean_update_stats
 from mbirl.types import TransitionBatch
 
@@ -663,9 +664,9 @@ class MAIRL:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.load_policy(state)
-        self.opt_policy.load_state_dict(state["opt_policy"])
-        self.opt_model.load_state_dict(state["opt_model"])
-        self.opt_disc.load_state_dict(state["opt_disc"])
+        for optimizer, key in ((self.opt_policy, "opt_policy"), (self.opt_model, "opt_model"),
+                               (self.opt_disc, "opt_disc")):
+            load_optimizer_state(optimizer, state[key], scheduled=(), name=key)
         self.buffer.load_state_dict(state["buffer"])
         self.generator.set_state(state["generator"])
         set_numpy_rng_state(self.rng, state["rng"])

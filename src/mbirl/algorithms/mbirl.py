@@ -23,6 +23,7 @@ from mbirl.costs.base import KeypointCost
 from mbirl.dynamics.base import KeypointDynamics
 from mbirl.errors import InputError, NonFiniteError, check_finite
 from mbirl.planning.gradient_mpc import INNER_SOLVERS, ActionOptInfo, GradientMode, optimize_actions
+from mbirl.reporting.checkpoint import load_optimizer_state
 from mbirl.types import KeypointTrajectory
 
 __all__ = ["MBIRL", "CostLearner", "DemoBatch", "EvalResult", "MBIRLConfig", "NonFiniteError", "evaluate_on_robot",
@@ -316,6 +317,8 @@ class MBIRL:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.cost.load_state_dict(state["cost"])
-        if self.optimizer is not None and state.get("optimizer") is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
+        if (self.optimizer is None) != (state["optimizer"] is None):
+            raise ValueError("the checkpoint's cost optimiser does not match this cost's parameters")
+        if self.optimizer is not None:
+            load_optimizer_state(self.optimizer, state["optimizer"], scheduled=(), name="optimizer")
         self.iteration = int(state["iteration"])

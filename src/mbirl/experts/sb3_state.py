@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from mbirl.errors import InputError
+from mbirl.reporting.checkpoint import check_optimizer_state
 
 __all__ = ["load_sb3_state", "sb3_state"]
 
@@ -160,10 +161,20 @@ def sb3_state(model: Any) -> dict[str, Any]:
 
 
 def load_sb3_state(model: Any, state: dict[str, Any]) -> None:
-    """Restore what :func:`sb3_state` saved into a freshly built ``model`` of the same configuration."""
+    """Restore what :func:`sb3_state` saved into a freshly built ``model`` of the same configuration (ValueError
+    for a state that does not fit it: SB3 loads optimiser states as given, so each is checked first)."""
     from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+    from stable_baselines3.common.save_util import recursive_getattr
 
-    model.set_parameters(state["params"], exact_match=True, device="cpu")
+    params, expected = state["params"], set(model._get_torch_save_params()[0])
+    if not isinstance(params, dict) or set(params) != expected:
+        names = sorted(map(str, params))[:6] if isinstance(params, dict) else type(params).__name__
+        raise ValueError(f"saved networks and optimisers {names}, expected {sorted(expected)}")
+    for name in sorted(expected):
+        target = recursive_getattr(model, name)
+        if isinstance(target, torch.optim.Optimizer):
+            check_optimizer_state(target, params[name], name=name)  # the lr: SB3 sets it at every update
+    model.set_parameters(params, exact_match=True, device="cpu")
     c = state["counters"]
     model.num_timesteps, model._n_updates, model._episode_num = (int(c["num_timesteps"]), int(c["n_updates"]),
                                                                   int(c["episode_num"]))

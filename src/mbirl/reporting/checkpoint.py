@@ -26,8 +26,8 @@ from mbirl.validation import check_file, read_json
 
 FORMAT = "mbirl.checkpoint/v2"
 
-__all__ = ["FORMAT", "flatten_state", "load_checkpoint", "load_optimizer_state", "restoring", "save_checkpoint",
-           "unflatten_state"]
+__all__ = ["FORMAT", "check_optimizer_state", "flatten_state", "load_checkpoint", "load_optimizer_state", "restoring",
+           "save_checkpoint", "unflatten_state"]
 
 
 def flatten_state(state: Any, prefix: str = "") -> tuple[dict[str, torch.Tensor], Any]:
@@ -132,17 +132,30 @@ def restoring(source: str | Path, what: str = "checkpoint does not match this ru
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Any, *, scheduled: tuple[str, ...] = ("lr",)
-                         ) -> None:
-    """Load a checkpointed optimiser state into ``optimizer`` once it is known to fit; ValueError otherwise (one
-    InputError inside :func:`restoring`).
+def check_optimizer_state(optimizer: torch.optim.Optimizer, state: Any, *, scheduled: tuple[str, ...] = ("lr",),
+                          name: str = "") -> None:
+    """Check that a checkpointed optimiser state fits ``optimizer`` (ValueError otherwise, its message prefixed by
+    ``name``, the state's key in the checkpoint: one InputError inside :func:`restoring`); nothing is loaded
+    (:func:`load_optimizer_state` loads it).
 
-    Torch checks only the number of groups and parameters; a state with other settings, shapes or types would be
-    taken silently or fail at the next training step. So the parameter groups must name the same parameters with
-    the same settings as ``optimizer``'s (the ``scheduled`` ones, which the trainer sets at every step, only of
-    the same kind), every per-parameter tensor must have its parameter's shape, and a trial step with zero
-    gradients must work on a copy (Adam's, AdamW's and SGD's per-parameter tensors are of their parameter's shape;
-    scalars aside)."""
+    Torch checks only the number of groups and parameters; a state with other settings, shapes, types or counters
+    would be taken silently, or fail or turn the parameters into NaN at the next training step. So:
+
+    * the parameter groups must name the same parameters with the same settings as ``optimizer``'s once loaded
+      (settings torch fills in for a state saved before they existed count as given; the ``scheduled`` ones,
+      which the trainer sets at every step, need only be finite numbers);
+    * every per-parameter entry must hold what a step of ``optimizer`` creates: the same keys, tensors of the
+      same shape and dtype (finite), a ``step`` counter a whole number >= 0 (an entry may be missing: a parameter
+      that never had a gradient has none);
+    * a step with zero gradients on a copy must work and leave the (finite) parameters finite.
+    """
+    try:
+        _check_optimizer_state(optimizer, state, scheduled)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}" if name else str(exc)) from None
+
+
+def _check_optimizer_state(optimizer: torch.optim.Optimizer, state: Any, scheduled: tuple[str, ...]) -> None:
     import copy
 
     fresh = optimizer.state_dict()
@@ -154,31 +167,85 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Any, *, schedu
                          f"{len(fresh['param_groups'])}")
     params: dict[Any, torch.Tensor] = {}
     for saved, new, group in zip(state["param_groups"], fresh["param_groups"], optimizer.param_groups, strict=True):
-        if not isinstance(saved, dict) or set(saved) != set(new) or saved["params"] != new["params"]:
+        if not isinstance(saved, dict) or saved.get("params") != new["params"]:
             raise ValueError("optimizer parameter groups differ from this model's")
-        for key, value in new.items():
-            if key == "params" or (not isinstance(saved[key], torch.Tensor) and _plain(saved[key]) == _plain(value)):
-                continue
-            if key not in scheduled or not _number(saved[key]) or not _number(value):
-                raise ValueError(f"optimizer setting '{key}' is {str(saved[key])[:40]}, expected {value}")
+        unknown = [str(k)[:20] for k in saved if k not in new]
+        if unknown:
+            raise ValueError(f"unknown optimizer setting '{unknown[0]}'")
         params.update(zip(new["params"], group["params"], strict=True))
+    # what one step creates per parameter: a copy of the optimiser without state, stepped with zero gradients
+    reference = copy.deepcopy(optimizer)
+    reference.state.clear()
+    _zero_step(reference)
+    created = {index: reference.state[p] for index, p in zip(params, _all_params(reference), strict=True)}
     for index, entry in state["state"].items():
         if index not in params or not isinstance(entry, dict):
-            raise ValueError(f"optimizer state for unknown parameter {str(index)[:20]}")
+            raise ValueError(f"optimizer state for unknown parameter {repr(index)[:20]}")
+        expected = created[index]
+        if set(entry) != set(expected):
+            raise ValueError(f"optimizer state of parameter {index} has entries {sorted(map(str, entry))[:5]}, "
+                             f"expected {sorted(map(str, expected))}")
         for key, value in entry.items():
-            if isinstance(value, torch.Tensor) and value.ndim and value.shape != params[index].shape:
-                raise ValueError(f"optimizer state '{str(key)[:20]}' of parameter {index} has shape "
-                                 f"{tuple(value.shape)}, the parameter {tuple(params[index].shape)}")
+            _check_entry(f"optimizer state '{key}' of parameter {index}", key, value, expected[key])
     trial = copy.deepcopy(optimizer)
+    finite = [bool(torch.isfinite(p).all()) for p in _all_params(trial)]
     try:
         trial.load_state_dict(copy.deepcopy(state))  # torch keeps the given tensors: the trial must not change them
-        for group in trial.param_groups:
-            for p in group["params"]:
-                p.grad = torch.zeros_like(p)
-        trial.step()
     except Exception as exc:  # whatever torch raises for a state it cannot use
+        raise ValueError(f"optimizer state does not load ({type(exc).__name__}: {str(exc)[:200]})") from None
+    for loaded, new in zip(trial.param_groups, fresh["param_groups"], strict=True):
+        for key, value in new.items():
+            if key == "params" or (key in loaded and not isinstance(loaded[key], torch.Tensor)
+                                   and _plain(loaded[key]) == _plain(value)):
+                continue
+            if key not in scheduled or not _number(loaded.get(key)) or not _number(value):
+                raise ValueError(f"optimizer setting '{key}' is {str(loaded.get(key, 'missing'))[:40]}, "
+                                 f"expected {str(value)[:40]}")
+    try:
+        _zero_step(trial)
+    except Exception as exc:
         raise ValueError(f"optimizer state does not work ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if any(ok and not bool(torch.isfinite(p).all()) for ok, p in zip(finite, _all_params(trial), strict=True)):
+        raise ValueError("optimizer state turns the parameters into NaN or infinity at the next step")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Any, *, scheduled: tuple[str, ...] = ("lr",),
+                         name: str = "") -> None:
+    """Load a checkpointed optimiser state into ``optimizer`` once :func:`check_optimizer_state` finds that it
+    fits; ValueError otherwise (one InputError inside :func:`restoring`). What is loaded is exactly what torch's
+    ``load_state_dict`` loads: a run resumes bit for bit."""
+    check_optimizer_state(optimizer, state, scheduled=scheduled, name=name)
     optimizer.load_state_dict(state)
+
+
+def _all_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def _zero_step(optimizer: torch.optim.Optimizer) -> None:
+    for p in _all_params(optimizer):
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+
+
+def _check_entry(what: str, key: Any, value: Any, expected: Any) -> None:
+    """One per-parameter optimiser value against the one a step creates (``expected``)."""
+    if isinstance(expected, torch.Tensor):
+        if not isinstance(value, torch.Tensor) or value.shape != expected.shape or value.dtype != expected.dtype:
+            got = (f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor)
+                   else type(value).__name__)
+            raise ValueError(f"{what} is {got}, expected {expected.dtype} {tuple(expected.shape)}")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{what} holds NaN or infinity")
+        number = float(value) if key == "step" and value.numel() == 1 else None
+    else:
+        if type(value) is not type(expected):
+            raise ValueError(f"{what} is {type(value).__name__}, expected {type(expected).__name__}")
+        number = float(value) if key == "step" and _number(value) else None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{what} is {value}")
+    if key == "step" and (number is None or not math.isfinite(number) or number < 0 or number != int(number)):
+        raise ValueError(f"{what} is not a step count (a whole number >= 0)")
 
 
 def _plain(value: Any) -> Any:
