@@ -1,13 +1,26 @@
-"""Shared fixtures: single-threaded torch, one session-wide set of placing demos, the original URDF file."""
+"""Shared fixtures: single-threaded torch, SIGINT / SIGTERM at their defaults, one session-wide set of placing demos,
+the original URDF file."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _signals_not_ignored():
+    """pytest started with SIGINT / SIGTERM ignored (a background job of a script, nohup): the signal tests need
+    the defaults, in this process and in the commands it spawns (an ignored signal is inherited across exec, and
+    mbirl keeps an ignored signal ignored)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 FIXTURE_URDF = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "iiwa7_keypoints.urdf"
 

@@ -3,7 +3,9 @@
 Importing the command line (Typer, torch, Stable-Baselines3) takes seconds. A signal in that time would otherwise
 meet Python's defaults: a ``KeyboardInterrupt`` traceback for SIGINT, a silent death for SIGTERM. Nothing has been
 read or written yet, so the signal ends the process at once with one line and exit code ``128 + signal``; from
-:func:`mbirl.cli.main` on, :mod:`mbirl.interrupts` takes over. This module imports nothing heavy.
+:func:`mbirl.cli.main` on, :mod:`mbirl.interrupts` takes over. A signal ignored at start (a job started in the
+background by a shell script, ``nohup``, ``trap '' INT``) stays ignored throughout. This module imports nothing
+heavy.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ def _before_start(signum: int, frame: FrameType | None) -> None:
 def main() -> None:
     """Entry point: install the start-up handler, then import and run the command line."""
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    for s in previous:
-        signal.signal(s, _before_start)
+    for s, handler in previous.items():
+        if handler is not signal.SIG_IGN:  # ignored (a background job, nohup, trap '' INT): it stays ignored
+            signal.signal(s, _before_start)
     try:
         from mbirl.cli import main as cli_main
 

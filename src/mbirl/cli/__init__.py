@@ -75,13 +75,23 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-def _checkpoint_note() -> str:
-    """What an interrupted or failed run left to continue from (the run-directory driver knows)."""
-    from mbirl.reporting.runs import last_checkpoint
+def _stopped(why: str) -> str:
+    """``why`` a command stopped, what it leaves behind and what to do next: what it noted last (a run directory's
+    checkpoint, a sweep's finished runs: :func:`mbirl.interrupts.note_resumable`), or, for a command that noted
+    nothing (one stopped before its run started, one without run directories), to run it again."""
+    from mbirl.interrupts import resume_note
 
-    where = last_checkpoint()
-    return f"the last checkpoint is safe in {where.parent.parent}" if where is not None else \
-        "no checkpoint was written yet"
+    note = resume_note()
+    return f"{why}; {note.kept}: {note.action}" if note is not None else \
+        f"{why} before the command saved anything to resume from: run it again"
+
+
+def _kept(why: str) -> str:
+    """``why`` a command failed and what it leaves behind, if it noted anything."""
+    from mbirl.interrupts import resume_note
+
+    note = resume_note()
+    return f"{why}; {note.kept}" if note is not None else why
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -89,10 +99,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     SIGINT and SIGTERM end the command with one line naming ``--resume`` and exit code 130 / 143, delivered only
     between checkpoint writes (:mod:`mbirl.interrupts`)."""
-    from mbirl.interrupts import Interrupted, install
+    from mbirl.interrupts import Interrupted, forget_resume_note, install
     from mbirl.reporting.runs import forget_checkpoints
 
     forget_checkpoints()
+    forget_resume_note()
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     install()
     try:
@@ -101,12 +112,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except InputError as exc:
         _fail(str(exc), 2)
     except Interrupted as exc:
-        _fail(f"interrupted by {exc}; {_checkpoint_note()}: rerun the command with --resume to continue",
-              exc.exit_code)
+        _fail(_stopped(f"interrupted by {exc}"), exc.exit_code)
     except KeyboardInterrupt:
-        _fail(f"interrupted; {_checkpoint_note()}: rerun the command with --resume to continue", 130)
+        _fail(_stopped("interrupted"), 130)
     except NonFiniteError as exc:
-        _fail(f"{exc}; {_checkpoint_note()}", 3)
+        _fail(_kept(str(exc)), 3)
     except OSError as exc:
         _fail(f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc), 1)
     finally:

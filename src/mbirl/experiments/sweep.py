@@ -40,7 +40,7 @@ from mbirl.data.shipped import shipped_demo_names, shipped_demos
 from mbirl.errors import InputError
 from mbirl.experiments.imitation import ALGORITHMS, ImitationRunConfig
 from mbirl.fileio import write_json_atomic
-from mbirl.interrupts import Interrupted
+from mbirl.interrupts import Interrupted, resumable
 from mbirl.nets import resolve_device
 from mbirl.validation import config_from_dict, config_to_dict, read_json
 
@@ -459,6 +459,16 @@ def run_sweep(sweep: SweepConfig, out: str | Path, *, resume: bool = False, addr
         verbose: Ray Tune's verbosity (0 silent, 1 status, 2 trial results).
         on_plan: called with the plan once it is validated, before Ray starts.
     """
+    # stopped at any point (Ctrl-C, SIGTERM), the sweep keeps its finished runs and --resume runs the rest; what the
+    # run directories opened here note (their checkpoints) is for their own commands
+    with resumable(f"the sweep in {out} keeps its finished runs",
+                   "rerun the command with --resume to run the rest (unfinished runs continue from their checkpoints)"):
+        return _run_sweep(sweep, out, resume=resume, address=address, num_cpus=num_cpus, command=command,
+                          verbose=verbose, on_plan=on_plan)
+
+
+def _run_sweep(sweep: SweepConfig, out: str | Path, *, resume: bool, address: str | None, num_cpus: int | None,
+               command: str | None, verbose: int, on_plan: Callable[[SweepPlan], None] | None) -> SweepResult:
     _check_devices(sweep, sweep.cells())
     plan = plan_sweep(sweep, out, resume=resume)
     if on_plan is not None:

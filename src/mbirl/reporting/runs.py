@@ -34,6 +34,7 @@ import torch
 
 from mbirl.errors import InputError
 from mbirl.fileio import write_json_atomic, write_text_atomic
+from mbirl.interrupts import deferred, note_resumable
 from mbirl.reporting.checkpoint import load_checkpoint, save_checkpoint
 from mbirl.reporting.logger import MetricsLogger
 from mbirl.validation import check_overrides, config_to_dict, field_default, flatten_config, read_json, to_plain
@@ -172,6 +173,7 @@ class RunDir:
             saved = self.state.get("config")
             where = self.checkpoint.with_suffix(".json")
             _last_checkpoint.append(where)
+            self._note_checkpoint()
         else:
             saved = read_json(config_path)
             where = config_path
@@ -218,14 +220,23 @@ class RunDir:
             self._hold()
             if self._holds_run() != self._held_run:  # another process started a run here meanwhile
                 raise InputError(ALREADY_HOLDS_A_RUN, source=str(self.path))
-        write_json_atomic(self.path / "config.json", self.config_json)
+        with deferred():  # an interrupt meanwhile is raised once what the directory holds now is noted
+            write_json_atomic(self.path / "config.json", self.config_json)
+            if self.state is None:  # the directory holds a run now: a plain rerun would be refused
+                note_resumable(f"the run in {self.path} has no checkpoint yet",
+                               "rerun the command with --resume to start it again")
         record_provenance(self.path, components)
 
     def save(self, state: dict[str, Any]) -> None:
         """Checkpoint ``state`` (tensors + JSON values; the config is added) crash-safely."""
-        save_checkpoint(self.checkpoint, {**state, "config": self.config_json})
-        _last_checkpoint.append(self.checkpoint.with_suffix(".json"))
-        del _last_checkpoint[:-1]
+        with deferred():  # an interrupt during the write is raised once the checkpoint is noted as safe
+            save_checkpoint(self.checkpoint, {**state, "config": self.config_json})
+            _last_checkpoint.append(self.checkpoint.with_suffix(".json"))
+            del _last_checkpoint[:-1]
+            self._note_checkpoint()
+
+    def _note_checkpoint(self) -> None:
+        note_resumable(f"the last checkpoint is safe in {self.path}")
 
     def logger(self, *, resume_from_step: int | None = None, tensorboard: bool = True) -> MetricsLogger:
         """The run's JSONL + TensorBoard log; on resume, rows at or after ``resume_from_step`` are dropped."""
