@@ -39,6 +39,7 @@ from mbirl.dynamics.ensemble import ModelEnsemble
 from mbirl.dynamics.models import MODELS, ForwardModel
 from mbirl.dynamics.termination import TerminationFn, termination_fn
 from mbirl.dynamics.training import fit_forward_model
+from mbirl.envs.pixels import MAX_FRAME_STACK
 from mbirl.errors import InputError, check_finite
 from mbirl.experts.demos import DemoStats, check_demo_spaces
 from mbirl.experts.rollout import EpisodeResult, make_env
@@ -47,11 +48,15 @@ from mbirl.reporting.checkpoint import load_optimizer_state
 from mbirl.rewards.discriminator import DISCRIMINATORS, Discriminator, mean_update_stats
 from mbirl.types import TransitionBatch
 
-__all__ = ["MAIRL", "VARIANTS", "EnvSlot", "ImaginedResult", "MAIRLConfig", "RolloutResult", "build_mairl",
-           "imagined_rollout_loss", "model_based_rollout_loss"]
+__all__ = ["MAIRL", "OBS_MODES", "VARIANTS", "EnvSlot", "ImaginedResult", "MAIRLConfig", "RolloutResult",
+           "build_mairl", "build_networks", "imagined_rollout_loss", "model_based_rollout_loss"]
 
 VARIANTS = {"mairl": "airl", "mgail": "gail"}
 """The trainer's variants and the discriminator (:data:`mbirl.rewards.DISCRIMINATORS` name) each uses."""
+
+OBS_MODES = ("state", "pixels")
+"""What the trainer can observe (``MAIRLConfig.obs``): the state vector, or frames of it
+(:mod:`mbirl.algorithms.mairl_pixels`)."""
 
 
 @dataclass(frozen=True)
@@ -150,8 +155,26 @@ class MAIRLConfig:
     max_disagreement: float = 0.0
     """an imagined rollout stops after a step whose ensemble disagreement exceeds this (in observation standard
     deviations; needs an ensemble; 0: no limit)"""
+    obs: str = "state"
+    """what the policy, model and discriminator observe (:data:`OBS_MODES`): ``state`` (the environment's state
+    vector) or ``pixels`` (64x64 RGB frames of it, ``frame_stack`` stacked, through a convolutional encoder; for
+    the environments :data:`mbirl.envs.pixels.PIXEL_RENDERERS` draws: Pendulum-v1, InvertedPendulum-v5). The
+    fields below apply to ``pixels`` only"""
+    frame_stack: int = 3
+    """frames per pixel observation (3: velocities can be read from frame differences)"""
+    latent_dim: int = 50
+    """width of the encoder's latent state, the state of the policy, forward model and discriminator"""
+    recon_weight: float = 1.0
+    """weight of the encoder's reconstruction term next to the forward model's loss (0: none; the latent then
+    collapses, see :mod:`mbirl.dynamics.latent`)"""
+    pixel_batch_size: int = 128
+    """minibatch of the model (encoder) and discriminator updates in pixel mode, in place of ``batch_size``
+    (every sample is a stack of frames through the convolutions)"""
 
     def __post_init__(self) -> None:
+        if self.obs not in OBS_MODES:
+            raise InputError(f"unknown observation mode '{self.obs}' (expected one of {', '.join(OBS_MODES)})",
+                             field="obs")
         if self.variant not in VARIANTS:
             raise InputError(f"unknown variant '{self.variant}' (expected one of {', '.join(VARIANTS)})",
                              field="variant")
@@ -160,7 +183,8 @@ class MAIRLConfig:
             raise InputError("state_only needs the AIRL discriminator (variant mairl); the GAIL discriminator of "
                              "mgail has no state-only form", field="state_only")
         for name in ("horizon", "n_rollouts", "batch_size", "replay_size", "disc_every", "disc_window",
-                     "warmup_steps", "imagine_horizon", "imagine_batch", "ensemble_size"):
+                     "warmup_steps", "imagine_horizon", "imagine_batch", "ensemble_size", "latent_dim",
+                     "pixel_batch_size"):
             if getattr(self, name) < 1:
                 raise InputError(f"must be >= 1, got {getattr(self, name)}", field=name)
         for name in ("model_steps", "disc_steps", "model_pretrain_steps", "bc_steps"):
@@ -174,7 +198,9 @@ class MAIRLConfig:
             raise InputError(f"must be >= 0, got {self.disc_half_life}", field="disc_half_life")
         if self.start_window < 0:
             raise InputError(f"must be >= 0, got {self.start_window}", field="start_window")
-        for name in ("policy_utd", "model_penalty", "bc_weight"):
+        if not 1 <= self.frame_stack <= MAX_FRAME_STACK:
+            raise InputError(f"must be in [1, {MAX_FRAME_STACK}], got {self.frame_stack}", field="frame_stack")
+        for name in ("policy_utd", "model_penalty", "bc_weight", "recon_weight"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise InputError(f"must be a finite number >= 0, got {value}", field=name)
@@ -208,8 +234,10 @@ environment's rewards ``(B,)`` (logged only)."""
 class RolloutResult:
     """One batched model-based rollout: the loss to minimise and the real transitions it produced.
 
-    ``obs, act, next_obs`` are ``(N, dim)`` arrays, ``done`` ``(N,)`` floats (1 for terminal transitions), ``env``
-    ``(N,)`` the index of the environment each came from, ``over`` ``(N,)`` bools (the step ended its episode).
+    ``obs, act, next_obs`` are ``(N, dim)`` arrays (``obs``, ``next_obs``: the environment's observations, e.g.
+    uint8 frame stacks, when the rollout ran in a latent space), ``done`` ``(N,)`` floats (1 for terminal
+    transitions), ``env`` ``(N,)`` the index of the environment each came from, ``over`` ``(N,)`` bools (the step
+    ended its episode).
     """
 
     loss: torch.Tensor
@@ -225,13 +253,22 @@ class RolloutResult:
 
 def model_based_rollout_loss(policy: Policy, model: ForwardModel | ModelEnsemble,
                              reward_fn: Callable[..., torch.Tensor], s0: torch.Tensor, env_step: EnvStep, *,
-                             horizon: int, gamma: float, alpha: float, generator: torch.Generator) -> RolloutResult:
+                             horizon: int, gamma: float, alpha: float, generator: torch.Generator,
+                             encode: Callable[[np.ndarray], torch.Tensor] | None = None,
+                             obs0: np.ndarray | None = None) -> RolloutResult:
     """Run ``horizon`` steps from the real states ``s0`` ``(B, obs_dim)`` and return the pathwise policy loss.
 
     ``reward_fn(obs, act, next_obs, done)`` is the discriminator's reward. Environments whose episode ends stop
     contributing (their later steps are masked out and not taken).
+
+    In latent space (pixel observations) ``encode`` maps the environment's observations to states, ``s0`` is the
+    encoding of ``obs0``, and the correction is ``s_{t+1} = s_hat + stopgrad(encode(o_{t+1}) - s_hat)``; the
+    result's ``obs`` and ``next_obs`` are then the environment's observations, not the states.
     """
+    if (encode is None) != (obs0 is None):
+        raise ValueError("encode and obs0 go together")
     s = s0
+    o = obs0
     dev = s0.device
     alive = torch.ones(s0.shape[0], dtype=s0.dtype, device=dev)
     loss = torch.zeros((), dtype=s0.dtype, device=dev)
@@ -244,13 +281,21 @@ def model_based_rollout_loss(policy: Policy, model: ForwardModel | ModelEnsemble
         a, log_pi = policy.sample(s, generator)
         s_hat = model(s, a)
         a_env = policy.env_action(a)
-        next_env, terminal, over, rew_env = _step_subset(env_step, a_env, idx, s_hat)
-        s_next = s_hat + (torch.as_tensor(next_env, dtype=s0.dtype, device=dev) - s_hat).detach()
+        if encode is None:
+            next_env, terminal, over, rew_env = _step_subset(env_step, a_env, idx,
+                                                             s_hat.detach().cpu().numpy().astype(np.float64))
+            target = torch.as_tensor(next_env, dtype=s0.dtype, device=dev)
+        else:
+            assert o is not None
+            next_env, terminal, over, rew_env = _step_subset(env_step, a_env, idx, o)
+            target = s_hat.detach().clone()  # environments that ended keep the prediction (masked out)
+            target[torch.as_tensor(idx, device=dev)] = encode(next_env[idx]).to(s0.dtype)
+        s_next = s_hat + (target - s_hat).detach()
         done = torch.as_tensor(terminal, dtype=s0.dtype, device=dev)
         r = reward_fn(s, a, s_next, done) - alpha * log_pi.detach()
         loss = loss - (gamma**t) * (alive * r).sum() / s0.shape[0]
         rewards.append(r.detach().cpu()[idx])
-        rec["obs"].append(s.detach().cpu().numpy()[idx])
+        rec["obs"].append((s.detach().cpu().numpy() if o is None else o)[idx])
         rec["act"].append(a.detach().cpu().numpy()[idx])
         rec["next_obs"].append(next_env[idx])
         rec["done"].append(terminal[idx].astype(np.float32))
@@ -259,9 +304,11 @@ def model_based_rollout_loss(policy: Policy, model: ForwardModel | ModelEnsemble
         rec["over"].append(over[idx])
         alive = alive * torch.as_tensor(~over, dtype=s0.dtype, device=dev)
         s = s_next
+        o = None if o is None else next_env
     cat = {k: np.concatenate(v) for k, v in rec.items()}
-    return RolloutResult(loss, float(torch.cat(rewards).mean()), cat["obs"].astype(np.float32),
-                         cat["act"].astype(np.float32), cat["next_obs"].astype(np.float32),
+    obs_dtype = np.float32 if encode is None else cat["obs"].dtype
+    return RolloutResult(loss, float(torch.cat(rewards).mean()), cat["obs"].astype(obs_dtype),
+                         cat["act"].astype(np.float32), cat["next_obs"].astype(obs_dtype),
                          cat["done"], cat["rew"].astype(np.float32), cat["env"], cat["over"])
 
 
@@ -312,11 +359,12 @@ def imagined_rollout_loss(policy: Policy, model: ForwardModel | ModelEnsemble, r
                           float(length) / s0.shape[0])
 
 
-def _step_subset(env_step: EnvStep, a_env: np.ndarray, idx: np.ndarray, s_hat: torch.Tensor
+def _step_subset(env_step: EnvStep, a_env: np.ndarray, idx: np.ndarray, fill: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Step only the environments in ``idx``; the others keep the model's prediction (masked out anyway)."""
-    b = s_hat.shape[0]
-    next_obs = s_hat.detach().cpu().numpy().astype(np.float64).copy()
+    """Step only the environments in ``idx``; the others' next observations are ``fill`` (the model's prediction
+    or the last observation: masked out anyway)."""
+    b = fill.shape[0]
+    next_obs = fill.copy()
     terminal = np.zeros(b, dtype=bool)
     over = np.ones(b, dtype=bool)
     rew = np.zeros(b, dtype=np.float64)
@@ -353,7 +401,7 @@ class MAIRL:
 
     def __init__(self, config: MAIRLConfig, demos: DemoStats, policy: Policy, model: ForwardModel | ModelEnsemble,
                  disc: Discriminator, *, seed: int, device: torch.device | str = DEFAULT_DEVICE) -> None:
-        obs_dim = demos.obs.shape[1]
+        obs_dim = self._state_dim(demos)
         for part, module in (("policy", policy), ("model", model), ("discriminator", disc)):
             if (module.obs_dim, module.act_dim) != (obs_dim, policy.act_dim):
                 raise InputError(f"{part} is for observations/actions of size {module.obs_dim}/{module.act_dim}, "
@@ -367,13 +415,13 @@ class MAIRL:
         self.act_scale = policy.action_scale()
         self.policy_ema: Policy | None = copy.deepcopy(policy) if config.ema_rate < 1.0 else None
         self.opt_policy = torch.optim.Adam(policy.parameters(), lr=config.lr_policy)
-        self.opt_model = torch.optim.Adam(model.parameters(), lr=config.lr_model)
+        self.opt_model = torch.optim.Adam(self._model_parameters(), lr=config.lr_model)
         self.opt_disc = torch.optim.Adam(disc.parameters(), lr=config.lr_disc)
-        self.buffer = ReplayBuffer(config.replay_size, obs_dim, self.act_dim, device=self.device)
+        self.buffer: Any = self._make_buffer()
         self.generator = torch.Generator().manual_seed(seed)
         self.rng = np.random.default_rng(seed)
-        self.envs = [EnvSlot(make_env(self.env_id), 0, [], np.zeros(0)) for _ in range(config.n_rollouts)]
-        self.terminal_fn, known = termination_fn(self.env_id)
+        self.envs = [EnvSlot(self._make_env(), 0, [], np.zeros(0)) for _ in range(config.n_rollouts)]
+        self.terminal_fn, known = self._termination()
         if config.policy_utd > 0 and not known:
             warnings.warn(f"no termination rule is known for {self.env_id}: imagined rollouts assume its episodes "
                           "end only by the time limit", stacklevel=2)
@@ -386,12 +434,40 @@ class MAIRL:
         for slot in self.envs:
             self._reset(slot)
 
+    # ----- what the trainer observes (overridden for pixel observations: mbirl.algorithms.mairl_pixels) ------
+    def _state_dim(self, demos: DemoStats) -> int:
+        """Width of the states the policy, model and discriminator take."""
+        return int(demos.obs.shape[1])
+
+    def _model_parameters(self) -> list[torch.nn.Parameter]:
+        """What the forward-model optimiser trains."""
+        return list(self.model.parameters())
+
+    def _make_buffer(self) -> Any:
+        return ReplayBuffer(self.config.replay_size, self.obs_dim, self.act_dim, device=self.device)
+
+    def _make_env(self) -> Any:
+        return make_env(self.env_id)
+
+    def _termination(self) -> tuple[TerminationFn, bool]:
+        """The termination rule of imagined rollouts and whether it is the task's own."""
+        return termination_fn(self.env_id)
+
+    def _observation(self, obs: Any) -> np.ndarray:
+        """An environment's observation as the trainer holds it."""
+        return np.asarray(obs, np.float32)
+
+    def encode(self, obs: np.ndarray) -> torch.Tensor:
+        """States ``(B, obs_dim)`` of environment observations ``(B, ...)`` on the trainer's device (no
+        gradient)."""
+        return torch.as_tensor(obs, device=self.device)
+
     # ----- environments -------------------------------------------------------------------------------
     def _reset(self, slot: EnvSlot) -> None:
         slot.episode_seed = self.seed * 1_000_003 + self.episodes_started
         self.episodes_started += 1
         obs, _ = slot.env.reset(seed=slot.episode_seed)
-        slot.obs, slot.actions, slot.episode_return = np.asarray(obs, np.float32), [], 0.0
+        slot.obs, slot.actions, slot.episode_return = self._observation(obs), [], 0.0
 
     def _step_envs(self, slots: list[EnvSlot]) -> EnvStep:
         def step(actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -400,7 +476,7 @@ class MAIRL:
                 env_a = int(a) if self.discrete else np.asarray(a, np.float32)
                 obs, rew, terminated, truncated, _ = slot.env.step(env_a)
                 slot.actions.append(np.asarray(a))
-                slot.obs = np.asarray(obs, np.float32)
+                slot.obs = self._observation(obs)
                 slot.episode_return += float(rew)
                 outs.append((slot.obs, bool(terminated), bool(terminated or truncated), float(rew)))
             return (np.stack([o[0] for o in outs]), np.asarray([o[1] for o in outs]),
@@ -425,6 +501,13 @@ class MAIRL:
                 self.env_steps += 1
                 if out[2][0]:
                     self._reset(slot)
+        self._set_normalizers()
+        self.train_model(self.config.model_pretrain_steps)
+        self.bc_pretrain_nll = self.behaviour_clone(self.config.bc_steps)
+        self.warmup_done = self.env_steps
+
+    def _set_normalizers(self) -> None:
+        """Fix the networks' input statistics from the warm-up's transitions and the demonstrations."""
         idx = self.buffer.recent_indices(self.buffer.size)
         all_obs = np.concatenate([self.demos.obs, self.buffer.obs[idx]])
         obs_t = torch.as_tensor(all_obs, device=self.device)
@@ -434,9 +517,6 @@ class MAIRL:
         self.disc.set_normalizer(obs_t, self.act_scale)
         self.model.set_normalizer(all_obs, np.concatenate([self.demos.next_obs, self.buffer.next_obs[idx]]),
                                   self.act_scale.cpu().numpy())
-        self.train_model(self.config.model_pretrain_steps)
-        self.bc_pretrain_nll = self.behaviour_clone(self.config.bc_steps)
-        self.warmup_done = self.env_steps
 
     def demo_nll(self) -> torch.Tensor:
         """The policy's mean negative log-likelihood of ``batch_size`` demonstration transitions (drawn uniformly)."""
@@ -486,14 +566,22 @@ class MAIRL:
             if c.disc_half_life > 0:
                 recent = self.buffer.recent_indices(own)  # newest first
                 weights = 0.5 ** (np.arange(len(recent)) / c.disc_half_life)
-                pick = self.rng.choice(len(recent), size=c.batch_size, p=weights / weights.sum())
+                pick = self.rng.choice(len(recent), size=self._minibatch(), p=weights / weights.sum())
             else:
                 recent = self.buffer.recent_indices(min(c.disc_window, own))
-                pick = self.rng.integers(0, len(recent), size=c.batch_size)
-            agent = self._policy_log_pi(self.buffer.batch(recent[pick]))
-            out.append(self.disc.update(self.opt_disc, self.expert_batch(c.batch_size), agent, c.expert_weight,
+                pick = self.rng.integers(0, len(recent), size=self._minibatch())
+            agent = self._policy_log_pi(self._agent_batch(recent[pick]))
+            out.append(self.disc.update(self.opt_disc, self.expert_batch(self._minibatch()), agent, c.expert_weight,
                                         c.disc_grad_penalty, iteration=self.iteration + 1))
         return mean_update_stats(out)
+
+    def _minibatch(self) -> int:
+        """Transitions per minibatch of the model and discriminator updates."""
+        return self.config.batch_size
+
+    def _agent_batch(self, idx: np.ndarray) -> TransitionBatch:
+        """The replay transitions at ``idx`` as states (``log_pi`` unset)."""
+        return self.buffer.batch(idx)
 
     def reward_fn(self, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor, done: torch.Tensor
                   ) -> torch.Tensor:
@@ -503,7 +591,8 @@ class MAIRL:
         """One end-to-end policy update over ``n_rollouts`` real ``horizon``-step segments (the data collection).
         Returns (loss, gradient norm before clipping, mean reward, returns of episodes that ended)."""
         c = self.config
-        s0 = torch.as_tensor(np.stack([s.obs for s in self.envs]), device=self.device)
+        obs0 = np.stack([s.obs for s in self.envs])
+        s0 = self.encode(obs0)
         alive = np.arange(len(self.envs))
 
         def tracked(actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -515,7 +604,8 @@ class MAIRL:
 
         with torch.set_grad_enabled(c.real_update):
             res = model_based_rollout_loss(self.policy, self.model, self.reward_fn, s0, tracked, horizon=c.horizon,
-                                           gamma=c.gamma, alpha=c.alpha, generator=self.generator)
+                                           gamma=c.gamma, alpha=c.alpha, generator=self.generator,
+                                           **self._rollout_encoding(obs0))
         norm = math.nan
         if c.real_update:
             norm = self._policy_step(res.loss, s0)
@@ -527,6 +617,10 @@ class MAIRL:
                 finished.append(slot.episode_return)
                 self._reset(slot)
         return float(res.loss.detach()), norm, res.mean_reward, finished
+
+    def _rollout_encoding(self, obs0: np.ndarray) -> dict[str, Any]:
+        """Keyword arguments of :func:`model_based_rollout_loss` for a rollout in latent space (none for states)."""
+        return {}
 
     def _policy_step(self, rollout_loss: torch.Tensor, s0: torch.Tensor) -> float:
         """One optimiser step of the policy on a rollout loss (plus the saturation penalty at the start states);
@@ -631,7 +725,7 @@ class MAIRL:
 
     def act_deterministic(self, obs: np.ndarray) -> Any:
         with torch.no_grad():
-            a = self.eval_policy.act(torch.as_tensor(np.asarray(obs, np.float32), device=self.device)[None])[0]
+            a = self.eval_policy.act(self.encode(self._observation(obs)[None]))[0]
         return int(a.argmax()) if self.discrete else a.cpu().numpy().astype(np.float32)
 
     def evaluate(self, episodes: int = 10, *, seed: int = EVAL_SEED, render: bool = False) -> EpisodeResult:
@@ -683,7 +777,7 @@ class MAIRL:
             actions = [] if saved["actions"] is None else list(saved["actions"].numpy())
             for a in actions:
                 obs = slot.env.step(int(a) if self.discrete else np.asarray(a, np.float32))[0]
-            slot.obs, slot.actions = np.asarray(obs, np.float32), [np.asarray(a) for a in actions]
+            slot.obs, slot.actions = self._observation(obs), [np.asarray(a) for a in actions]
             slot.episode_return = float(saved["return"])
             if not np.allclose(slot.obs, saved["obs"].numpy(), atol=1e-4):
                 raise InputError("environment replay does not reproduce the checkpointed state", field="envs")
@@ -694,13 +788,24 @@ def build_mairl(config: MAIRLConfig, demos: DemoStats, *, seed: int, device: tor
     """The trainer of ``config`` for the environment of ``demos``: checks that the demonstrations fit the
     environment's spaces, then seeds torch with ``seed`` and builds the policy, the forward model and the
     discriminator (in that order, on the CPU, so a seed always gives the same initial networks) and moves them
-    to ``device``."""
+    to ``device``. With ``config.obs == "pixels"``: :func:`mbirl.algorithms.mairl_pixels.build_pixel_mairl`."""
+    if config.obs == "pixels":
+        from mbirl.algorithms.mairl_pixels import build_pixel_mairl
+
+        return build_pixel_mairl(config, demos, seed=seed, device=device)
+    obs_space, space = check_demo_spaces(demos)
+    torch.manual_seed(seed)
+    policy, model, disc = build_networks(config, demos, space, obs_dim=int(obs_space.shape[0]))
+    return MAIRL(config, demos, policy, model, disc, seed=seed, device=device)
+
+
+def build_networks(config: MAIRLConfig, demos: DemoStats, space: Any, *, obs_dim: int
+                   ) -> tuple[Policy, ForwardModel | ModelEnsemble, Discriminator]:
+    """The policy, forward model and discriminator of ``config`` on states of width ``obs_dim`` for the action
+    space ``space`` (initialised on the CPU from torch's global generator, in that order)."""
     import gymnasium as gym
 
-    obs_space, space = check_demo_spaces(demos)
-    obs_dim = int(obs_space.shape[0])
     act_dim = int(space.n) if isinstance(space, gym.spaces.Discrete) else int(space.shape[0])
-    torch.manual_seed(seed)
     policy: Policy
     if isinstance(space, gym.spaces.Discrete):
         policy = GumbelPolicy(obs_dim, act_dim, config.gumbel_tau, config.policy_hidden)
@@ -715,5 +820,5 @@ def build_mairl(config: MAIRLConfig, demos: DemoStats, *, seed: int, device: tor
         model = MODELS.make(config.dynamics, obs_dim=obs_dim, act_dim=act_dim)
     disc = DISCRIMINATORS.make(VARIANTS[config.variant], obs_dim=obs_dim, act_dim=act_dim, gamma=config.gamma,
                                hidden=config.disc_hidden, state_only=config.state_only)
-    return MAIRL(config, demos, policy, model, disc, seed=seed, device=device)
+    return policy, model, disc
 

@@ -11,9 +11,10 @@ from typing import Annotated, Any
 
 import typer
 
-from mbirl.algorithms.mairl import VARIANTS, MAIRLConfig
+from mbirl.algorithms.mairl import OBS_MODES, VARIANTS, MAIRLConfig
 from mbirl.cli.options import DeviceOpt, build_config
 from mbirl.dynamics.models import MODELS
+from mbirl.envs.pixels import PIXEL_RENDERERS
 from mbirl.errors import InputError
 from mbirl.experiments.mairl_run import MAIRLRunConfig, ModelComparisonConfig
 from mbirl.experts.train import ExpertRunConfig
@@ -131,6 +132,10 @@ def mairl_train(
                           ] = MAIRLConfig.n_rollouts,
     state_only: Annotated[bool, typer.Option(help="state-only reward g(s) (for transfer; mairl only)")
                           ] = MAIRLConfig.state_only,
+    obs: Annotated[str, typer.Option(help="|".join(OBS_MODES) + ": what the trainer observes (pixels: 64x64 RGB "
+                                          "frames through a conv encoder; " + ", ".join(PIXEL_RENDERERS.names) + ")")
+                   ] = MAIRLConfig.obs,
+    frame_stack: Annotated[int, typer.Option(help="frames stacked per pixel observation")] = MAIRLConfig.frame_stack,
     device: DeviceOpt = MAIRLRunConfig.device,
     config: Annotated[Path | None, _config_opt(MAIRLRunConfig)] = None,
     resume: Annotated[bool, typer.Option(help="continue the run in --run-dir from its last checkpoint")] = False,
@@ -141,12 +146,14 @@ def mairl_train(
 
     values = {"demos": demos, "env": env, "dynamics": dynamics, "variant": variant, "env_steps": env_steps,
               "seed": seed, "eval_every": eval_every, "eval_episodes": eval_episodes, "horizon": horizon,
-              "n_rollouts": n_rollouts, "state_only": state_only, "device": device}
+              "n_rollouts": n_rollouts, "state_only": state_only, "obs": obs, "frame_stack": frame_stack,
+              "device": device}
     trainer_fields = {name: f"trainer.{name}" for name in ("dynamics", "variant", "horizon", "n_rollouts",
-                                                           "state_only")}
+                                                           "state_only", "obs", "frame_stack")}
     cfg = build_config(ctx, MAIRLRunConfig, _given(values), config, fields=trainer_fields)
     m = run_mairl(cfg, run_dir, resume=resume, progress=progress)
-    typer.echo(f"{m['env_id']} {m['variant']}/{m['dynamics']} seed {m['seed']}: normalised return "
+    typer.echo(f"{m['env_id']} {m['variant']}/{m['dynamics']}{' from pixels' if 'obs' in m else ''} seed "
+               f"{m['seed']}: normalised return "
                f"{m['final_normalized_return']:.3f} (return {m['final_mean_return']:.1f}) after {m['env_steps']} "
                f"env steps, {m['train_seconds']:.0f} s; outputs in {run_dir}")
 

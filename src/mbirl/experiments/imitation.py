@@ -360,7 +360,10 @@ def evaluate_imitation_run(run_dir: str | Path, episodes: int = 10, *, video: st
     if video is not None:
         from mbirl.experts.rollout import record_video
 
-        result_row["video"] = str(record_video(learner.act_deterministic, demos.env_id, video, seed=seed))
+        own = getattr(learner, "record_video", None)  # a learner that does not act on states (pixels) films itself
+        path = own(video, seed=seed) if own is not None else record_video(learner.act_deterministic, demos.env_id,
+                                                                          video, seed=seed)
+        result_row["video"] = str(path)
         if out is not None:
             write_json_atomic(out, result_row)
     return result_row
