@@ -317,6 +317,29 @@ def test_pixel_trainer_resumes_exactly_from_its_state():
     assert full.evaluate(1).returns.tolist() == resumed.evaluate(1).returns.tolist()
 
 
+def test_pixel_trainer_works_on_the_device_its_configuration_names(monkeypatch):
+    """Built on torch's ``meta`` device (test_device.py's stand-in for CUDA: it refuses CPU tensors as CUDA does),
+    every network and optimiser state of the pixel trainer is there, and whole iterations (real segment with the
+    latent correction, model block, discriminator, imagined updates, behaviour cloning) mix in no CPU tensor."""
+    from test_device import META, PlaceholderValues, _tensors_of
+
+    monkeypatch.setattr(torch.distributions.Distribution, "_validate_args", False)
+    demos = demo_stats(PENDULUM)
+    cfg = MAIRLConfig(**{**TINY, "warmup_steps": 2, "horizon": 1, "policy_utd": 1.0, "imagine_batch": 2,
+                         "imagine_horizon": 1, "bc_steps": 1, "bc_weight": 0.1, "ema_rate": 0.9,
+                         "pixel_batch_size": 2})
+    with PlaceholderValues():
+        trainer = build_mairl(cfg, demos, seed=0, device=META)
+        trainer.iteration_step()
+        trainer.act_deterministic(np.zeros((9, 64, 64), np.uint8))
+        assert trainer.expert_batch(4).obs.device == META and trainer.start_states(4).device == META
+        trainer.state_dict()
+    tensors = _tensors_of(trainer) | {f"{part}.{n}": t for part in ("encoder", "decoder")
+                                      for n, t in getattr(trainer, part).state_dict().items()}
+    assert len([n for n in tensors if n.startswith(("encoder", "decoder"))]) == 20
+    assert {n for n, t in tensors.items() if t.device != META} == set()
+
+
 def test_cli_refuses_pixels_without_a_renderer(tmp_path, capsys):
     from mbirl.cli import main
 

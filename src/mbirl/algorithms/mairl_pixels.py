@@ -31,8 +31,10 @@ termination rule (it reads the state): they end by their horizon only.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +61,27 @@ __all__ = ["PixelMAIRL", "build_pixel_mairl", "render_demos"]
 
 
 def render_demos(demos: DemoStats, frame_stack: int) -> FrameDemos:
-    """The demonstrations' frames: every stored state drawn as the agent would see it (no file is written)."""
-    return FrameDemos.render(demos.env_id, [t.obs for t in demos.trajectories], frame_stack,
-                             source=f"{demos.env_id} demonstrations")
+    """The demonstrations' frames: every stored state drawn as the agent would see it (no file is written). The
+    last two results are kept (read-only), keyed by the states' bytes: a trainer built again in the same process
+    (evaluation after training, a resumed run, tests) does not draw them again."""
+    episodes = [np.asarray(t.obs) for t in demos.trajectories]
+    digest = hashlib.sha256()
+    for e in episodes:
+        digest.update(f"{e.dtype}{e.shape}".encode())
+        digest.update(np.ascontiguousarray(e).tobytes())
+    key = (demos.env_id, frame_stack, digest.hexdigest())
+    if key in _RENDERED:
+        _RENDERED.move_to_end(key)
+        return _RENDERED[key]
+    frames = FrameDemos.render(demos.env_id, episodes, frame_stack, source=f"{demos.env_id} demonstrations")
+    frames.frames.flags.writeable = False
+    _RENDERED[key] = frames
+    while len(_RENDERED) > 2:
+        _RENDERED.popitem(last=False)
+    return frames
+
+
+_RENDERED: OrderedDict[tuple[str, int, str], FrameDemos] = OrderedDict()
 
 
 def _never(s: torch.Tensor) -> torch.Tensor:
