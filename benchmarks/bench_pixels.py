@@ -7,7 +7,7 @@ Both trainers are built in this process with the same configuration (the default
 figure is the steady-state cost a long run pays; the warm-up's time is printed apart. The renderers are timed
 drawing one frame at a time from random states, and the wrapped environments stepping with random actions.
 
-    python benchmarks/bench_pixels.py [--steps 1000] [--warmup 1000] [--pretrain 500] [--threads 1]
+    python benchmarks/bench_pixels.py [--steps 1000] [--warmup 1000] [--pretrain 500] [--threads 1] [--device cpu]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch
 from mbirl.algorithms.mairl import MAIRLConfig, build_mairl
 from mbirl.envs.pixels import PIXEL_RENDERERS, make_pixel_env
 from mbirl.experts.demos import demo_stats
+from mbirl.nets import DEFAULT_DEVICE, DEVICES, resolve_device
 
 
 def renderer_fps(env_id: str, frames: int, seed: int) -> dict[str, float]:
@@ -50,12 +51,13 @@ def renderer_fps(env_id: str, frames: int, seed: int) -> dict[str, float]:
     return {"renderer_frames_per_s": round(fps, 1), "wrapped_env_steps_per_s": round(steps_per_s, 1)}
 
 
-def train_speed(obs: str, steps: int, warmup: int, pretrain: int, seed: int) -> dict[str, float]:
+def train_speed(obs: str, steps: int, warmup: int, pretrain: int, seed: int, device: torch.device
+                ) -> dict[str, float]:
     """Seconds of the warm-up (with model pre-training) and seconds per 1,000 env steps of training after it."""
     demos = demo_stats("data/demos/Pendulum-v1.npz")
     t0 = time.perf_counter()
     trainer = build_mairl(MAIRLConfig(obs=obs, warmup_steps=warmup, model_pretrain_steps=pretrain), demos,
-                          seed=seed)
+                          seed=seed, device=device)
     build = time.perf_counter() - t0
     t0 = time.perf_counter()
     trainer.warmup()
@@ -82,14 +84,16 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=500, help="frames per renderer timing")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=DEFAULT_DEVICE, choices=DEVICES, help="where the networks train")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    result: dict[str, object] = {"torch_threads": args.threads}
+    device = resolve_device(args.device)
+    result: dict[str, object] = {"torch_threads": args.threads, "device": str(device)}
     for env_id in PIXEL_RENDERERS.names:
         result[env_id] = renderer_fps(env_id, args.frames, args.seed)
         print(env_id, json.dumps(result[env_id]), flush=True)
     for obs in ("state", "pixels"):
-        result[obs] = train_speed(obs, args.steps, args.warmup, args.pretrain, args.seed)
+        result[obs] = train_speed(obs, args.steps, args.warmup, args.pretrain, args.seed, device)
         print(f"Pendulum-v1 MAIRL from {obs}:", json.dumps(result[obs]), flush=True)
     state, pixels = result["state"], result["pixels"]
     assert isinstance(state, dict) and isinstance(pixels, dict)
