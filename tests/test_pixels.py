@@ -4,6 +4,7 @@ exact resume) and its input errors."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -354,12 +355,27 @@ def test_cli_refuses_pixels_without_a_renderer(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_state_only_tools_refuse_a_pixel_run_in_one_line(tmp_path):
+    """The Python API's run loader (policy and reward over environment observations, used by the reward tools) and
+    the state-model comparison refuse a pixel run by its configuration, before building anything."""
+    from mbirl.api import load_run
+    from mbirl.experiments.mairl_run import MAIRLRunConfig, ModelComparisonConfig, compare_models
+    from mbirl.validation import config_to_dict
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = MAIRLRunConfig(demos=PENDULUM, trainer=MAIRLConfig(obs="pixels"))
+    (run / "config.json").write_text(json.dumps(config_to_dict(cfg)))
+    with pytest.raises(InputError, match="observes pixels.*mbirl mairl eval"):
+        load_run(run)
+    with pytest.raises(InputError, match="observes pixels"):
+        compare_models(ModelComparisonConfig(demos=PENDULUM, run_dir=str(run), steps=100), tmp_path / "out")
+
+
 @pytest.mark.slow
 def test_pixel_run_directory_checkpoints_resumes_exactly_and_evaluates(tmp_path):
     """A tiny ``mairl train --obs pixels`` run through the run-directory harness: stopped by its budget and
     resumed, it ends where the uninterrupted run does; evaluation and its video work from pixels."""
-    import json
-
     from mbirl.experiments.mairl_run import MAIRLRunConfig, evaluate_run, run_mairl
 
     def cfg(env_steps: int) -> MAIRLRunConfig:

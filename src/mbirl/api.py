@@ -186,6 +186,10 @@ def _load_imitation(path: Path, *, demos: str | Path | None) -> ImitationRun:
     from mbirl.reporting.runs import checkpoint_stem
 
     cfg = load_imitation_config(path)
+    if cfg.algo in ("mairl", "mgail") and cfg.mairl.obs == "pixels":
+        raise InputError("the run observes pixels: its policy acts on frame stacks and its reward on the encoder's "
+                         "latent states, neither on the environment's observations (evaluate it with `mbirl mairl "
+                         "eval`)", source=str(path), field="obs")
     if demos is not None:
         cfg = dataclasses.replace(cfg, demos=str(demos))
     if not Path(cfg.demos).is_file():

@@ -217,6 +217,11 @@ def compare_models(cfg: ModelComparisonConfig, out: str | Path) -> dict[str, Any
     seed, horizon = cfg.seed, cfg.horizon
     device = resolve_device(cfg.device)
     out = check_output_path(out, directory=True)
+    if cfg.run_dir is not None:
+        recorded = load_imitation_config(cfg.run_dir)  # refused before any data is collected
+        if recorded.algo in ("mairl", "mgail") and recorded.mairl.obs == "pixels":
+            raise InputError("the run observes pixels: its policy cannot collect state data for state models",
+                             source=str(cfg.run_dir), field="run_dir")
     demos = demo_stats(cfg.demos)
     check_demo_spaces(demos)
     env_id = demos.env_id
