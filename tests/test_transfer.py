@@ -157,3 +157,50 @@ def test_transfer_run_every_row_in_parallel(maze_demos: str, tmp_path: object) -
         reward = json.loads(open(f"{out}/rewards/{row}.json").read())
         assert reward["term"] == "g" and reward["spec"]["kwargs"]["state_only"] is True
     assert np.isfinite(metrics["mean_return"]["gail_policy"])
+
+
+def _untimed(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _untimed(v) for k, v in value.items() if "seconds" not in k}
+    if isinstance(value, list):
+        return [_untimed(v) for v in value]
+    return value
+
+
+@pytest.mark.slow
+def test_transfer_run_killed_in_its_stages_resumes_to_the_uninterrupted_result(maze_demos: str, tmp_path) -> None:
+    """``mbirl transfer run`` SIGKILLed while MAIRL learns the reward, then while SAC trains on it, and resumed:
+    the same metrics as an uninterrupted run (the learner resumes from its checkpoint; an interrupted SAC stage
+    restarts from its seed)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def command(out: str, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "mbirl", "transfer", "run", "--task", "maze", "--out", out, "--demos",
+                maze_demos, "--irl-steps", "600", "--rl-steps", "300", "--eval-episodes", "1", "--eval-every", "150",
+                "--random-episodes", "3", "--rows", "mairl", "--no-videos", "--no-progress", *extra]
+
+    ref = subprocess.run(command(f"{tmp_path}/ref"), capture_output=True, text=True, timeout=900)
+    assert ref.returncode == 0, ref.stderr
+    run = tmp_path / "run"
+    waits = [lambda: len((run / "irl" / "mairl" / "metrics.jsonl").read_text().splitlines()) >= 2
+             if (run / "irl" / "mairl" / "metrics.jsonl").exists() else False,
+             lambda: (run / "target" / "mairl" / "config.json").exists()]
+    landed = 0
+    for k, ready in enumerate(waits):
+        proc = subprocess.Popen(command(str(run), *(["--resume"] if k else [])), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 600
+        while proc.poll() is None and not ready() and time.time() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        landed += proc.returncode == -signal.SIGKILL and not (run / "metrics.json").exists()
+    assert landed == 2
+    done = subprocess.run(command(str(run), "--resume"), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    for part in ("metrics.json", "irl/mairl/metrics.json", "target/mairl/metrics.json"):
+        expected = (tmp_path / "ref" / part).read_text().replace(str(tmp_path / "ref"), str(run))
+        assert _untimed(json.loads((run / part).read_text())) == _untimed(json.loads(expected)), part
