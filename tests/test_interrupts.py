@@ -6,7 +6,6 @@ nothing: run it again)."""
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import signal
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from mbirl.interrupts import Interrupted
+from test_reliability2 import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,17 +31,6 @@ def _disposition(signum: int, handler):
         signal.signal(signum, previous)
 
 
-def run_cli(*args) -> tuple[int, str]:
-    from mbirl.cli import main
-
-    err = io.StringIO()
-    code = 0
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            main([str(a) for a in args])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, err.getvalue()
 
 
 def _mbirl_train(tmp_path: Path, placing_demos, iters: int = 1) -> list:
