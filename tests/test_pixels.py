@@ -393,3 +393,22 @@ def test_pixel_run_directory_checkpoints_resumes_exactly_and_evaluates(tmp_path)
     assert out["env_steps_trained"] == full["env_steps"] and (tmp_path / "v.mp4").stat().st_size > 1000
     saved = json.loads((tmp_path / "full" / "config.json").read_text())
     assert saved["trainer"]["obs"] == "pixels" and saved["trainer"]["frame_stack"] == 3
+
+
+def test_inverted_pendulum_renders_after_mujoco_was_imported_without_mujoco_gl():
+    """MuJoCo picks its GL backend when first imported: a process that made a MuJoCo environment before MUJOCO_GL
+    was set gets GLFW, which aborts without a display (the whole test suite died of it). The pixel renderer makes
+    its own EGL context instead."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import gymnasium as gym, mujoco\n"
+              "gym.make('InvertedPendulum-v5').reset(seed=0)\n"
+              "from mbirl.envs.pixels import make_pixel_env\n"
+              "obs, _ = make_pixel_env('InvertedPendulum-v5', frame_stack=1).reset(seed=0)\n"
+              "print(obs.shape, float(obs.std()) > 1.0)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM", "DISPLAY")}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "(3, 64, 64) True"

@@ -46,6 +46,29 @@ MAX_FRAME_STACK = 16
 """The most frames one observation may stack."""
 
 
+def _offscreen_renderer(model: Any, size: int) -> Any:
+    """``mujoco.Renderer`` on EGL unless ``MUJOCO_GL`` names another backend. MuJoCo picks its GL backend once, when
+    ``mujoco`` is first imported: a process that imported it before ``MUJOCO_GL`` was set (any MuJoCo environment
+    made earlier) would get GLFW, which aborts the process without a display. The EGL context is passed to the
+    renderer for its construction only, as Gymnasium's own offscreen viewer chooses its backend when it is made."""
+    import platform
+
+    import mujoco
+    from mujoco.rendering.classic import gl_context
+
+    wanted = os.environ.get("MUJOCO_GL", "egl").lower()
+    if platform.system() != "Linux" or wanted != "egl":
+        return mujoco.Renderer(model, size, size)
+    from mujoco.egl import GLContext
+
+    chosen = gl_context.GLContext
+    gl_context.GLContext = GLContext
+    try:
+        return mujoco.Renderer(model, size, size)
+    finally:
+        gl_context.GLContext = chosen
+
+
 class StateRenderer(ABC):
     """Draws an environment's state observation as an RGB frame ``(size, size, 3)`` uint8."""
 
@@ -169,7 +192,7 @@ class MujocoStateRenderer(StateRenderer):
                              source=env_id, field="obs")
         model.vis.quality.offsamples = 0  # no multisampling: the render model is ours, the physics do not read it
         try:
-            self._renderer = mujoco.Renderer(model, size, size)
+            self._renderer = _offscreen_renderer(model, size)
         except Exception as exc:  # no GL context (MUJOCO_GL names a backend this machine lacks)
             self._env.close()
             raise InputError(f"MuJoCo cannot render offscreen with MUJOCO_GL={os.environ.get('MUJOCO_GL')} "
