@@ -188,7 +188,8 @@ def _check_optimizer_state(optimizer: torch.optim.Optimizer, state: Any, schedul
         for key, value in entry.items():
             _check_entry(f"optimizer state '{key}' of parameter {index}", key, value, expected[key])
     trial = copy.deepcopy(optimizer)
-    finite = [bool(torch.isfinite(p).all()) for p in _all_params(trial)]
+    # parameters on torch's "meta" device (shapes without values) have nothing to check for finiteness
+    finite = [not p.is_meta and bool(torch.isfinite(p).all()) for p in _all_params(trial)]
     try:
         trial.load_state_dict(copy.deepcopy(state))  # torch keeps the given tensors: the trial must not change them
     except Exception as exc:  # whatever torch raises for a state it cannot use
