@@ -368,6 +368,7 @@ def test_train_accepts_original_pt(tmp_path, demos_npz, first_run):
     np.testing.assert_allclose(metrics["irl_loss_train"], npz_metrics["irl_loss_train"], rtol=1e-3)
 
 
+@pytest.mark.slow  # the default suite is near its 10-minute limit
 def test_quickstart_takes_a_config_and_refuses_demos_in_it(tmp_path):
     (tmp_path / "q.yaml").write_text("outer_iters: 2\ntrainer:\n  inner_steps: 2\n  inner_lr: 0.0005\n")
     result = run_cli(tmp_path, "quickstart", "--run-dir", "qs", "--config", "q.yaml", "--no-progress")

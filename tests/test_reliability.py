@@ -175,6 +175,7 @@ def test_sigkill_and_resume_reproduce_an_uninterrupted_run(tmp_path, placing_dem
     assert _kill_resume_trial(tmp_path, base, kills=2, rng=random.Random(0), max_rows=100) == (0, 2)
 
 
+@pytest.mark.slow  # the default suite is near its 10-minute limit
 def test_sigkill_and_resume_mairl(tmp_path):
     base = _mairl_command(tmp_path, env_steps=1200)
     assert _kill_resume_trial(tmp_path, base, kills=1, rng=random.Random(1), max_rows=100) == (0, 1)
@@ -279,6 +280,7 @@ def test_grad_clipping_is_reported(tmp_path, placing_demos):
     assert all(r["charts/cost_grad_norm"] > 1e-6 for r in rows[1:])
 
 
+@pytest.mark.slow  # the default suite is near its 10-minute limit
 def test_mairl_same_seed_same_metrics(tmp_path):
     base = _mairl_command(tmp_path, env_steps=1200)
     for name in ("a", "b"):

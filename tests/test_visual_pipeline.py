@@ -366,6 +366,7 @@ def test_robot_evaluation_with_the_true_model_equals_the_learners_own(placing_de
     torch.testing.assert_close(ours["relative_goal_distance"], own.relative_goal_distance, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # the default suite is near its 10-minute limit
 def test_cli_stage_commands_chain(tmp_path):
     steps = [
         ["visual", "demos", "--n", "3", "--horizon", "4", "--resolution", "16", "--out", "vd.npz"],
