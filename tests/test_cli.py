@@ -187,6 +187,7 @@ def test_original_style_demos_and_rbf_formulation_reproduce_the_original(tmp_pat
     assert config["rbf_original"] is True and config["robot"] == "original"
 
 
+@pytest.mark.slow  # the default suite is near its 10-minute limit
 def test_config_file_nested_and_flat(tmp_path, demos_npz):
     """``--config`` takes the preset (nested ``trainer:``); command-line options win; an old flat file still loads,
     with a deprecation warning naming the new place of each key."""
@@ -338,6 +339,7 @@ def test_train_refuses_to_clobber_then_resumes(first_run):
     assert metrics["final_test_irl_loss"] == pytest.approx(reference["final_test_irl_loss"], rel=1e-4)
 
 
+@pytest.mark.slow  # the default suite is near its 10-minute limit
 def test_resume_after_zero_iterations_does_not_duplicate_step_0(tmp_path, demos_npz):
     common = ("mbirl", "train", "--demos", demos_npz, "--run-dir", "r", "--no-progress")
     assert run_cli(tmp_path, *common, "--outer-iters", "0").returncode == 0
