@@ -159,14 +159,6 @@ def test_transfer_run_every_row_in_parallel(maze_demos: str, tmp_path: object) -
     assert np.isfinite(metrics["mean_return"]["gail_policy"])
 
 
-def _untimed(value: object) -> object:
-    if isinstance(value, dict):
-        return {k: _untimed(v) for k, v in value.items() if "seconds" not in k}
-    if isinstance(value, list):
-        return [_untimed(v) for v in value]
-    return value
-
-
 @pytest.mark.slow
 def test_transfer_run_killed_in_its_stages_resumes_to_the_uninterrupted_result(maze_demos: str, tmp_path) -> None:
     """``mbirl transfer run`` SIGKILLed while MAIRL learns the reward, then while SAC trains on it, and resumed:
@@ -176,6 +168,8 @@ def test_transfer_run_killed_in_its_stages_resumes_to_the_uninterrupted_result(m
     import subprocess
     import sys
     import time
+
+    from test_reliability import _untimed
 
     def command(out: str, *extra: str) -> list[str]:
         return [sys.executable, "-m", "mbirl", "transfer", "run", "--task", "maze", "--out", out, "--demos",
