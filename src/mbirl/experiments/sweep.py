@@ -349,7 +349,9 @@ def plan_sweep(sweep: SweepConfig, out: str | Path, *, resume: bool = False) -> 
             continue
         if (path / "config.json").exists() and not resume:
             raise InputError("run directory already holds a run; pass --resume", source=str(path))
-        RunDir(path, cfg, resume=True)  # a run that cannot continue with this configuration fails here, not in Ray
+        # a run that cannot continue with this configuration fails here, not in Ray; the check's lock is released
+        # at once (the trial takes its own)
+        RunDir(path, cfg, resume=True).close()
         todo.append(cell)
     return SweepPlan(sweep, out, cells, todo)
 
