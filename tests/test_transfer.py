@@ -162,8 +162,7 @@ def test_transfer_run_every_row_in_parallel(maze_demos: str, tmp_path: object) -
 @pytest.mark.slow
 def test_transfer_run_killed_in_its_stages_resumes_to_the_uninterrupted_result(maze_demos: str, tmp_path) -> None:
     """``mbirl transfer run`` SIGKILLed while MAIRL learns the reward, then while SAC trains on it, and resumed:
-    the same metrics as an uninterrupted run (the learner resumes from its checkpoint; an interrupted SAC stage
-    restarts from its seed)."""
+    the same metrics as an uninterrupted run (each stage resumes from its checkpoint)."""
     import signal
     import subprocess
     import sys
@@ -198,3 +197,36 @@ def test_transfer_run_killed_in_its_stages_resumes_to_the_uninterrupted_result(m
     for part in ("metrics.json", "irl/mairl/metrics.json", "target/mairl/metrics.json"):
         expected = (tmp_path / "ref" / part).read_text().replace(str(tmp_path / "ref"), str(run))
         assert _untimed(json.loads((run / part).read_text())) == _untimed(json.loads(expected)), part
+
+
+def test_sac_stage_interrupted_continues_from_its_checkpoint(tmp_path, monkeypatch) -> None:
+    """A SAC stage on the target maze interrupted at its second evaluation continues from the checkpoint written
+    after its first (replay buffer, networks, optimisers, environment, RNGs) to the same metrics as an uninterrupted
+    stage: it evaluates only what was left, where a restart would evaluate everything again."""
+    from mbirl.experiments import transfer
+    from test_reliability import _untimed
+
+    cfg = transfer.SACStageConfig(task="maze", env="ShiftingMazeRight-v0", steps=300, eval_every=100,
+                                  eval_episodes=1)
+    sac = {"learning_starts": 50, "batch_size": 32}
+    reference = transfer.train_sac_stage(cfg, tmp_path / "ref", sac_kwargs=sac, progress=False)
+    real, calls = transfer._evaluate, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transfer, "_evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        transfer.train_sac_stage(cfg, tmp_path / "run", sac_kwargs=sac, progress=False)
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    calls.clear()
+    monkeypatch.setattr(transfer, "_evaluate", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    resumed = transfer.train_sac_stage(cfg, tmp_path / "run", sac_kwargs=sac, progress=False)
+    assert len(calls) == 2  # the evaluation at 200 steps and the final one: 100 came from the checkpoint
+    assert _untimed(resumed) == _untimed(reference)
+    assert [e["env_steps"] for e in resumed["curve"]] == [100, 200]
+    lines = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert lines == [100, 200]

@@ -156,6 +156,8 @@ class ShiftingMaze(gym.Env):
 
     def set_state(self, qpos: np.ndarray, qvel: np.ndarray) -> None:
         """Set the point's position and velocity, as MuJoCo environments do (checkpoints restore it so)."""
+        if not hasattr(self.inner, "goal"):  # never reset (restored into a fresh environment): PointMaze sets its
+            self.inner.reset()  # goal there; its random state is not used by a step (fixed goal, no target resets)
         self.inner.point_env.set_state(qpos, qvel)
 
     def is_free(self, xy: np.ndarray) -> bool:

@@ -20,7 +20,8 @@ each stage in its own run directory under ``out``:
 
 The learned-reward rows report the **last** policy of their SAC run (the true reward never selects among
 checkpoints: it is only logged). Finished stages are skipped on ``--resume``; the imitation stages continue from
-their checkpoints exactly; a SAC stage that was interrupted restarts (SB3's replay buffer is not checkpointed).
+their checkpoints exactly, and so do the SAC stages (:mod:`mbirl.experts.sb3_state`: networks, optimisers, replay
+buffer, environments and RNGs, checkpointed after each of their evaluations).
 ``out/metrics.json`` holds ``normalized_return`` and ``mean_return`` per row, ``out/summary.md`` the table,
 ``out/figures/`` the bars, the SAC learning curves and (maze) the rows' paths on the target maze.
 """
@@ -30,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +43,7 @@ import torch
 from mbirl.errors import InputError
 from mbirl.experts.train import ExpertPreset
 from mbirl.nets import DEFAULT_DEVICE, check_device, resolve_device
-from mbirl.reporting.runs import RunDir
+from mbirl.reporting.runs import RunDir, checkpoint_stem
 
 __all__ = ["TRANSFER_ROWS", "TRANSFER_TASKS", "SACStageConfig", "TransferRunConfig", "TransferTask", "run_transfer",
            "scripted_maze_demos", "train_sac_stage", "transfer_summary"]
@@ -210,10 +212,12 @@ def _evaluate(env_id: str, policy: Callable[[np.ndarray], Any], episodes: int, s
 
 def _stage_open(path: Path, cfg: Any) -> RunDir | None:
     """A stage's run directory, or None when the stage has finished (its ``metrics.json`` exists). An unfinished
-    stage that cannot resume exactly starts afresh."""
+    stage continues from its checkpoint; one that has none starts afresh."""
     if (path / "metrics.json").exists():
         RunDir(path, cfg, resume=True).close()  # refuses a finished stage of another configuration
         return None
+    if checkpoint_stem(path).with_suffix(".json").exists():
+        return RunDir(path, cfg, resume=True)
     for name in ("config.json", "run.json", "metrics.jsonl"):
         (path / name).unlink(missing_ok=True)
     return RunDir(path, cfg)
@@ -223,12 +227,17 @@ def train_sac_stage(cfg: SACStageConfig, out: str | Path, *, sac_kwargs: dict[st
                     progress: bool = True) -> dict[str, Any]:
     """Train SB3 SAC on ``cfg.env`` with its true reward or a frozen learned one; evaluate the final policy on the
     true reward. Writes ``out/{config,metrics}.json``, ``metrics.jsonl`` (true-reward evaluations along the way,
-    logged only) and ``out/policy.{safetensors,json}``; returns the metrics (a finished stage's are read back)."""
+    logged only), a checkpoint after each evaluation (an interrupted stage continues from it exactly) and
+    ``out/policy.{safetensors,json}``; returns the metrics (a finished stage's are read back)."""
     from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.logger import Logger
 
     from mbirl.experts.policy import export_sb3_policy
     from mbirl.experts.rollout import make_env
+    from mbirl.experts.sb3_state import load_sb3_state, sb3_state
+    from mbirl.reporting.checkpoint import restoring
+    from mbirl.reporting.runs import rng_state, set_rng_state
     from mbirl.rewards.learned import LearnedReward, LearnedRewardWrapper
     from mbirl.validation import read_json
 
@@ -250,10 +259,36 @@ def train_sac_stage(cfg: SACStageConfig, out: str | Path, *, sac_kwargs: dict[st
     torch.manual_seed(cfg.seed)
     model = SAC("MlpPolicy", env, seed=cfg.seed, verbose=0, device=resolve_device(cfg.device),
                 **(sac_kwargs or {}))
-    run.start()
-    t0 = time.monotonic()
+    model.set_logger(Logger(folder=None, output_formats=[]))
     curve: list[dict[str, float]] = []
-    with run.logger(tensorboard=False) as log:
+    spent = 0.0
+    if run.state is not None:
+        with restoring(run.checkpoint.with_suffix(".json")):
+            load_sb3_state(model, run.state["sb3"])
+            curve = [{"env_steps": int(c["env_steps"]), "mean_return": float(c["mean_return"])}
+                     for c in run.state["curve"]]
+            spent = float(run.state["seconds"])
+            set_rng_state(run.state["rng"])
+    resumed_at = int(model.num_timesteps) if run.resumed else None
+    run.start()
+    t0 = time.monotonic() - spent
+    checkpoints = [True]  # until the environment turns out to be one whose state cannot be captured
+
+    def save() -> None:
+        if not checkpoints[0]:
+            return
+        try:
+            state = sb3_state(model)
+        except InputError as exc:
+            if exc.field != "env":
+                raise
+            warnings.warn(f"the state of {cfg.env} cannot be captured: this SAC stage writes no checkpoints and "
+                          "restarts if it is interrupted", stacklevel=2)
+            checkpoints[0] = False
+            return
+        run.save({"sb3": state, "curve": curve, "seconds": time.monotonic() - t0, "rng": rng_state()})
+
+    with run.logger(tensorboard=False, resume_from_step=None if resumed_at is None else resumed_at + 1) as log:
 
         def evaluate(steps: int) -> None:
             ret = _evaluate(cfg.env, export_sb3_policy(model).act, cfg.eval_episodes, _eval_seed())
@@ -265,17 +300,28 @@ def train_sac_stage(cfg: SACStageConfig, out: str | Path, *, sac_kwargs: dict[st
                       flush=True)
 
         class _Eval(BaseCallback):
+            """Evaluate every ``eval_every`` steps; checkpoint at the start of the next rollout (after SAC's
+            gradient steps of that environment step, where the state is complete)."""
+
             def __init__(self) -> None:
                 super().__init__()
-                self.next_eval = cfg.eval_every
+                self.next_eval = (int(model.num_timesteps) // cfg.eval_every + 1) * cfg.eval_every
+                self.pending = False
+
+            def _on_rollout_start(self) -> None:
+                if self.pending:
+                    save()
+                    self.pending = False
 
             def _on_step(self) -> bool:
                 if self.num_timesteps >= self.next_eval and self.num_timesteps < cfg.steps:
                     self.next_eval += cfg.eval_every
                     evaluate(self.num_timesteps)
+                    self.pending = True
                 return True
 
-        model.learn(total_timesteps=cfg.steps, callback=_Eval())
+        model.learn(total_timesteps=max(cfg.steps - int(model.num_timesteps), 0), callback=_Eval(),
+                    reset_num_timesteps=resumed_at is None)
     policy = export_sb3_policy(model)
     policy.save(out / "policy", {"env_id": cfg.env, "algo": "sac", "env_steps": int(model.num_timesteps),
                                  "reward": cfg.reward or "true"})
