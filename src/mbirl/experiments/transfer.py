@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,7 +234,7 @@ def train_sac_stage(cfg: SACStageConfig, out: str | Path, *, sac_kwargs: dict[st
 
     from mbirl.experts.policy import export_sb3_policy
     from mbirl.experts.rollout import make_env
-    from mbirl.experts.sb3_state import load_sb3_state, sb3_state
+    from mbirl.experts.sb3_state import load_sb3_state, sb3_state_or_warn
     from mbirl.reporting.checkpoint import restoring
     from mbirl.reporting.runs import rng_state, set_rng_state
     from mbirl.rewards.learned import LearnedReward, LearnedRewardWrapper
@@ -277,13 +276,9 @@ def train_sac_stage(cfg: SACStageConfig, out: str | Path, *, sac_kwargs: dict[st
     def save() -> None:
         if not checkpoints[0]:
             return
-        try:
-            state = sb3_state(model)
-        except InputError as exc:
-            if exc.field != "env":
-                raise
-            warnings.warn(f"the state of {cfg.env} cannot be captured: this SAC stage writes no checkpoints and "
-                          "restarts if it is interrupted", stacklevel=2)
+        state = sb3_state_or_warn(model, cfg.env, "this SAC stage writes no checkpoints and restarts if it is "
+                                  "interrupted")
+        if state is None:
             checkpoints[0] = False
             return
         run.save({"sb3": state, "curve": curve, "seconds": time.monotonic() - t0, "rng": rng_state()})

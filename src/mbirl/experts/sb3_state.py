@@ -18,7 +18,7 @@ import torch
 from mbirl.errors import InputError
 from mbirl.reporting.checkpoint import check_optimizer_state
 
-__all__ = ["load_sb3_state", "sb3_state"]
+__all__ = ["load_sb3_state", "sb3_state", "sb3_state_or_warn"]
 
 _CLASSIC_FIELDS = ("state", "last_u", "steps_beyond_terminated")
 _WRAPPER_FLAGS = ("_has_reset", "checked_reset", "checked_step", "checked_data_reuse")
@@ -206,3 +206,18 @@ def load_sb3_state(model: Any, state: dict[str, Any]) -> None:
             rms.mean, rms.var, rms.count = saved["mean"].numpy(), saved["var"].numpy(), float(saved["count"])
         norm.returns = n["returns"].numpy()
         norm.old_obs, norm.old_reward = n["old_obs"].numpy(), n["old_reward"].numpy()
+
+
+def sb3_state_or_warn(model: Any, env_id: str, consequence: str) -> dict[str, Any] | None:
+    """:func:`sb3_state`, or None (with a warning naming ``consequence``) when ``env_id``'s state cannot be captured
+    (environments other than classic control and MuJoCo)."""
+    import warnings
+
+    try:
+        return sb3_state(model)
+    except InputError as exc:
+        if exc.field != "env":
+            raise
+        warnings.warn(f"the state of {env_id} cannot be captured (classic control and MuJoCo environments can): "
+                      f"{consequence}", stacklevel=3)
+        return None

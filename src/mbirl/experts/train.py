@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,7 +25,7 @@ import torch
 from mbirl.errors import InputError
 from mbirl.experts.policy import ExpertPolicy, export_sb3_policy
 from mbirl.experts.rollout import make_env, run_episodes
-from mbirl.experts.sb3_state import load_sb3_state, sb3_state
+from mbirl.experts.sb3_state import load_sb3_state, sb3_state_or_warn
 from mbirl.nets import DEFAULT_DEVICE, check_device, resolve_device
 from mbirl.reporting.checkpoint import restoring
 from mbirl.reporting.runs import ALREADY_HOLDS_A_RUN, RunDir, rng_state, set_rng_state
@@ -238,14 +237,9 @@ def train_expert(cfg: ExpertRunConfig, out_dir: str | Path, *, progress: bool = 
     def save() -> None:
         if not checkpoints[0]:
             return
-        try:
-            state = sb3_state(model)
-        except InputError as exc:
-            if exc.field != "env":
-                raise
-            warnings.warn(f"the state of {env_id} cannot be captured (classic control and MuJoCo environments "
-                          "can): this expert run writes no checkpoints and cannot be resumed; it trains to the end "
-                          "and keeps its best export", stacklevel=2)
+        state = sb3_state_or_warn(model, env_id, "this expert run writes no checkpoints and cannot be resumed; it "
+                                  "trains to the end and keeps its best export")
+        if state is None:
             checkpoints[0] = False
             return
         run.save({"sb3": state, "best": best, "seconds": time.monotonic() - t0, "rng": rng_state()})
