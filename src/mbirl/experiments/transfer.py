@@ -229,12 +229,11 @@ def train_sac_stage(cfg: SACStageConfig, out: str | Path, *, sac_kwargs: dict[st
     logged only), a checkpoint after each evaluation (an interrupted stage continues from it exactly) and
     ``out/policy.{safetensors,json}``; returns the metrics (a finished stage's are read back)."""
     from stable_baselines3 import SAC
-    from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.logger import Logger
 
     from mbirl.experts.policy import export_sb3_policy
     from mbirl.experts.rollout import make_env
-    from mbirl.experts.sb3_state import load_sb3_state, sb3_state_or_warn
+    from mbirl.experts.sb3_state import SB3StateCapture, eval_checkpoint_callback, load_sb3_state
     from mbirl.reporting.checkpoint import restoring
     from mbirl.reporting.runs import rng_state, set_rng_state
     from mbirl.rewards.learned import LearnedReward, LearnedRewardWrapper
@@ -271,17 +270,13 @@ def train_sac_stage(cfg: SACStageConfig, out: str | Path, *, sac_kwargs: dict[st
     resumed_at = int(model.num_timesteps) if run.resumed else None
     run.start()
     t0 = time.monotonic() - spent
-    checkpoints = [True]  # until the environment turns out to be one whose state cannot be captured
+    capture = SB3StateCapture(model, cfg.env, "this SAC stage writes no checkpoints and restarts if it is "
+                              "interrupted")
 
     def save() -> None:
-        if not checkpoints[0]:
-            return
-        state = sb3_state_or_warn(model, cfg.env, "this SAC stage writes no checkpoints and restarts if it is "
-                                  "interrupted")
-        if state is None:
-            checkpoints[0] = False
-            return
-        run.save({"sb3": state, "curve": curve, "seconds": time.monotonic() - t0, "rng": rng_state()})
+        state = capture()
+        if state is not None:
+            run.save({"sb3": state, "curve": curve, "seconds": time.monotonic() - t0, "rng": rng_state()})
 
     with run.logger(tensorboard=False, resume_from_step=None if resumed_at is None else resumed_at + 1) as log:
 
@@ -294,28 +289,8 @@ def train_sac_stage(cfg: SACStageConfig, out: str | Path, *, sac_kwargs: dict[st
                 print(f"[{out}] {steps} steps: true return {ret.mean():.2f} ({time.monotonic() - t0:.0f}s)",
                       flush=True)
 
-        class _Eval(BaseCallback):
-            """Evaluate every ``eval_every`` steps; checkpoint at the start of the next rollout (after SAC's
-            gradient steps of that environment step, where the state is complete)."""
-
-            def __init__(self) -> None:
-                super().__init__()
-                self.next_eval = (int(model.num_timesteps) // cfg.eval_every + 1) * cfg.eval_every
-                self.pending = False
-
-            def _on_rollout_start(self) -> None:
-                if self.pending:
-                    save()
-                    self.pending = False
-
-            def _on_step(self) -> bool:
-                if self.num_timesteps >= self.next_eval and self.num_timesteps < cfg.steps:
-                    self.next_eval += cfg.eval_every
-                    evaluate(self.num_timesteps)
-                    self.pending = True
-                return True
-
-        model.learn(total_timesteps=max(cfg.steps - int(model.num_timesteps), 0), callback=_Eval(),
+        callback = eval_checkpoint_callback(model, cfg.eval_every, evaluate, save, until=cfg.steps)
+        model.learn(total_timesteps=max(cfg.steps - int(model.num_timesteps), 0), callback=callback,
                     reset_num_timesteps=resumed_at is None)
     policy = export_sb3_policy(model)
     policy.save(out / "policy", {"env_id": cfg.env, "algo": "sac", "env_steps": int(model.num_timesteps),

@@ -10,6 +10,7 @@ rollouts (SB3's ``on_rollout_start``), where PPO's rollout buffer is empty and o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 from mbirl.errors import InputError
 from mbirl.reporting.checkpoint import check_optimizer_state
 
-__all__ = ["load_sb3_state", "sb3_state", "sb3_state_or_warn"]
+__all__ = ["SB3StateCapture", "eval_checkpoint_callback", "load_sb3_state", "sb3_state"]
 
 _CLASSIC_FIELDS = ("state", "last_u", "steps_beyond_terminated")
 _WRAPPER_FLAGS = ("_has_reset", "checked_reset", "checked_step", "checked_data_reuse")
@@ -208,16 +209,55 @@ def load_sb3_state(model: Any, state: dict[str, Any]) -> None:
         norm.old_obs, norm.old_reward = n["old_obs"].numpy(), n["old_reward"].numpy()
 
 
-def sb3_state_or_warn(model: Any, env_id: str, consequence: str) -> dict[str, Any] | None:
-    """:func:`sb3_state`, or None (with a warning naming ``consequence``) when ``env_id``'s state cannot be captured
-    (environments other than classic control and MuJoCo)."""
-    import warnings
+class SB3StateCapture:
+    """``capture()``: :func:`sb3_state` of ``model``, or None when ``env_id``'s state cannot be captured
+    (environments other than classic control and MuJoCo) — warned once, naming ``consequence``, and not tried
+    again."""
 
-    try:
-        return sb3_state(model)
-    except InputError as exc:
-        if exc.field != "env":
-            raise
-        warnings.warn(f"the state of {env_id} cannot be captured (classic control and MuJoCo environments can): "
-                      f"{consequence}", stacklevel=3)
-        return None
+    def __init__(self, model: Any, env_id: str, consequence: str) -> None:
+        self.model, self.env_id, self.consequence = model, env_id, consequence
+        self.possible = True
+
+    def __call__(self) -> dict[str, Any] | None:
+        import warnings
+
+        if not self.possible:
+            return None
+        try:
+            return sb3_state(self.model)
+        except InputError as exc:
+            if exc.field != "env":
+                raise
+            warnings.warn(f"the state of {self.env_id} cannot be captured (classic control and MuJoCo environments "
+                          f"can): {self.consequence}", stacklevel=3)
+            self.possible = False
+            return None
+
+
+def eval_checkpoint_callback(model: Any, every: int, evaluate: Callable[[int], None], save: Callable[[], None], *,
+                             until: int | None = None, keep_going: Callable[[], bool] | None = None) -> Any:
+    """An SB3 callback that calls ``evaluate(num_timesteps)`` every ``every`` environment steps (counted on from
+    ``model``'s, so a resumed run keeps its schedule; only below ``until`` when given) and ``save()`` at the start of
+    the next rollout — between SB3's rollouts and updates, where :func:`sb3_state` is complete. Training stops when
+    ``keep_going()`` turns false."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class _EvalCheckpoint(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.next_eval = (int(model.num_timesteps) // every + 1) * every
+            self.pending = False
+
+        def _on_rollout_start(self) -> None:
+            if self.pending:
+                save()
+                self.pending = False
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps >= self.next_eval and (until is None or self.num_timesteps < until):
+                self.next_eval += every
+                evaluate(self.num_timesteps)
+                self.pending = True
+            return keep_going is None or keep_going()
+
+    return _EvalCheckpoint()

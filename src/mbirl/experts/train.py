@@ -25,7 +25,7 @@ import torch
 from mbirl.errors import InputError
 from mbirl.experts.policy import ExpertPolicy, export_sb3_policy
 from mbirl.experts.rollout import make_env, run_episodes
-from mbirl.experts.sb3_state import load_sb3_state, sb3_state_or_warn
+from mbirl.experts.sb3_state import SB3StateCapture, eval_checkpoint_callback, load_sb3_state
 from mbirl.nets import DEFAULT_DEVICE, check_device, resolve_device
 from mbirl.reporting.checkpoint import restoring
 from mbirl.reporting.runs import ALREADY_HOLDS_A_RUN, RunDir, rng_state, set_rng_state
@@ -201,7 +201,6 @@ def train_expert(cfg: ExpertRunConfig, out_dir: str | Path, *, progress: bool = 
     A directory that already holds an expert run is refused unless ``resume`` (continue it exactly from its last
     checkpoint) or ``overwrite`` (train a new expert in its place).
     """
-    from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.logger import Logger
 
     env_id, seed = cfg.env, cfg.seed
@@ -232,17 +231,13 @@ def train_expert(cfg: ExpertRunConfig, out_dir: str | Path, *, progress: bool = 
     t0 = time.monotonic() - spent
     resumed_at = int(model.num_timesteps) if run.resumed else None
 
-    checkpoints = [True]  # until the environment turns out to be one whose state cannot be captured
+    capture = SB3StateCapture(model, env_id, "this expert run writes no checkpoints and cannot be resumed; it "
+                              "trains to the end and keeps its best export")
 
     def save() -> None:
-        if not checkpoints[0]:
-            return
-        state = sb3_state_or_warn(model, env_id, "this expert run writes no checkpoints and cannot be resumed; it "
-                                  "trains to the end and keeps its best export")
-        if state is None:
-            checkpoints[0] = False
-            return
-        run.save({"sb3": state, "best": best, "seconds": time.monotonic() - t0, "rng": rng_state()})
+        state = capture()
+        if state is not None:
+            run.save({"sb3": state, "best": best, "seconds": time.monotonic() - t0, "rng": rng_state()})
 
     with run.logger(tensorboard=False, resume_from_step=None if resumed_at is None else resumed_at + 1) as log:
 
@@ -265,28 +260,10 @@ def train_expert(cfg: ExpertRunConfig, out_dir: str | Path, *, progress: bool = 
                 print(f"[{env_id}] {n_steps} steps: eval return {ret:.1f} (best {best['ret']:.1f}) "
                       f"{time.monotonic() - t0:.0f}s", flush=True)
 
-        class _Eval(BaseCallback):
-            """Evaluate every ``eval_every`` steps; checkpoint at the start of the next rollout (between SB3's
-            rollouts and updates, where the state is complete)."""
-
-            def __init__(self) -> None:
-                super().__init__()
-                self.next_eval = (int(model.num_timesteps) // cfg.eval_every + 1) * cfg.eval_every
-                self.pending = False
-
-            def _on_rollout_start(self) -> None:
-                if self.pending:
-                    save()
-                    self.pending = False
-
-            def _on_step(self) -> bool:
-                if self.num_timesteps >= self.next_eval:
-                    self.next_eval += cfg.eval_every
-                    evaluate(self.num_timesteps)
-                    self.pending = True
-                return cfg.max_minutes is None or (time.monotonic() - t0) < 60 * cfg.max_minutes
-
-        model.learn(total_timesteps=max(total - int(model.num_timesteps), 0), callback=_Eval(),
+        callback = eval_checkpoint_callback(
+            model, cfg.eval_every, evaluate, save,
+            keep_going=lambda: cfg.max_minutes is None or (time.monotonic() - t0) < 60 * cfg.max_minutes)
+        model.learn(total_timesteps=max(total - int(model.num_timesteps), 0), callback=callback,
                     reset_num_timesteps=resumed_at is None)
         evaluate(int(model.num_timesteps))
         save()
